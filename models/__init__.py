@@ -1,0 +1,1 @@
+"""cmbdetect models: networks, losses, samplers, training, inference and shipped weights."""
