@@ -1,0 +1,91 @@
+"""Brain mask: synthetic head with scalp and background noise, real crop, user masks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmbdetect.physics.errors import InputError
+from cmbdetect.physics.mask import brain_mask, validate_mask
+
+
+def synthetic_head(rng, shape=(56, 60, 40), voxel_size=(1.0, 1.0, 1.5)):
+    """Bright brain ellipsoid with dark 'veins', a dark skull gap, a bright thin scalp shell,
+    Rician noise everywhere.  Returns (magnitude, brain, scalp)."""
+    vs = np.asarray(voxel_size)
+    c = (np.asarray(shape) - 1) / 2.0
+    idx = np.indices(shape).astype(float)
+    x, y, z = [(idx[n] - c[n]) * vs[n] for n in range(3)]
+    r = np.sqrt((x / 19.0) ** 2 + (y / 21.0) ** 2 + (z / 22.0) ** 2)  # 1 at the brain surface
+    brain = r <= 1.0
+    scalp = (r >= 1.22) & (r <= 1.32)
+    signal = np.zeros(shape)
+    signal[brain] = 1.0 + 0.15 * np.sin(x[brain] / 4.0)  # smooth bias
+    signal[scalp] = 1.3  # fat is brighter than brain
+    vein = (np.abs(x - 3) < 1.2) & (np.abs(z) < 1.6) & (np.abs(y) < 14)
+    signal[vein & brain] = 0.2
+    sigma = 0.06
+    noisy = np.abs(signal + sigma * rng.standard_normal(shape) + 1j * sigma * rng.standard_normal(shape))
+    return noisy.astype(np.float32), brain, scalp
+
+
+def test_synthetic_head_mask(rng):
+    vs = (1.0, 1.0, 1.5)
+    mag, brain, scalp = synthetic_head(rng, voxel_size=vs)
+    m = brain_mask(mag, vs, erode_mm=1.0)
+    assert m.dtype == bool and m.shape == mag.shape
+    covered = (m & brain).sum() / brain.sum()
+    assert covered > 0.8, covered          # brain covered (minus the eroded rim)
+    assert not (m & scalp).any()           # scalp excluded
+    assert (m & ~brain).sum() < 0.01 * brain.sum()  # background / skull excluded
+    # the dark vein inside the brain is kept (hole filling)
+    vein_core = (np.abs(np.indices(mag.shape)[0] - 30.5) < 1)
+    assert m[vein_core & brain].mean() > 0.9
+
+
+def test_erosion_is_in_mm(rng):
+    vs = (1.0, 1.0, 1.5)
+    mag, brain, _ = synthetic_head(rng, voxel_size=vs)
+    m0 = brain_mask(mag, vs, erode_mm=0.0)
+    m3 = brain_mask(mag, vs, erode_mm=3.0)
+    assert m3.sum() < m0.sum() and (m3 <= m0).all()
+    # eroding 3 mm of an ~20 mm ellipsoid removes roughly 1-(17/20)^3 ~ 39 % of it
+    assert 0.25 < 1 - m3.sum() / m0.sum() < 0.55
+
+
+def test_explicit_threshold_and_empty(rng):
+    mag, brain, _ = synthetic_head(rng)
+    m = brain_mask(mag, (1, 1, 1.5), threshold=0.5)
+    assert (m & brain).sum() / brain.sum() > 0.8
+    with pytest.raises(InputError, match="empty"):
+        brain_mask(mag, (1, 1, 1.5), threshold=1e6)
+    with pytest.raises(InputError, match="empty"):
+        brain_mask(np.zeros((8, 8, 8)), (1, 1, 1))
+    with pytest.raises(InputError):
+        brain_mask(np.ones((8, 8)), (1, 1, 1))
+
+
+def test_validate_user_mask():
+    m = np.zeros((5, 6, 7), np.uint8)
+    m[2, 3, 4] = 3
+    out = validate_mask(m, (5, 6, 7))
+    assert out.dtype == bool and out.sum() == 1
+    with pytest.raises(InputError, match="shape"):
+        validate_mask(m, (5, 6, 8))
+    with pytest.raises(InputError, match="empty"):
+        validate_mask(np.zeros((5, 6, 7)), (5, 6, 7))
+
+
+def test_real_crop_mask_plausible(shared_data):
+    nib = pytest.importorskip("nibabel")
+    path = shared_data / "real" / "gre-3echo-crop" / "Mag.nii.gz"
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    img = nib.load(str(path))
+    mag = np.asarray(img.dataobj, dtype=np.float32)[..., 0]
+    vs = img.header.get_zooms()[:3]
+    m = brain_mask(mag, vs)
+    frac = m.mean()
+    assert frac > 0.5, frac  # the crop lies inside the brain: most of it is brain
+    # masked voxels are brighter on average than unmasked ones
+    if (~m).any():
+        assert mag[m].mean() > mag[~m].mean()
