@@ -14,6 +14,10 @@ from cmbdetect.pipeline.candidates import (COLUMNS, candidates_from_detections, 
                                            write_candidates)
 
 
+def _reject(name):
+    raise AssertionError(f"non-standard JSON constant {name}")
+
+
 def _det(ijk, label, probs, *, score=0.9, uncertainty=0.1, features=None):
     p = dict(zip(("microbleed", "calcification", "vein", "other"), probs))
     return Detection(centre_vox=ijk, score=score, probabilities=p, label=label, diameter_mm=3.0,
@@ -65,7 +69,7 @@ def test_tsv_json_round_trip(detections, oblique_affine, tmp_path):
         assert np.allclose(a.ras, b.ras, atol=1e-3) and np.allclose(a.ijk, b.ijk, atol=1e-3)
         assert (math.isnan(a.susceptibility_ppm) and math.isnan(b.susceptibility_ppm)) or \
             a.susceptibility_ppm == pytest.approx(b.susceptibility_ppm, rel=1e-5)
-    doc = json.loads(js.read_text())  # strict JSON: NaN must have become null
+    doc = json.loads(js.read_text(), parse_constant=_reject)  # strict JSON: NaN must have become null
     assert doc["count"] == 3 and doc["columns"]["susceptibility_ppm"]["units"] == "ppm"
     assert doc["candidates"][1]["susceptibility_ppm"] is None
     assert "RAS" in doc["coordinate_system"]["world"]

@@ -1,0 +1,86 @@
+"""VALDO-style metrics on hand-made cases with known answers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cmbdetect.models.evaluate import evaluate_detections, match_count, roc_auc, write_evaluation
+
+
+def _reject(name):
+    raise AssertionError(f"non-standard JSON constant {name}")
+
+
+@pytest.fixture
+def case():
+    truth = {"A": [(0, 0, 0), (20, 0, 0), (40, 0, 0)], "B": [], "C": [(0, 0, 0)]}
+    pred = {
+        "A": [((1, 0, 0), 0.9, "microbleed"),     # hit lesion 1
+              ((0, 2, 0), 0.8, "microbleed"),     # second prediction on lesion 1: FP
+              ((20, 4.9, 0), 0.7, "microbleed"),  # hit lesion 2 (4.9 < 5 mm)
+              ((40, 5, 0), 0.6, "microbleed"),    # exactly 5 mm: not a hit -> FP, lesion 3 missed
+              ((100, 0, 0), 0.3, "vein")],        # not a microbleed call: FROC/AUC only
+        "B": [((0, 0, 0), 0.85, "microbleed")],   # subject without lesions: FP
+    }                                             # C: no predictions: its lesion is missed
+    return pred, truth
+
+
+def test_operating_point(case):
+    r = evaluate_detections(*case)
+    assert (r.n_subjects, r.n_true, r.n_predicted) == (3, 4, 5)
+    assert (r.tp, r.fp, r.fn) == (2, 3, 2)
+    assert r.sensitivity == pytest.approx(0.5)
+    assert r.precision == pytest.approx(0.4)
+    assert r.f1 == pytest.approx(4 / 9)
+    assert r.fp_per_subject == pytest.approx(1.0)
+    assert r.count_error == pytest.approx(1.0)  # |4-3|, |1-0|, |0-1|
+    assert r.mean_subject_f1 == pytest.approx((4 / 7 + 0 + 0) / 3)
+    assert [p["tp"] for p in r.per_subject] == [2, 0, 0]
+
+
+def test_froc_and_auc(case):
+    r = evaluate_detections(*case)
+    assert r.froc_threshold[1:] == [0.9, 0.85, 0.8, 0.7, 0.6, 0.3]
+    assert r.froc_sensitivity == pytest.approx([0, 0.25, 0.25, 0.25, 0.5, 0.5, 0.5])
+    assert r.froc_fp_per_subject == pytest.approx([0, 0, 1 / 3, 2 / 3, 2 / 3, 1, 4 / 3])
+    assert r.sensitivity_at_fp == pytest.approx({"0.5": 0.25, "1": 0.5, "2": 0.5, "4": 0.5})
+    # true candidates (within 5 mm of a lesion): 0.9, 0.8, 0.7; false: 0.85, 0.6, 0.3 -> 7 of 9 pairs
+    assert r.stage2_auc == pytest.approx(7 / 9)
+
+
+def test_one_to_one_is_maximum_matching():
+    # A lies between two lesions and is nearer the first; only B can reach the first.
+    # Greedy (A takes its nearest lesion) would find 1 hit; the maximum matching finds 2.
+    truth = [(0, 0, 0), (6, 0, 0)]
+    preds = [((2.5, 0, 0), 0.9, "microbleed"), ((-1, 0, 0), 0.5, "microbleed")]
+    r = evaluate_detections({"s": preds}, {"s": truth})
+    assert (r.tp, r.fp, r.fn) == (2, 0, 0)
+    assert match_count([(0, 0, 1), (0, 1, 0)], [(0, 0, 0)]) == 1  # two on one lesion: 1 TP
+
+
+def test_ties_are_one_threshold():
+    preds = [((0, 0, 0), 0.5, "microbleed"), ((50, 0, 0), 0.5, "microbleed")]
+    r = evaluate_detections({"s": preds}, {"s": [(0, 0, 0)]})
+    assert r.froc_threshold == [float("inf"), 0.5]
+    assert r.froc_sensitivity == [0.0, 1.0] and r.froc_fp_per_subject == [0.0, 1.0]
+    assert roc_auc([0.5, 0.5], [True, False]) == pytest.approx(0.5)
+    assert roc_auc([0.1, 0.2], [True, True]) is None
+
+
+def test_bad_subjects():
+    with pytest.raises(ValueError, match="without ground truth"):
+        evaluate_detections({"x": []}, {"y": []})
+    with pytest.raises(ValueError):
+        evaluate_detections({}, {})
+
+
+def test_write_evaluation(case, tmp_path):
+    paths = write_evaluation(evaluate_detections(*case), tmp_path / "ev")
+    metrics = json.loads(paths["metrics"].read_text(), parse_constant=_reject)  # strict JSON (inf threshold -> null)
+    assert metrics["tp"] == 2 and metrics["froc_threshold"][0] is None
+    rows = paths["froc_tsv"].read_text().splitlines()
+    assert rows[0] == "threshold\tsensitivity\tfp_per_subject" and len(rows) == 8
+    assert paths["froc_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.isclose(float(rows[-1].split("\t")[2]), 4 / 3, atol=1e-5)
