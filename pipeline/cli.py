@@ -1,0 +1,121 @@
+"""``cmbdetect`` command line: subcommands and the BIDS-App form.
+
+Subcommands live in ``pipeline/cli_<name>.py`` modules, each with ``add_parser(subparsers)`` and
+``run(args) -> int``; they are imported only when needed, and a broken or missing one does not break
+the others.  ``cmbdetect BIDS_DIR OUT_DIR participant|group`` (first argument not a subcommand) is the
+BIDS-App form (``pipeline/cli_bids.py``).
+
+Errors: :class:`InputError` -> ``cmbdetect: error: <message>`` (one line) on stderr, exit 2; any other
+exception -> one line, exit 1 (with the traceback only under ``-v``).  Nothing ever prompts.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import traceback
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")
+
+from cmbdetect.physics.errors import InputError  # noqa: E402
+
+#: Subcommands, in help order; each is ``cmbdetect.pipeline.cli_<name>``.
+SUBCOMMANDS: tuple[str, ...] = ("run", "qsm", "demo", "simulate", "train", "rank", "evaluate")
+
+_EPILOG = ("BIDS-App form: cmbdetect BIDS_DIR OUT_DIR participant [--participant-label 01 02 ...] | "
+           "cmbdetect BIDS_DIR OUT_DIR group (see 'cmbdetect BIDS_DIR OUT_DIR participant --help')")
+
+
+def _version() -> str:
+    from cmbdetect.pipeline.provenance import cmbdetect_version
+
+    return cmbdetect_version()
+
+
+def _unavailable(name: str, reason: str):
+    def run(args) -> int:
+        raise RuntimeError(f"subcommand {name!r} is unavailable in this installation ({reason})")
+    return run
+
+
+def build_parser(subcommands: tuple[str, ...] | list[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with the given subcommands (default: all of :data:`SUBCOMMANDS`).
+
+    Each parsed namespace carries ``_run`` (the subcommand's ``run``).  A subcommand module that cannot
+    be imported still appears, and fails with a one-line message when used.
+    """
+    parser = argparse.ArgumentParser(
+        prog="cmbdetect", epilog=_EPILOG,
+        description="Find cerebral microbleeds on SWI/GRE magnitude + phase (QSM physics + 3D CNN).")
+    parser.add_argument("--version", action="version", version=f"cmbdetect {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in subcommands or SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"cmbdetect.pipeline.cli_{name}")
+            sp = module.add_parser(sub)
+            sp.set_defaults(_run=module.run)
+        except Exception as exc:  # a broken subcommand must not break the others
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            sp = sub.add_parser(name, help=f"(unavailable: {reason})", add_help=False)
+            sp.add_argument("rest", nargs=argparse.REMAINDER)
+            sp.set_defaults(_run=_unavailable(name, reason))
+    return parser
+
+
+def _is_verbose(argv: list[str]) -> bool:
+    return any(a == "--verbose" or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Nipype's own log lines only with ``-v`` (our progress lines go to stderr regardless)."""
+    level = logging.INFO if verbose else logging.CRITICAL
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cmbdetect`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = _is_verbose(argv)
+    try:
+        if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+            from cmbdetect.pipeline import cli_bids
+
+            args = cli_bids.build_bids_parser().parse_args(argv)
+            runner = cli_bids.run
+        else:
+            wanted = [argv[0]] if argv and argv[0] in SUBCOMMANDS else None
+            parser = build_parser(wanted)
+            args = parser.parse_args(argv)
+            runner = getattr(args, "_run", None)
+            if runner is None:
+                parser.print_usage(sys.stderr)
+                print("cmbdetect: error: a COMMAND or BIDS_DIR OUT_DIR {participant,group} is required",
+                      file=sys.stderr)
+                return 2
+        _configure_logging(verbose)
+        return int(runner(args) or 0)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message already printed)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except InputError as exc:
+        print(f"cmbdetect: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cmbdetect: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"cmbdetect: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

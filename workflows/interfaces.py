@@ -1,0 +1,131 @@
+"""Common parts of the cmbdetect Nipype interfaces: error capture, progress lines, file bundles.
+
+The interfaces themselves live in ``interfaces_physics`` (maps), ``interfaces_detect`` (models) and
+``interfaces_report`` (exports, derivatives sink).
+
+Nodes exchange *files*, never large arrays in traits: the acquisition travels as two 4D NIfTI files
+(echoes last) plus a JSON description (echo times in s, B0 in T), the physics maps as one uncompressed
+``.npz`` bundle (arrays in ppm / input units, see :class:`~cmbdetect.physics.maps.PhysicsMaps`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+from nipype.interfaces.base import SimpleInterface  # noqa: E402
+
+from cmbdetect.physics.errors import InputError  # noqa: E402
+from cmbdetect.physics.maps import PhysicsMaps  # noqa: E402
+from cmbdetect.pipeline.acquisition import Acquisition  # noqa: E402
+
+#: Name of the file a failing node leaves in its own folder (read back by the CLI for a one-line error).
+ERROR_FILE = "cmbdetect_error.json"
+
+_MAP_ARRAYS = ("mask", "magnitude", "field_ppm", "local_field_ppm", "chi_ppm", "chi_pos", "chi_neg",
+               "swi", "mip", "r2star")
+
+
+def progress(label: str, message: str) -> None:
+    """One progress line on stderr (``cmbdetect: [sub-01] computing physics maps``)."""
+    prefix = f"[{label}] " if label else ""
+    print(f"cmbdetect: {prefix}{message}", file=sys.stderr, flush=True)
+
+
+class CmbInterface(SimpleInterface):
+    """A SimpleInterface whose failures leave ``cmbdetect_error.json`` (type, one-line message) in the
+    node folder, so the CLI can report user errors (:class:`InputError`) as one clear line."""
+
+    def _run_interface(self, runtime):
+        try:
+            self._run(Path(runtime.cwd))
+        except Exception as exc:  # recorded, then re-raised for Nipype's crash handling
+            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            record = {"type": "InputError" if isinstance(exc, InputError) else type(exc).__name__,
+                      "message": message}
+            Path(runtime.cwd, ERROR_FILE).write_text(json.dumps(record))
+            raise
+        return runtime
+
+    def _run(self, cwd: Path) -> None:  # pragma: no cover - every interface overrides it
+        raise NotImplementedError
+
+
+def save_acquisition(acq: Acquisition, out_dir: Path) -> dict[str, Path]:
+    """Write ``acq`` as ``mag.nii`` and ``phase.nii`` (4D, echoes last, phase in radians, project sign
+    convention) and ``acquisition.json`` (``te`` s, ``b0`` T, JSON-able ``source`` entries) in
+    ``out_dir``.  Content is deterministic so that Nipype's content hashing can reuse cached results."""
+    from cmbdetect.pipeline.atomic import save_nifti, write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"mag_file": out_dir / "mag.nii", "phase_file": out_dir / "phase.nii",
+             "acq_json": out_dir / "acquisition.json"}
+    save_nifti(np.moveaxis(acq.mag, 0, -1), acq.affine, paths["mag_file"])
+    save_nifti(np.moveaxis(acq.phase, 0, -1), acq.affine, paths["phase_file"])
+    source = {k: v for k, v in acq.source.items() if _jsonable(v)}
+    write_json({"te": [float(t) for t in acq.te], "b0": float(acq.b0), "source": source},
+               paths["acq_json"])
+    return paths
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def load_acquisition(mag_file: str, phase_file: str, acq_json: str) -> Acquisition:
+    """Read back what :func:`save_acquisition` wrote; shapes and affines of the two files must agree."""
+    mag_img, phase_img = nib.load(mag_file), nib.load(phase_file)
+    if mag_img.shape != phase_img.shape:
+        raise InputError(f"magnitude {mag_img.shape} and phase {phase_img.shape} shapes differ")
+    if not np.allclose(mag_img.affine, phase_img.affine, atol=1e-3):
+        raise InputError("magnitude and phase affines differ")
+    meta = json.loads(Path(acq_json).read_text())
+    mag = np.asarray(mag_img.dataobj, dtype=np.float32)
+    phase = np.asarray(phase_img.dataobj, dtype=np.float32)
+    if mag.ndim == 4:
+        mag, phase = np.moveaxis(mag, -1, 0), np.moveaxis(phase, -1, 0)
+    return Acquisition(mag=mag, phase=phase, te=meta["te"], b0=meta["b0"], affine=mag_img.affine,
+                       source=meta.get("source", {}))
+
+
+def load_mask(mask_file: str, *, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """A user brain mask as bool; its grid must be the acquisition's (shape and affine), else InputError."""
+    img = nib.load(mask_file)
+    data = np.asarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.shape != tuple(shape):
+        raise InputError(f"mask shape {data.shape} does not match the image shape {tuple(shape)}")
+    if not np.allclose(img.affine, affine, atol=1e-3):
+        raise InputError("mask affine (orientation/position) does not match the image")
+    mask = data > 0
+    if not mask.any():
+        raise InputError(f"mask {mask_file} is empty")
+    return mask
+
+
+def save_maps_bundle(maps: PhysicsMaps, path: Path) -> Path:
+    """All arrays of ``maps`` (+ affine, B0, JSON meta) in one uncompressed ``.npz``."""
+    arrays = {k: getattr(maps, k) for k in _MAP_ARRAYS if getattr(maps, k) is not None}
+    meta = json.dumps(maps.meta, default=str)
+    np.savez(path, affine=np.asarray(maps.affine, float), b0=np.float64(maps.b0),
+             meta=np.array(meta), **arrays)
+    return Path(path)
+
+
+def load_maps_bundle(path: str) -> PhysicsMaps:
+    """Inverse of :func:`save_maps_bundle`."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in _MAP_ARRAYS if k in z.files}
+        return PhysicsMaps(affine=z["affine"], b0=float(z["b0"]), meta=json.loads(str(z["meta"])),
+                           **arrays)

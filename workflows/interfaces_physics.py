@@ -1,0 +1,72 @@
+"""Nipype interface around the physics chain: acquisition files -> physics maps (bundle + NIfTI maps)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, TraitedSpec, isdefined, traits)
+
+from cmbdetect.workflows.interfaces import (CmbInterface, load_acquisition, load_mask, progress,
+                                            save_maps_bundle)
+
+#: NIfTI maps written by :func:`cmbdetect.pipeline.maps_io.write_physics_maps` (``<name>.nii.gz``).
+MAP_NAMES = ("chimap", "localfield", "brainmask", "swi", "mip", "chipos", "chineg", "r2star")
+
+
+class _ComputeMapsInputSpec(BaseInterfaceInputSpec):
+    mag_file = File(exists=True, mandatory=True, desc="magnitude NIfTI, 3D or 4D (echoes last)")
+    phase_file = File(exists=True, mandatory=True,
+                      desc="phase NIfTI in radians, project sign convention, same grid as mag_file")
+    acq_json = File(exists=True, mandatory=True, desc="JSON with te (s, one per echo) and b0 (T)")
+    mask_file = File(exists=True, desc="optional brain mask on the same grid (non-zero = brain)")
+    unwrap = traits.Enum("laplacian", "exact", usedefault=True, desc="phase unwrapping method")
+    background = traits.Str("vsharp", usedefault=True, desc="background field removal method")
+    inversion = traits.Str("default", usedefault=True, desc="dipole inversion method")
+    swi_slab_mm = traits.Float(8.0, usedefault=True, desc="minimum-intensity projection slab (mm)")
+    label = traits.Str("", usedefault=True, desc="subject label for progress lines")
+
+
+class _ComputeMapsOutputSpec(TraitedSpec):
+    maps_bundle = File(exists=True, desc="all physics maps in one .npz (see interfaces.load_maps_bundle)")
+    chimap = File(exists=True, desc="susceptibility (ppm)")
+    localfield = File(exists=True, desc="local field (ppm of B0)")
+    brainmask = File(exists=True, desc="brain mask used (uint8)")
+    swi = File(exists=True, desc="susceptibility-weighted image")
+    mip = File(exists=True, desc="minimum-intensity projection of the SWI")
+    chipos = File(exists=True, desc="paramagnetic part of chi (ppm, >= 0)")
+    chineg = File(exists=True, desc="diamagnetic part of chi (ppm, magnitude, >= 0)")
+    r2star = File(exists=True, desc="R2* (1/s), multi-echo only")
+
+
+class ComputeMaps(CmbInterface):
+    """Local field, QSM, SWI and mIP of one acquisition (``physics.chain.compute_physics_maps``).
+
+    The magnitude/phase files must share shape and affine; a mask, when given, must lie on the same
+    grid (otherwise :class:`InputError`).  Outputs are written in the node's own folder.
+    """
+
+    input_spec = _ComputeMapsInputSpec
+    output_spec = _ComputeMapsOutputSpec
+
+    def _run(self, cwd: Path) -> None:
+        from cmbdetect.physics.chain import compute_physics_maps
+        from cmbdetect.pipeline.maps_io import write_physics_maps
+
+        inputs = self.inputs
+        acq = load_acquisition(inputs.mag_file, inputs.phase_file, inputs.acq_json)
+        mask = None
+        if isdefined(inputs.mask_file):
+            mask = load_mask(inputs.mask_file, shape=acq.shape, affine=acq.affine)
+        progress(inputs.label, f"computing physics maps ({acq.n_echoes} echo(es), "
+                               f"{'x'.join(map(str, acq.shape))} voxels)")
+        maps = compute_physics_maps(mag=acq.mag, phase=acq.phase, te=acq.te, b0=acq.b0,
+                                    affine=acq.affine, mask=mask, unwrap=inputs.unwrap,
+                                    background=inputs.background, inversion=inputs.inversion,
+                                    swi_slab_mm=inputs.swi_slab_mm)
+        self._results["maps_bundle"] = str(save_maps_bundle(maps, cwd / "maps.npz"))
+        write_physics_maps(maps, cwd)
+        for name in MAP_NAMES:
+            path = cwd / f"{name}.nii.gz"
+            if path.exists():
+                self._results[name] = str(path)
+            elif name != "r2star":
+                raise RuntimeError(f"physics map {name}.nii.gz was not written")

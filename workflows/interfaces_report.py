@@ -1,0 +1,147 @@
+"""Nipype interfaces around the exports (Slicer markups, HTML report, DICOM SR) and the output sink."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from nipype.interfaces.base import (BaseInterfaceInputSpec, Directory, File, InputMultiObject,
+                                    TraitedSpec, isdefined, traits)
+
+from cmbdetect.workflows.interfaces import CmbInterface, load_maps_bundle, progress
+
+
+class _MarkupsInputSpec(BaseInterfaceInputSpec):
+    candidates_tsv = File(exists=True, mandatory=True, desc="candidate table")
+
+
+class _MarkupsOutputSpec(TraitedSpec):
+    markups = File(exists=True, desc="3D Slicer markups (LPS), candidates.mrk.json")
+
+
+class ExportMarkups(CmbInterface):
+    """Candidate table -> 3D Slicer point list (``pipeline.export_slicer.write_slicer_markups``)."""
+
+    input_spec = _MarkupsInputSpec
+    output_spec = _MarkupsOutputSpec
+
+    def _run(self, cwd: Path) -> None:
+        from cmbdetect.pipeline.candidates import read_candidates_tsv
+        from cmbdetect.pipeline.export_slicer import write_slicer_markups
+
+        path = cwd / "candidates.mrk.json"
+        write_slicer_markups(read_candidates_tsv(self.inputs.candidates_tsv), path)
+        self._results["markups"] = str(path)
+
+
+class _ReportInputSpec(BaseInterfaceInputSpec):
+    maps_bundle = File(exists=True, mandatory=True, desc="physics maps bundle (.npz)")
+    candidates_tsv = File(exists=True, mandatory=True, desc="candidate table")
+    model_info = File(exists=True, mandatory=True, desc="model.json from DetectCandidates")
+    settings = traits.Dict(desc="processing settings shown in the report")
+    label = traits.Str("", usedefault=True, desc="subject label for progress lines")
+
+
+class _ReportOutputSpec(TraitedSpec):
+    report = File(exists=True, desc="report.html")
+
+
+class ExportReport(CmbInterface):
+    """Self-contained HTML report of one subject (``pipeline.report.write_report``)."""
+
+    input_spec = _ReportInputSpec
+    output_spec = _ReportOutputSpec
+
+    def _run(self, cwd: Path) -> None:
+        from cmbdetect.pipeline.candidates import read_candidates_tsv
+        from cmbdetect.pipeline.report import write_report
+
+        inputs = self.inputs
+        progress(inputs.label, "writing report")
+        maps = load_maps_bundle(inputs.maps_bundle)
+        warnings = [str(w) for w in maps.meta.get("warnings", [])]
+        settings = dict(inputs.settings) if isdefined(inputs.settings) else {}
+        path = cwd / "report.html"
+        write_report(path, maps=maps, candidates=read_candidates_tsv(inputs.candidates_tsv),
+                     settings=settings, warnings=warnings,
+                     model_info=json.loads(Path(inputs.model_info).read_text()))
+        self._results["report"] = str(path)
+
+
+class _DicomInputSpec(BaseInterfaceInputSpec):
+    candidates_tsv = File(exists=True, mandatory=True, desc="candidate table")
+    maps_bundle = File(exists=True, mandatory=True, desc="physics maps bundle (.npz), for key images")
+    reference_files = InputMultiObject(File(exists=True), mandatory=True,
+                                       desc="DICOM files of the source series (headers are referenced)")
+
+
+class _DicomOutputSpec(TraitedSpec):
+    dicom_dir = Directory(exists=True, desc="folder with the SR (sr.dcm) and key images")
+
+
+class ExportDicom(CmbInterface):
+    """DICOM Structured Report + key images referencing the source series
+    (``pipeline.export_dicom.write_dicom_sr`` / ``write_key_images``)."""
+
+    input_spec = _DicomInputSpec
+    output_spec = _DicomOutputSpec
+
+    def _run(self, cwd: Path) -> None:
+        import pydicom
+
+        from cmbdetect.pipeline.candidates import read_candidates_tsv
+        from cmbdetect.pipeline.export_dicom import write_dicom_sr, write_key_images
+
+        candidates = read_candidates_tsv(self.inputs.candidates_tsv)
+        datasets = [pydicom.dcmread(f) for f in self.inputs.reference_files]
+        out = cwd / "dicom"
+        out.mkdir(exist_ok=True)
+        write_dicom_sr(candidates, source_datasets=datasets, path=out / "sr.dcm")
+        maps = load_maps_bundle(self.inputs.maps_bundle)
+        write_key_images(candidates, maps=maps, source_datasets=datasets, out_dir=out / "keyimages")
+        self._results["dicom_dir"] = str(out)
+
+
+class _SinkInputSpec(BaseInterfaceInputSpec):
+    in_file = traits.Either(File(exists=True), Directory(exists=True),
+                            desc="file or folder to copy; nothing happens when undefined")
+    out_dir = Directory(mandatory=True, desc="output root (a staging folder renamed into place later)")
+    out_name = traits.Str(mandatory=True, desc="path relative to out_dir")
+    sidecar = traits.Dict(desc="JSON sidecar written beside the copy (<stem>.json)")
+
+
+class _SinkOutputSpec(TraitedSpec):
+    out_file = traits.Str(desc="path of the copy")
+
+
+class DerivativesSink(CmbInterface):
+    """Copy one output into ``out_dir/out_name`` (atomically per file), with an optional JSON sidecar.
+
+    Always runs (never served from the cache), since its target lies outside the work directory."""
+
+    input_spec = _SinkInputSpec
+    output_spec = _SinkOutputSpec
+    _always_run = True
+
+    def _run(self, cwd: Path) -> None:
+        if not isdefined(self.inputs.in_file):
+            return
+        src = Path(self.inputs.in_file)
+        dst = Path(self.inputs.out_dir) / self.inputs.out_name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+        if src.is_dir():
+            shutil.copytree(src, tmp)
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.rename(tmp, dst)
+        else:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        if isdefined(self.inputs.sidecar) and self.inputs.sidecar:
+            stem = dst.name.split(".")[0]
+            (dst.parent / f"{stem}.json").write_text(json.dumps(self.inputs.sidecar, indent=2,
+                                                                default=str) + "\n")
+        self._results["out_file"] = str(dst)

@@ -1,0 +1,121 @@
+"""Execution back-ends: Nipype plugin name + arguments from typed options, running a workflow and
+turning a failed run into one clear message (from the failing node's ``cmbdetect_error.json``)."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmbdetect.physics.errors import InputError
+from cmbdetect.workflows.interfaces import ERROR_FILE
+
+#: Accepted ``--plugin`` values -> Nipype plugin names.
+PLUGINS = {"linear": "Linear", "multiproc": "MultiProc", "slurm": "SLURM", "slurmgraph": "SLURMGraph",
+           "sge": "SGE", "sgegraph": "SGEGraph", "pbs": "PBS", "pbsgraph": "PBSGraph", "lsf": "LSF"}
+
+#: Cluster plugins and the plugin argument holding the scheduler's submit options.
+_SUBMIT_ARGS = {"SLURM": "sbatch_args", "SLURMGraph": "sbatch_args", "SGE": "qsub_args",
+                "SGEGraph": "qsub_args", "PBS": "qsub_args", "PBSGraph": "qsub_args", "LSF": "bsub_args"}
+
+
+def plugin_settings(*, plugin: str | None = None, nprocs: int = 1, mem_gb: float | None = None,
+                    plugin_args: dict | None = None) -> tuple[str, dict]:
+    """``(plugin_name, plugin_args)`` for ``Workflow.run``.
+
+    ``plugin`` is one of :data:`PLUGINS` (case-insensitive); ``None`` means ``MultiProc`` when
+    ``nprocs > 1`` else ``Linear``.  ``nprocs`` and ``mem_gb`` (GB) bound MultiProc's scheduler;
+    ``plugin_args`` are passed through (e.g. ``{"sbatch_args": "--mem=8G -p short"}`` for SLURM).
+    Invalid values raise :class:`InputError`.
+    """
+    if nprocs is None or int(nprocs) < 1:
+        raise InputError(f"--nprocs must be at least 1, got {nprocs}")
+    if mem_gb is not None and not float(mem_gb) > 0:
+        raise InputError(f"--mem-gb must be positive, got {mem_gb}")
+    args = dict(plugin_args or {})
+    if plugin is None:
+        name = "MultiProc" if int(nprocs) > 1 else "Linear"
+    else:
+        name = PLUGINS.get(str(plugin).lower())
+        if name is None:
+            raise InputError(f"unknown --plugin {plugin!r}; choose one of {', '.join(PLUGINS)}")
+    if name == "MultiProc":
+        args.setdefault("n_procs", int(nprocs))
+        if mem_gb is not None:
+            args.setdefault("memory_gb", float(mem_gb))
+        args.setdefault("raise_insufficient", False)
+    elif name in _SUBMIT_ARGS:
+        key = _SUBMIT_ARGS[name]
+        if key in args and not isinstance(args[key], str):
+            raise InputError(f"--plugin-args {key} must be a string of scheduler options")
+    return name, args
+
+
+def parse_plugin_args(text: str | None) -> dict:
+    """``--plugin-args`` JSON object -> dict (InputError when it is not a JSON object)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--plugin-args is not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise InputError("--plugin-args must be a JSON object, e.g. '{\"sbatch_args\": \"--mem=8G\"}'")
+    return value
+
+
+@dataclass
+class NodeFailure:
+    """A node that crashed: its full name, working folder, error type and one-line message."""
+
+    node: str
+    workdir: str
+    kind: str
+    message: str
+    crashfile: str
+
+
+def collect_failures(crash_dir: str | Path) -> list[NodeFailure]:
+    """Failures recorded as text crash files in ``crash_dir`` (one per crashed node)."""
+    failures = []
+    for crash in sorted(Path(crash_dir).glob("crash-*.txt")):
+        text = crash.read_text(errors="replace")
+        node = re.search(r"^Node: (.*)$", text, re.M)
+        wd = re.search(r"^Working directory: (.*)$", text, re.M)
+        kind, message = "Error", ""
+        err = Path(wd.group(1).strip(), ERROR_FILE) if wd else None
+        if err is not None and err.is_file():
+            record = json.loads(err.read_text())
+            kind, message = record["type"], record["message"]
+        else:  # the last line of the traceback
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            message = lines[-1].strip() if lines else "unknown error"
+        failures.append(NodeFailure(node=node.group(1).strip() if node else "?",
+                                    workdir=wd.group(1).strip() if wd else "", kind=kind,
+                                    message=message, crashfile=str(crash)))
+    return failures
+
+
+def run_workflow(wf, *, plugin_name: str, plugin_args: dict, crash_dir: str | Path) -> list[NodeFailure]:
+    """Run ``wf``; return the node failures (empty on success).  ``crash_dir`` must be the workflow's
+    configured crash folder and should be fresh for this run."""
+    try:
+        wf.run(plugin=plugin_name, plugin_args=plugin_args)
+    except RuntimeError:
+        failures = collect_failures(crash_dir)
+        if not failures:
+            raise
+        return failures
+    return collect_failures(crash_dir)
+
+
+def raise_for_failures(failures: list[NodeFailure]) -> None:
+    """Raise :class:`InputError` for a user-input failure, else ``RuntimeError`` naming the node and
+    its crash file; nothing when ``failures`` is empty."""
+    if not failures:
+        return
+    first = next((f for f in failures if f.kind == "InputError"), failures[0])
+    if first.kind == "InputError":
+        raise InputError(first.message)
+    raise RuntimeError(f"step {first.node} failed: {first.kind}: {first.message} "
+                       f"(details: {first.crashfile})")
