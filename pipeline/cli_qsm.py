@@ -1,0 +1,105 @@
+"""``cmbdetect qsm``: magnitude + phase (or a local field) -> susceptibility and companion maps.
+
+Two forms::
+
+    cmbdetect qsm --mag M.nii.gz --phase P.nii.gz [--te 0.02 --b0 3] --out DIR
+    cmbdetect qsm --local-field F.nii.gz --mask M.nii.gz --b0 3 --out DIR
+
+The output folder (see :mod:`cmbdetect.pipeline.maps_io` for its files) is written atomically: it
+appears complete or not at all, and a failed run leaves any earlier output untouched.  An existing
+folder is replaced only when it is empty or an earlier ``qsm`` output (holds ``qsm_settings.json``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from cmbdetect.physics.errors import InputError
+from cmbdetect.pipeline.atomic import atomic_directory, write_json
+from cmbdetect.pipeline.cli_common import acquisition_from_args, add_input_arguments, load_user_mask
+from cmbdetect.pipeline.io_nifti import read_nifti_volume
+from cmbdetect.pipeline.maps_io import write_physics_maps
+
+SETTINGS_FILE = "qsm_settings.json"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``qsm`` subcommand on an ``argparse`` subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "qsm", help="compute QSM, local field, SWI/mIP and R2* maps from magnitude + phase",
+        description="Compute the susceptibility map (ppm) and companion maps from GRE magnitude + phase "
+                    "(NIfTI or DICOM), or invert a given local field (ppm).")
+    add_input_arguments(p)
+    p.add_argument("--local-field", metavar="NIFTI",
+                   help="local (tissue) field in ppm: skip unwrapping/background removal (needs --mask, --b0)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (written atomically)")
+    p.add_argument("--unwrap", default="laplacian", help="phase unwrapping: laplacian (default) or exact")
+    p.add_argument("--background", default="vsharp", help="background field removal (default vsharp)")
+    p.add_argument("--inversion", default="default", help="dipole inversion method (default: the chain's)")
+    p.add_argument("--swi-slab-mm", type=float, default=8.0, help="minimum-intensity projection slab (mm)")
+    p.set_defaults(run=run)
+    return p
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output path that is a file, or a non-empty folder that is not an earlier qsm output."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / SETTINGS_FILE).is_file():
+        raise InputError(f"--out {out} is a non-empty folder that is not a cmbdetect qsm output; "
+                         "choose a new or empty folder")
+
+
+def _maps_from_local_field(args: argparse.Namespace):
+    from cmbdetect.physics.chain import invert_local_field
+
+    if args.mag or args.phase or args.dicom:
+        raise InputError("--local-field replaces --mag/--phase/--dicom; give one or the other")
+    if not args.mask:
+        raise InputError("--local-field needs --mask (the brain mask the field was computed in)")
+    if args.b0 is None:
+        raise InputError("--local-field needs --b0 (tesla)")
+    field, affine = read_nifti_volume(args.local_field, what="local field")
+    if field.ndim != 3 or min(field.shape) < 3:
+        raise InputError(f"local field {args.local_field} must be a 3D volume, got shape {field.shape}")
+    if not np.all(np.isfinite(field)):
+        raise InputError(f"local field {args.local_field} contains NaN or infinite values")
+    mask = load_user_mask(args.mask, affine, field.shape)
+    maps = invert_local_field(local_field_ppm=field, mask=mask, affine=affine, b0=float(args.b0),
+                              inversion=args.inversion)
+    return maps, {"local_field": str(args.local_field), "mask": str(args.mask), "b0_t": float(args.b0)}
+
+
+def _maps_from_acquisition(args: argparse.Namespace):
+    from cmbdetect.physics.chain import compute_physics_maps
+
+    acq = acquisition_from_args(args)
+    mask = load_user_mask(args.mask, acq) if args.mask else None
+    maps = compute_physics_maps(mag=acq.mag, phase=acq.phase, te=acq.te, b0=acq.b0, affine=acq.affine,
+                                mask=mask, unwrap=args.unwrap, background=args.background,
+                                inversion=args.inversion, swi_slab_mm=args.swi_slab_mm)
+    source = {k: v for k, v in acq.source.items() if k not in ("dicom", "sidecar")}
+    return maps, {"source": source, "te_s": acq.te.tolist(), "b0_t": acq.b0, "shape": list(acq.shape),
+                  "voxel_size_mm": acq.voxel_size.tolist(), "mask": str(args.mask) if args.mask else None}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``qsm``; returns the exit status (bad input raises :class:`InputError` for ``cli.main``)."""
+    out = Path(args.out)
+    check_output_dir(out)
+    if args.swi_slab_mm is not None and not args.swi_slab_mm > 0:
+        raise InputError(f"--swi-slab-mm must be positive, got {args.swi_slab_mm}")
+    if args.local_field:
+        maps, inputs = _maps_from_local_field(args)
+    else:
+        maps, inputs = _maps_from_acquisition(args)
+    settings = {"command": "qsm", "inputs": inputs,
+                "options": {"unwrap": args.unwrap, "background": args.background, "inversion": args.inversion,
+                            "swi_slab_mm": args.swi_slab_mm}}
+    with atomic_directory(out) as tmp:
+        write_physics_maps(maps, tmp)
+        write_json(settings, tmp / SETTINGS_FILE)
+    print(f"cmbdetect qsm: wrote {len(list(out.glob('*.nii.gz')))} maps to {out}")
+    return 0
