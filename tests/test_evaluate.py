@@ -84,3 +84,70 @@ def test_write_evaluation(case, tmp_path):
     assert rows[0] == "threshold\tsensitivity\tfp_per_subject" and len(rows) == 8
     assert paths["froc_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.isclose(float(rows[-1].split("\t")[2]), 4 / 3, atol=1e-5)
+
+
+# --- the `cmbdetect evaluate` subcommand --------------------------------------------------------------
+
+def _run_cli(argv):
+    import argparse
+
+    from cmbdetect.pipeline import cli_evaluate
+
+    parser = argparse.ArgumentParser(prog="cmbdetect")
+    cli_evaluate.add_parser(parser.add_subparsers(dest="command"))
+    return cli_evaluate.run(parser.parse_args(["evaluate", *argv]))
+
+
+def _truth_table(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["kind\ti\tj\tk\tx\ty\tz\tdiameter_mm\tchi_ppm\tregion"]
+    lines += [f"{kind}\t0\t0\t0\t{x}\t{y}\t{z}\t3\t0.5\tlobar" for kind, (x, y, z) in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _pred_table(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["id\tlabel\tprobability\tx\ty\tz\tp_microbleed"]
+    lines += [f"{n}\t{label}\t{p}\t{x}\t{y}\t{z}\t{pmb}" for n, (label, p, pmb, (x, y, z)) in
+              enumerate(rows, start=1)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    gt = tmp_path / "bids" / "derivatives" / "groundtruth"
+    _truth_table(gt / "sub-01" / "sub-01_desc-lesions_table.tsv",
+                 [("microbleed", (10, 0, 0)), ("calcification", (30, 0, 0)), ("microbleed", (-20, 5, 5))])
+    _truth_table(gt / "sub-02" / "sub-02_desc-lesions_table.tsv", [("microbleed", (0, 0, 0))])
+    runs = tmp_path / "runs"
+    _pred_table(runs / "sub-01" / "candidates.tsv",
+                [("microbleed", 0.9, 0.9, (11, 0, 0)),         # hit
+                 ("calcification", 0.8, 0.1, (30, 0, 0)),      # right call on the calcification
+                 ("microbleed", 0.6, "n/a", (60, 0, 0))])     # FP, score from probability
+    _pred_table(runs / "sub-02" / "out" / "sub-02_candidates.tsv", [("vein", 0.7, 0.2, (0, 1, 0))])
+    return tmp_path
+
+
+def test_cli_evaluate_end_to_end(dataset, capsys):
+    out = dataset / "eval"
+    assert _run_cli(["--pred", str(dataset / "runs"), "--truth", str(dataset / "bids"), "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["n_subjects"], m["n_true"], m["tp"], m["fp"], m["fn"]) == (2, 3, 1, 1, 2)
+    assert m["stage2_auc"] == pytest.approx(3 / 4)  # true: 0.9, 0.2; false: 0.6, 0.1
+    assert (out / "froc.png").is_file() and (out / "froc.tsv").is_file()
+    assert "2 subjects, 3 microbleeds" in capsys.readouterr().out
+
+
+def test_cli_evaluate_bad_input_writes_nothing(dataset):
+    from cmbdetect.physics.errors import InputError
+
+    out = dataset / "eval"
+    with pytest.raises(InputError, match="does not exist"):
+        _run_cli(["--pred", str(dataset / "runs"), "--truth", str(dataset / "nope"), "--out", str(out)])
+    _pred_table(dataset / "runs" / "sub-07" / "candidates.tsv", [])
+    with pytest.raises(InputError, match="without ground truth: 07"):
+        _run_cli(["--pred", str(dataset / "runs"), "--truth", str(dataset / "bids"), "--out", str(out)])
+    with pytest.raises(InputError, match="cannot tell the subject"):
+        _pred_table(dataset / "loose.tsv", [])
+        _run_cli(["--pred", str(dataset / "loose.tsv"), "--truth", str(dataset / "bids"), "--out", str(out)])
+    assert not out.exists()

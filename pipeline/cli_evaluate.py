@@ -1,0 +1,140 @@
+"""``cmbdetect evaluate``: VALDO-style detection metrics of candidate tables against ground truth.
+
+``--pred`` is a folder searched for ``*candidates.tsv`` (run outputs or a BIDS derivatives folder; the
+subject is the first ``sub-<label>`` part of each file's path) or a single candidate table.  ``--truth`` is
+a ground-truth folder (``derivatives/groundtruth`` or a BIDS root containing it) searched for
+``*lesions*.tsv`` with at least the columns ``kind x y z`` (scanner RAS mm); only ``kind == microbleed``
+rows are lesions to find.  Writes ``metrics.json``, ``froc.tsv`` and ``froc.png`` into ``--out``.
+
+The score ranked by the FROC is the candidate's ``p_microbleed``; where that is missing, ``probability``
+for rows labelled microbleed and 0 otherwise.  See :mod:`cmbdetect.models.evaluate` for the protocol.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+from pathlib import Path
+
+from cmbdetect.models.evaluate import evaluate_detections, write_evaluation
+from cmbdetect.physics.errors import InputError
+from cmbdetect.pipeline.candidates import read_candidates_tsv
+
+_SUBJECT = re.compile(r"^sub-([A-Za-z0-9]+)")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``evaluate`` on the main parser's subparsers."""
+    p = subparsers.add_parser(
+        "evaluate", help="detection metrics (sensitivity, FP/subject, FROC) against ground truth",
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pred", required=True, help="folder with *candidates.tsv per subject, or one TSV")
+    p.add_argument("--truth", required=True,
+                   help="ground-truth folder (derivatives/groundtruth or a BIDS root) or one lesion TSV")
+    p.add_argument("--out", required=True, help="output folder for metrics.json, froc.tsv, froc.png")
+    p.add_argument("--hit-mm", type=float, default=5.0,
+                   help="a prediction hits a lesion when the centres are closer than this (mm, default 5)")
+    return p
+
+
+def subject_of(path: Path, root: Path | None = None) -> str | None:
+    """Label of the first ``sub-<label>`` part of ``path`` (relative to ``root`` when given)."""
+    parts = path.relative_to(root).parts if root is not None else path.parts
+    for part in parts:
+        m = _SUBJECT.match(part)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _files_by_subject(root: Path, pattern: str, what: str) -> dict[str, Path]:
+    """``{subject: file}`` for the files under ``root`` matching ``pattern``; one file per subject."""
+    if root.is_file():
+        files = [root]
+        base = None
+    elif root.is_dir():
+        files = sorted(p for p in root.rglob(pattern) if p.is_file() and not p.name.startswith("."))
+        base = root
+    else:
+        raise InputError(f"{what} path {root} does not exist")
+    found: dict[str, Path] = {}
+    for f in files:
+        sub = (subject_of(f, base) if base is not None else None) or subject_of(f.resolve())
+        if sub is None:
+            raise InputError(f"cannot tell the subject of {f}: no sub-<label> in its path")
+        if sub in found:
+            raise InputError(f"two {what} files for subject {sub}: {found[sub]} and {f}")
+        found[sub] = f
+    if not found:
+        raise InputError(f"no {pattern} files found under {root}")
+    return found
+
+
+def read_truth_points(path: Path) -> list[tuple[float, float, float]]:
+    """Centres (scanner RAS mm) of the ``kind == microbleed`` rows of a lesion table."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter="\t")
+            missing = [c for c in ("kind", "x", "y", "z") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"lesion table {path} lacks the columns {' '.join(missing)}")
+            rows = list(reader)
+    except OSError as exc:
+        raise InputError(f"cannot read lesion table {path}: {exc.strerror or exc}") from None
+    points = []
+    for n, row in enumerate(rows, start=2):
+        if (row.get("kind") or "").strip().lower() != "microbleed":
+            continue
+        try:
+            xyz = tuple(float(row[c]) for c in ("x", "y", "z"))
+        except (TypeError, ValueError):
+            raise InputError(f"lesion table {path} line {n}: non-numeric x y z") from None
+        if not all(math.isfinite(v) for v in xyz):
+            raise InputError(f"lesion table {path} line {n}: x y z must be finite")
+        points.append(xyz)
+    return points
+
+
+def read_predictions(path: Path) -> list[tuple[tuple[float, float, float], float, str]]:
+    """``(xyz_mm, score, label)`` of each row of a candidate table (score as in the module doc)."""
+    preds = []
+    for c in read_candidates_tsv(path):
+        if not all(math.isfinite(v) for v in (c.x, c.y, c.z)):
+            raise InputError(f"candidate table {path}: candidate {c.id} has no finite x y z")
+        if math.isfinite(c.p_microbleed):
+            score = c.p_microbleed
+        else:
+            score = c.probability if c.label == "microbleed" and math.isfinite(c.probability) else 0.0
+        preds.append(((c.x, c.y, c.z), float(score), c.label))
+    return preds
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and write the outputs; returns 0.  Bad input raises :class:`InputError`."""
+    if not (args.hit_mm > 0 and math.isfinite(args.hit_mm)):
+        raise InputError(f"--hit-mm must be a positive distance in mm, got {args.hit_mm}")
+    truth_root = Path(args.truth)
+    if (truth_root / "derivatives" / "groundtruth").is_dir():
+        truth_root = truth_root / "derivatives" / "groundtruth"
+    truth_files = _files_by_subject(truth_root, "*lesions*.tsv", "ground-truth")
+    pred_path = Path(args.pred)
+    if pred_path.is_file() and subject_of(pred_path.resolve()) is None and len(truth_files) == 1:
+        pred_files = {next(iter(truth_files)): pred_path}
+    else:
+        pred_files = _files_by_subject(pred_path, "*candidates.tsv", "prediction")
+    extra = sorted(set(pred_files) - set(truth_files))
+    if extra:
+        raise InputError(f"predictions for subjects without ground truth: {', '.join(extra)}")
+    truth = {s: read_truth_points(f) for s, f in truth_files.items()}
+    preds = {s: read_predictions(f) for s, f in pred_files.items()}
+    result = evaluate_detections(preds, truth, hit_mm=float(args.hit_mm))
+    write_evaluation(result, Path(args.out))
+    missing = sorted(set(truth_files) - set(pred_files))
+    note = f"; {len(missing)} subject(s) without predictions counted as all missed" if missing else ""
+    at1 = result.sensitivity_at_fp.get("1")
+    print(f"{result.n_subjects} subjects, {result.n_true} microbleeds: sensitivity {result.sensitivity:.3f}, "
+          f"precision {result.precision:.3f}, F1 {result.f1:.3f}, FP/subject {result.fp_per_subject:.2f}, "
+          f"sensitivity at 1 FP/subject {'n/a' if at1 is None else f'{at1:.3f}'}{note}; "
+          f"written to {args.out}")
+    return 0
