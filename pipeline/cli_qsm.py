@@ -39,7 +39,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--background", default="vsharp", help="background field removal (default vsharp)")
     p.add_argument("--inversion", default="default", help="dipole inversion method (default: the chain's)")
     p.add_argument("--swi-slab-mm", type=float, default=8.0, help="minimum-intensity projection slab (mm)")
-    p.set_defaults(run=run)
     return p
 
 
@@ -80,7 +79,7 @@ def _maps_from_acquisition(args: argparse.Namespace):
     maps = compute_physics_maps(mag=acq.mag, phase=acq.phase, te=acq.te, b0=acq.b0, affine=acq.affine,
                                 mask=mask, unwrap=args.unwrap, background=args.background,
                                 inversion=args.inversion, swi_slab_mm=args.swi_slab_mm)
-    source = {k: v for k, v in acq.source.items() if k not in ("dicom", "sidecar")}
+    source = {k: v for k, v in acq.source.items() if k != "dicom_datasets"}
     return maps, {"source": source, "te_s": acq.te.tolist(), "b0_t": acq.b0, "shape": list(acq.shape),
                   "voxel_size_mm": acq.voxel_size.tolist(), "mask": str(args.mask) if args.mask else None}
 

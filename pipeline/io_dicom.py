@@ -17,9 +17,11 @@ Reading (:func:`read_dicom_series`, :func:`load_dicom_acquisition`):
   rules of :func:`cmbdetect.physics.phase.rescale_phase`;
 * B0 from ``MagneticFieldStrength`` (T; values > 100 are taken as gauss, as some old GE headers do).
 
-``acq.source["dicom"]`` keeps what a DICOM SR/SC writer needs to reference the input: study, series,
-SOP instance and frame-of-reference UIDs, the patient/study modules, and ``datasets`` (pydicom datasets
-without pixel data, one per slice ``k`` of the first magnitude echo for classic series).
+``acq.source["dicom"]`` (JSON-able) keeps what a DICOM SR/SC writer needs to reference the input: study,
+series, SOP instance and frame-of-reference UIDs, the patient/study modules, and ``reference_frames`` /
+``reference_files`` (SOP instance UID and 1-based frame number / file of slice ``k`` of the first
+magnitude echo).  ``acq.source["dicom_datasets"]`` holds those reference pydicom datasets (without pixel
+data; one per slice for classic series, one for an enhanced file) for writers that take datasets.
 """
 from __future__ import annotations
 
@@ -315,8 +317,9 @@ def read_dicom_series(series_dirs: str | os.PathLike | Sequence[str | os.PathLik
             "patient": {k: str(ref_ds.get(k, "")) for k in _PATIENT_KEYS},
             "study": {k: str(ref_ds.get(k, "")) for k in _STUDY_KEYS},
             "manufacturer": str(ref_ds.get("Manufacturer", "")),
-            "datasets": list({id(fr.dataset): fr.dataset for fr in first_mag}.values()),
+            "reference_files": [str(fr.path) for fr in first_mag],
         },
+        "dicom_datasets": list({id(fr.dataset): fr.dataset for fr in first_mag}.values()),
     }
     return DicomSeries(mag=np.stack(vols["M"]), phase=phase, te=te_s, b0=float(b0),
                        affine=_LPS_TO_RAS @ affine_lps, source=source)

@@ -1,0 +1,82 @@
+"""Atomic outputs: complete or absent, never half-written; existing outputs replaced safely."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cmbdetect.physics.errors import InputError
+from cmbdetect.pipeline.atomic import atomic_directory, save_nifti, write_json, write_text
+
+
+def test_atomic_directory_appears_complete(tmp_path):
+    final = tmp_path / "out"
+    with atomic_directory(final) as tmp:
+        assert tmp.parent == final.parent and tmp != final
+        (tmp / "a.txt").write_text("A")
+        assert not final.exists()
+    assert (final / "a.txt").read_text() == "A"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left beside it
+
+
+def test_atomic_directory_removed_on_error_and_old_output_kept(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(final) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in final.iterdir()) == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_directory_replaces_existing(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with atomic_directory(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_directory_refuses_a_file(tmp_path):
+    f = tmp_path / "out"
+    f.write_text("x")
+    with pytest.raises(InputError):
+        with atomic_directory(f):
+            pass
+
+
+def test_save_nifti_round_trip_and_no_temporaries(tmp_path, oblique_affine):
+    aff = oblique_affine((5, 6, 7))
+    arr = np.arange(5 * 6 * 7, dtype=np.float64).reshape(5, 6, 7)
+    path = save_nifti(arr, aff, tmp_path / "x.nii.gz")
+    img = nib.load(str(path))
+    assert img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(img.get_fdata(), arr)
+    np.testing.assert_allclose(img.affine, aff, atol=1e-5)
+    assert img.header["sform_code"] == 1 and img.header["qform_code"] == 1
+    mask = save_nifti(arr > 100, aff, tmp_path / "m.nii")
+    assert nib.load(str(mask)).get_data_dtype() == np.uint8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nii", "x.nii.gz"]
+
+
+def test_save_nifti_failure_keeps_previous_file(tmp_path):
+    path = tmp_path / "x.nii.gz"
+    save_nifti(np.zeros((3, 3, 3)), np.eye(4), path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_nifti(np.zeros((3, 3, 3), dtype=object), np.eye(4), path, dtype=object)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["x.nii.gz"]
+
+
+def test_write_json_and_text(tmp_path):
+    p = write_json({"a": np.float32(1.5), "b": np.arange(3), "c": tmp_path}, tmp_path / "d" / "x.json")
+    assert json.loads(p.read_text()) == {"a": 1.5, "b": [0, 1, 2], "c": str(tmp_path)}
+    t = write_text("hello\n", tmp_path / "t.txt")
+    assert t.read_text() == "hello\n"
