@@ -1,0 +1,83 @@
+"""Probability calibration and prevalence adjustment for the stage-2 classifier.
+
+1. Logit adjustment: a classifier trained with class weights ``w_c`` learns scores shifted by ``log w_c``;
+   :func:`undo_class_weights` subtracts it so the outputs reflect the training class frequencies again.
+2. Temperature scaling (Guo et al. 2017): one scalar ``T`` minimising the validation negative
+   log-likelihood of ``softmax(logits / T)`` (:func:`fit_temperature`).
+3. Prevalence (Bayes' rule, Saerens et al. 2002): with training prior ``pi_train`` of the microbleed class
+   among candidates and a deployment prior ``pi_deploy``,
+   ``odds' = odds * (pi_deploy / (1 - pi_deploy)) / (pi_train / (1 - pi_train))``; the other classes keep
+   their ratios and share ``1 - p'`` (:func:`adjust_prevalence`).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from cmbdetect.physics.errors import InputError
+
+
+def softmax(logits: np.ndarray, *, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` (last axis)."""
+    z = np.asarray(logits, dtype=float) / float(temperature)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def undo_class_weights(logits: np.ndarray, class_weights) -> np.ndarray:
+    """Subtract ``log w_c`` from each class logit (classes with weight 0 are left unchanged)."""
+    w = np.asarray(class_weights, dtype=float)
+    shift = np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), 0.0)
+    return np.asarray(logits, dtype=float) - shift
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, *, temperature: float = 1.0) -> float:
+    """Mean NLL of integer ``labels`` under ``softmax(logits / temperature)``."""
+    p = softmax(logits, temperature=temperature)
+    lab = np.asarray(labels, dtype=int)
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(lab)), lab], 1e-12, 1.0))))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds=(0.05, 20.0)) -> float:
+    """Temperature minimising the validation NLL (1.0 when there are fewer than 2 samples)."""
+    logits = np.asarray(logits, dtype=float)
+    if len(logits) < 2:
+        return 1.0
+    res = minimize_scalar(lambda lt: negative_log_likelihood(logits, labels, temperature=float(np.exp(lt))),
+                          bounds=tuple(np.log(bounds)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def adjust_prevalence(probs: np.ndarray, *, pi_train: float, pi_deploy: float, index: int = 0) -> np.ndarray:
+    """Bayes re-weighting of class ``index`` (microbleed) from prior ``pi_train`` to ``pi_deploy``.
+
+    ``probs`` ``(..., C)`` rows summing to 1.  Raises :class:`InputError` for priors outside (0, 1).
+    """
+    for name, v in (("prevalence", pi_deploy), ("training prevalence", pi_train)):
+        if not (0.0 < float(v) < 1.0):
+            raise InputError(f"{name} must be strictly between 0 and 1, got {v}")
+    p = np.asarray(probs, dtype=float)
+    pk = np.clip(p[..., index], 1e-12, 1 - 1e-12)
+    ratio = (pi_deploy / (1 - pi_deploy)) / (pi_train / (1 - pi_train))
+    odds = pk / (1 - pk) * ratio
+    new_k = odds / (1 + odds)
+    rest = np.delete(p, index, axis=-1)
+    rest_sum = rest.sum(axis=-1, keepdims=True)
+    rest = np.where(rest_sum > 0, rest / np.where(rest_sum > 0, rest_sum, 1.0), 1.0 / max(rest.shape[-1], 1))
+    rest = rest * (1 - new_k)[..., None]
+    return np.insert(rest, index, new_k, axis=-1)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, bins: int = 10) -> float:
+    """ECE of the arg-max confidence (equal-width bins)."""
+    p = np.asarray(probs, dtype=float)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == np.asarray(labels)).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)

@@ -1,0 +1,132 @@
+"""PhysicsMaps -> normalised multi-channel float32 array ``[C, X, Y, Z]`` for the networks.
+
+Channels (names used in model metadata):
+
+- ``magnitude``: echo-combined magnitude divided by its median inside the mask, minus 1 (so tissue is ~0
+  and hypointense blooming is negative), scaled by a robust spread.
+- ``swi``: the same for the SWI image.
+- ``local_field``: local field (ppm), robustly standardised inside the mask (median, 1.4826*MAD).
+- ``chi``: susceptibility (ppm), robustly standardised inside the mask.
+- ``chi_pos`` / ``chi_neg``: paramagnetic / diamagnetic parts (ppm, both >= 0) divided by the *chi*
+  channel's robust scale (no centring, so zero stays zero and the sign split stays physical).
+
+Every channel is zero outside the mask and clipped to ``[-clip, clip]``.  The normalisation is computed
+per subject (robust to scanner gain, B0, inversion method); the method and its constants are part of the
+model metadata (:func:`normalisation_spec`), and the per-subject centre/scale values are returned so a
+caller can record them.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from cmbdetect.physics.errors import InputError
+from cmbdetect.physics.geometry import voxel_sizes
+from cmbdetect.physics.maps import PhysicsMaps
+
+#: All channels this module knows, in the default order.
+ALL_CHANNELS: tuple[str, ...] = ("magnitude", "local_field", "chi", "chi_pos", "chi_neg")
+#: Channels of the "no physics" ablation (what a magnitude/SWI-only detector sees).
+APPEARANCE_CHANNELS: tuple[str, ...] = ("magnitude", "swi")
+#: Clip limit of every normalised channel (in robust-spread units).
+DEFAULT_CLIP: float = 12.0
+_MAD_TO_SD = 1.4826
+
+
+def normalisation_spec(*, clip: float = DEFAULT_CLIP) -> dict:
+    """Description of the normalisation, stored in ``metadata.json`` under ``normalisation``."""
+    return {
+        "method": "robust-per-subject",
+        "centre": "median inside mask (magnitude/swi: divide by median, then subtract 1)",
+        "scale": "1.4826*MAD inside mask; chi_pos/chi_neg use the chi scale, no centring",
+        "clip": float(clip),
+        "outside_mask": 0.0,
+    }
+
+
+def _robust(values: np.ndarray) -> tuple[float, float]:
+    med = float(np.median(values))
+    mad = float(np.median(np.abs(values - med))) * _MAD_TO_SD
+    if not np.isfinite(mad) or mad <= 1e-12:
+        mad = float(np.std(values)) or 1.0
+    return med, mad
+
+
+def _raw(maps: PhysicsMaps, name: str) -> np.ndarray:
+    table = {
+        "magnitude": maps.magnitude, "swi": maps.swi, "local_field": maps.local_field_ppm,
+        "chi": maps.chi_ppm, "chi_pos": maps.chi_pos, "chi_neg": maps.chi_neg,
+    }
+    if name not in table:
+        raise InputError(f"unknown model channel {name!r}; known: {', '.join(table)}")
+    arr = table[name]
+    if arr is None or np.shape(arr) != maps.shape:
+        raise InputError(f"physics map {name!r} is missing or not on the mask grid")
+    return np.asarray(arr, dtype=np.float32)
+
+
+def physics_channels(maps: PhysicsMaps, channels=ALL_CHANNELS, *,
+                     clip: float = DEFAULT_CLIP) -> tuple[np.ndarray, dict]:
+    """Stack and normalise ``channels`` of ``maps``.
+
+    Returns ``(array, stats)``: float32 ``[C, X, Y, Z]`` and ``{channel: {"centre": c, "scale": s}}`` in
+    the channel's physical units (ppm for field/chi, image units for magnitude/swi).
+    """
+    mask = np.asarray(maps.mask, dtype=bool)
+    if mask.sum() < 8:
+        raise InputError("the brain mask is empty (fewer than 8 voxels); cannot build model inputs")
+    out = np.zeros((len(channels), *mask.shape), dtype=np.float32)
+    stats: dict[str, dict[str, float]] = {}
+    chi_scale = None
+    for c, name in enumerate(channels):
+        raw = _raw(maps, name)
+        inside = raw[mask]
+        if name in ("magnitude", "swi"):
+            med = float(np.median(inside))
+            if med <= 0:
+                med = float(np.mean(np.abs(inside))) or 1.0
+            rel = raw / med - 1.0
+            _, scale = _robust(rel[mask])
+            centre = 0.0
+            norm = rel / scale
+            stats[name] = {"centre": med, "scale": scale * med}
+        elif name in ("chi_pos", "chi_neg"):
+            if chi_scale is None:
+                _, chi_scale = _robust(_raw(maps, "chi")[mask])
+            norm = raw / chi_scale
+            stats[name] = {"centre": 0.0, "scale": chi_scale}
+        else:
+            centre, scale = _robust(inside)
+            if name == "chi":
+                chi_scale = scale
+            norm = (raw - centre) / scale
+            stats[name] = {"centre": centre, "scale": scale}
+        np.clip(norm, -clip, clip, out=norm)
+        norm[~mask] = 0.0
+        out[c] = norm
+    return out, stats
+
+
+def resample_factors(affine: np.ndarray, target_spacing) -> np.ndarray | None:
+    """Zoom factors (native/target voxel size per axis) to bring the grid to ``target_spacing`` mm,
+    or ``None`` when every axis is within 10 % of it (work on the native grid then)."""
+    if target_spacing is None:
+        return None
+    native = voxel_sizes(affine)
+    factors = native / np.asarray(target_spacing, dtype=float)
+    if np.all(np.abs(factors - 1.0) <= 0.10):
+        return None
+    return factors
+
+
+def resample_channels(array: np.ndarray, factors) -> np.ndarray:
+    """Linear resampling of ``[C, X, Y, Z]`` by per-axis zoom ``factors`` (new = old * factor).
+    Voxel centre ``i`` of the input maps to ``i * (n_out - 1) / (n_in - 1)`` (``ndimage.zoom`` grid)."""
+    return np.stack([ndimage.zoom(ch, factors, order=1, grid_mode=False) for ch in array]).astype(np.float32)
+
+
+def map_back(centres_resampled: np.ndarray, in_shape, out_shape) -> np.ndarray:
+    """Voxel coordinates on a resampled grid (``out_shape``) -> the native grid (``in_shape``)."""
+    c = np.asarray(centres_resampled, dtype=float).reshape(-1, 3)
+    ratio = (np.asarray(in_shape, float) - 1) / np.maximum(np.asarray(out_shape, float) - 1, 1)
+    return c * ratio

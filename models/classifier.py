@@ -1,0 +1,126 @@
+"""Stage 2: classify each candidate as microbleed / calcification / vein / other.
+
+Inputs per candidate: a cubic multi-channel patch of the normalised channels centred on it, and the
+physics features of ``physics.sources.lesion_features`` measured on a small region grown around it
+(:func:`candidate_region`).  Outputs go through logit adjustment, temperature scaling, optional prevalence
+re-weighting (:mod:`cmbdetect.models.calibration`) and the **physics gate** (:func:`physics_gate`):
+calcification versus microbleed is decided by the sign of the susceptibility, never by appearance.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cmbdetect.models.calibration import adjust_prevalence, softmax, undo_class_weights
+from cmbdetect.models.detection import CLASSES
+from cmbdetect.models.networks import PatchClassifier
+
+_MB = CLASSES.index("microbleed")
+_CALC = CLASSES.index("calcification")
+
+
+def extract_patches(channels: np.ndarray, centres_vox, size: int) -> np.ndarray:
+    """``[N, C, size, size, size]`` patches of ``channels`` ``[C, X, Y, Z]`` centred on the nearest voxel of
+    each centre (zero outside the volume)."""
+    c = np.asarray(centres_vox, dtype=float).reshape(-1, 3)
+    half = size // 2
+    padded = np.pad(channels, [(0, 0)] + [(half, half)] * 3)
+    out = np.empty((len(c), channels.shape[0], size, size, size), dtype=np.float32)
+    shape = np.array(channels.shape[1:])
+    for n, ijk in enumerate(np.clip(np.rint(c).astype(int), 0, shape - 1)):
+        out[n] = padded[:, ijk[0]:ijk[0] + size, ijk[1]:ijk[1] + size, ijk[2]:ijk[2] + size]
+    return out
+
+
+def candidate_region(chi_ppm: np.ndarray, centre, voxel_size, *, chi_scale: float,
+                     search_mm: float = 2.0) -> np.ndarray:
+    """Bool region of the source around ``centre`` (voxel coords) inside ``chi_ppm`` (a crop).
+
+    The strongest |chi| voxel within ``search_mm`` gives the sign ``s``; the region is the connected set
+    of voxels with ``s * chi > max(3 * chi_scale, 0.3 * peak)`` containing it (a 1.5 mm ball if empty).
+    Its shape (elongation, sphericity) is what separates veins from round bleeds.
+    """
+    from scipy import ndimage
+
+    vs = np.asarray(voxel_size, dtype=float)
+    idx = np.indices(chi_ppm.shape, dtype=float)
+    d2 = sum(((idx[a] - centre[a]) * vs[a]) ** 2 for a in range(3))
+    near = d2 <= search_mm**2
+    if not near.any():
+        near = d2 <= d2.min()
+    vals = np.where(near, np.abs(chi_ppm), -1.0)
+    peak_idx = np.unravel_index(int(np.argmax(vals)), chi_ppm.shape)
+    sign = 1.0 if chi_ppm[peak_idx] >= 0 else -1.0
+    peak = abs(float(chi_ppm[peak_idx]))
+    above = sign * chi_ppm > max(3.0 * chi_scale, 0.3 * peak)
+    if above[peak_idx]:
+        lab, _ = ndimage.label(above)
+        region = lab == lab[peak_idx]
+        if region.sum() >= 1:
+            return region
+    return d2 <= 1.5**2
+
+
+def features_vector(features: list[dict], names, mean, std) -> np.ndarray:
+    """Signed-log transform ``sign(x) log1p|x|`` then standardisation ``(x - mean) / std``; missing or
+    non-finite values become the mean (0 after standardisation)."""
+    raw = np.array([[float(f.get(k, np.nan)) for k in names] for f in features], dtype=float).reshape(-1, len(names))
+    x = np.sign(raw) * np.log1p(np.abs(raw))
+    x = (x - np.asarray(mean)) / np.maximum(np.asarray(std), 1e-6)
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def committee_logits(net: PatchClassifier, patches: np.ndarray, feats: np.ndarray, *,
+                     batch: int = 64) -> np.ndarray:
+    """Raw committee logits ``[N, heads, classes]`` (eval mode, batched)."""
+    net.eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(patches), batch):
+            out.append(net(torch.from_numpy(patches[s:s + batch]), torch.from_numpy(feats[s:s + batch])).numpy())
+    if not out:
+        return np.zeros((0, len(net.heads), net.heads[0].out_features), dtype=np.float32)
+    return np.concatenate(out)
+
+
+def calibrated_probabilities(logits: np.ndarray, calibration: dict, *,
+                             prevalence: float | None = None) -> np.ndarray:
+    """Per-head probabilities ``[N, H, C]`` after logit adjustment, temperature and prevalence."""
+    z = undo_class_weights(logits, calibration.get("class_weights", [1.0] * logits.shape[-1]))
+    p = softmax(z, temperature=float(calibration.get("temperature", 1.0)))
+    if prevalence is not None:
+        p = adjust_prevalence(p, pi_train=float(calibration["training_prevalence"]), pi_deploy=float(prevalence),
+                              index=_MB)
+    return p
+
+
+def physics_gate(probs: np.ndarray, features: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Forbid "microbleed" for diamagnetic candidates.
+
+    A candidate whose ``integrated_chi_ppm_mm3 < 0`` **and** ``dipole_sign < 0`` (both say diamagnetic)
+    cannot be a microbleed (blood products are paramagnetic): its microbleed probability is moved to
+    calcification.  Returns ``(probs, gated)`` with ``gated`` a bool array.  Works on ``[N, C]`` or
+    ``[N, H, C]``.
+    """
+    p = np.array(probs, dtype=float, copy=True)
+    gated = np.array([float(f.get("integrated_chi_ppm_mm3", 0.0)) < 0 and float(f.get("dipole_sign", 0.0)) < 0
+                      for f in features], dtype=bool)
+    if gated.any():
+        p[gated, ..., _CALC] += p[gated, ..., _MB]
+        p[gated, ..., _MB] = 0.0
+    return p, gated
+
+
+def committee_uncertainty(head_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean_probs [N, C], uncertainty [N], disagreement [N])``.
+
+    uncertainty = entropy of the committee mean / log C (0..1; includes disagreement, since heads that
+    disagree flatten the mean); disagreement = mutual information (entropy of mean - mean entropy of
+    heads) / log C, the query-by-committee term.
+    """
+    p = np.clip(np.asarray(head_probs, dtype=float), 1e-12, 1.0)
+    mean = p.mean(axis=1)
+    c = p.shape[-1]
+    h_mean = -(mean * np.log(mean)).sum(-1) / np.log(c)
+    h_heads = (-(p * np.log(p)).sum(-1)).mean(axis=1) / np.log(c)
+    return mean, np.clip(h_mean, 0.0, 1.0), np.clip(h_mean - h_heads, 0.0, 1.0)

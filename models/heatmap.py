@@ -1,0 +1,93 @@
+"""Centre-heatmap targets and peak extraction (CenterNet-style), with distances in mm.
+
+Targets: each lesion centre gets an anisotropic-voxel Gaussian ``exp(-d_mm^2 / (2 sigma_mm^2))``; where
+Gaussians overlap the maximum is kept.  The voxel nearest each centre is exactly 1 (the positive the
+focal loss counts).  The size target holds the diameter (mm) within the Gaussian core.
+
+Peaks: max-pool non-maximum suppression (a voxel is a peak when it equals the maximum of a box whose
+half-width is ``min_distance_mm`` converted to voxels per axis) above ``threshold``, then greedy distance
+suppression in mm (highest score first), then a sub-voxel centroid refinement over the 3x3x3 neighbourhood.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_targets(shape, centres_vox, voxel_size, *, diameters_mm=None,
+                     sigma_mm: float = 1.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heatmap, size and positive-mask targets on a grid of ``shape`` with ``voxel_size`` (mm).
+
+    ``centres_vox``: ``(N, 3)`` continuous voxel coordinates on this grid.  ``diameters_mm``: ``(N,)``
+    or None.  Returns float32 heatmap in [0, 1], float32 diameter map (mm, 0 where undefined), and a
+    bool map of the voxels nearest each centre (heatmap == 1 there).
+    """
+    shape = tuple(int(s) for s in shape)
+    vs = np.asarray(voxel_size, dtype=float)
+    heat = np.zeros(shape, dtype=np.float32)
+    size = np.zeros(shape, dtype=np.float32)
+    peak = np.zeros(shape, dtype=bool)
+    centres = np.asarray(centres_vox, dtype=float).reshape(-1, 3)
+    diam = np.zeros(len(centres)) if diameters_mm is None else np.asarray(diameters_mm, dtype=float)
+    half = np.ceil(3.0 * sigma_mm / vs).astype(int)
+    for c, d in zip(centres, diam):
+        nearest = np.rint(c).astype(int)
+        if np.any(nearest < 0) or np.any(nearest >= shape):
+            continue
+        lo = np.maximum(nearest - half, 0)
+        hi = np.minimum(nearest + half + 1, shape)
+        axes = [(np.arange(lo[a], hi[a]) - c[a]) * vs[a] for a in range(3)]
+        d2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
+        g = np.exp(-d2 / (2.0 * sigma_mm**2)).astype(np.float32)
+        sl = tuple(slice(lo[a], hi[a]) for a in range(3))
+        np.maximum(heat[sl], g, out=heat[sl])
+        core = g >= np.exp(-0.5)
+        size[sl][core] = d
+        heat[tuple(nearest)] = 1.0
+        peak[tuple(nearest)] = True
+    return heat, size, peak
+
+
+def nms_peaks(heatmap: np.ndarray, voxel_size, *, threshold: float, min_distance_mm: float = 3.0,
+              max_peaks: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Local maxima of ``heatmap`` (probabilities) above ``threshold``, at least ``min_distance_mm`` apart.
+
+    Returns ``(centres_vox (K, 3) float, scores (K,))`` sorted by decreasing score; centres are refined
+    to sub-voxel precision by the heatmap-weighted centroid of the 3x3x3 neighbourhood.
+    """
+    h = np.asarray(heatmap, dtype=np.float32)
+    vs = np.asarray(voxel_size, dtype=float)
+    half = np.maximum(np.floor(min_distance_mm / vs).astype(int), 1)
+    t = torch.from_numpy(h)[None, None]
+    pooled = F.max_pool3d(t, kernel_size=tuple(int(2 * q + 1) for q in half), stride=1,
+                          padding=tuple(int(q) for q in half))[0, 0].numpy()
+    cand = np.argwhere((h >= pooled) & (h >= threshold))
+    if len(cand) == 0:
+        return np.zeros((0, 3)), np.zeros(0)
+    scores = h[tuple(cand.T)]
+    order = np.argsort(-scores, kind="stable")
+    cand, scores = cand[order], scores[order]
+    kept: list[int] = []
+    kept_mm = np.zeros((0, 3))
+    for n, c in enumerate(cand):
+        c_mm = c * vs
+        if len(kept_mm) and np.min(np.sum((kept_mm - c_mm) ** 2, axis=1)) < min_distance_mm**2:
+            continue
+        kept.append(n)
+        kept_mm = np.vstack([kept_mm, c_mm])
+        if len(kept) >= max_peaks:
+            break
+    cand, scores = cand[kept], scores[kept]
+    return np.array([_refine(h, c) for c in cand], dtype=float).reshape(-1, 3), scores.astype(float)
+
+
+def _refine(h: np.ndarray, c: np.ndarray) -> np.ndarray:
+    lo = np.maximum(c - 1, 0)
+    hi = np.minimum(c + 2, h.shape)
+    patch = h[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(float)
+    w = np.clip(patch - 0.5 * patch.max(), 0, None)
+    if w.sum() <= 0:
+        return c.astype(float)
+    idx = np.indices(patch.shape).reshape(3, -1).T + lo
+    return (idx * w.reshape(-1, 1)).sum(0) / w.sum()

@@ -1,0 +1,92 @@
+"""Both stages on one subject: ``detect(maps) -> list[Detection]``.
+
+1. Channels (:mod:`channels`), resampled to the model's training spacing when the native grid differs by
+   more than 10 % on any axis (coordinates are mapped back to the native grid).
+2. Stage 1: tiled centre heatmap, max-pool NMS + mm distance suppression, threshold tuned for recall.
+3. Physics features on the native grid; stage-2 committee on patches + features; logit adjustment,
+   temperature, prevalence (Bayes), physics gate; uncertainty for review order.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from cmbdetect.models.channels import map_back, physics_channels, resample_channels, resample_factors
+from cmbdetect.models.classifier import (calibrated_probabilities, committee_logits, committee_uncertainty,
+                                         extract_patches, features_vector, physics_gate)
+from cmbdetect.models.detection import CLASSES, Detection
+from cmbdetect.models.detector import find_candidates, predict_volume
+from cmbdetect.models.features import candidate_features
+from cmbdetect.models.registry import LoadedModel, load_model
+from cmbdetect.physics.errors import InputError
+from cmbdetect.physics.geometry import voxel_sizes
+from cmbdetect.physics.maps import PhysicsMaps
+
+
+def model_grid(maps: PhysicsMaps, metadata: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Normalised channels, mask and voxel size (mm) on the grid the model works on, and whether that grid
+    is a resampling of the native one."""
+    x, _ = physics_channels(maps, metadata["channels"], clip=float(metadata["normalisation"]["clip"]))
+    mask = np.asarray(maps.mask, dtype=bool)
+    vs = voxel_sizes(maps.affine)
+    factors = resample_factors(maps.affine, metadata.get("spacing"))
+    if factors is None:
+        return x, mask, vs, False
+    x = resample_channels(x, factors)
+    out_shape = np.array(x.shape[1:])
+    mask = ndimage.zoom(mask.astype(np.uint8), factors, order=0, grid_mode=False).astype(bool)
+    vs = vs * (np.array(maps.shape) - 1) / np.maximum(out_shape - 1, 1)
+    return x, mask, vs, True
+
+
+def stage1_candidates(model: LoadedModel, x: np.ndarray, mask: np.ndarray, vs: np.ndarray, *,
+                      threshold: float | None = None):
+    """Stage-1 candidates on the model grid: ``(centres_vox, scores, diameters_mm)``."""
+    meta = model.metadata
+    th = meta["thresholds"]
+    inf = meta.get("inference", {})
+    heat, size = predict_volume(model.detector, x, tile=int(inf.get("tile", 128)), overlap=int(inf.get("overlap", 16)))
+    return find_candidates(heat, size, voxel_size=vs, stride=model.detector.stride,
+                           threshold=float(th["heatmap"] if threshold is None else threshold),
+                           min_distance_mm=float(th["min_distance_mm"]), max_candidates=int(th["max_candidates"]),
+                           mask=mask)
+
+
+def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
+           prevalence: float | None = None) -> list[Detection]:
+    """Candidate lesions of one subject, sorted by decreasing microbleed probability.
+
+    ``model``: registered name, model folder, or a :class:`LoadedModel`.  ``prevalence``: the deployment
+    prior probability that a stage-1 candidate is a microbleed (0 < p < 1); probabilities are re-weighted
+    from the training prior stored in the model metadata by Bayes' rule.  ``None`` keeps the training prior.
+    """
+    if prevalence is not None and not (0.0 < float(prevalence) < 1.0):
+        raise InputError(f"prevalence must be strictly between 0 and 1, got {prevalence}")
+    m = model if isinstance(model, LoadedModel) else load_model(model)
+    meta = m.metadata
+    x, mask, vs, resampled = model_grid(maps, meta)
+    centres, scores, diam = stage1_candidates(m, x, mask, vs)
+    if len(centres) == 0:
+        return []
+    patches = extract_patches(x, centres, int(meta["patch_size"]))
+    native = map_back(centres, maps.shape, x.shape[1:]) if resampled else centres
+    feats = candidate_features(maps, native)
+    fmeta = meta["features"]
+    fv = features_vector(feats, fmeta["names"], fmeta["mean"], fmeta["std"])
+    head_p = calibrated_probabilities(committee_logits(m.classifier, patches, fv), meta["calibration"],
+                                      prevalence=prevalence)
+    head_p, gated = physics_gate(head_p, feats)
+    probs, unc, disagreement = committee_uncertainty(head_p)
+    out = []
+    for n in range(len(centres)):
+        f = dict(feats[n])
+        f.update(stage1_score=float(scores[n]), committee_disagreement=float(disagreement[n]),
+                 physics_gate=float(gated[n]), stage1_diameter_mm=float(diam[n]))
+        p = {c: float(probs[n, k]) for k, c in enumerate(CLASSES)}
+        d_mm = float(f.get("diameter_mm", diam[n]))
+        out.append(Detection(centre_vox=tuple(float(v) for v in native[n]), score=float(scores[n]),
+                             probabilities=p, label=CLASSES[int(np.argmax(probs[n]))],
+                             diameter_mm=d_mm if np.isfinite(d_mm) and d_mm > 0 else float(diam[n]),
+                             features=f, uncertainty=float(unc[n])))
+    out.sort(key=lambda d: -d.probabilities["microbleed"])
+    return out

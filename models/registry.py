@@ -1,0 +1,140 @@
+"""Model registry: named models shipped in ``models/weights/<folder>/`` and models saved anywhere.
+
+A model folder holds ``detector.pt`` and ``classifier.pt`` (``state_dict`` s of plain tensors, loaded with
+``torch.load(weights_only=True)``) and ``metadata.json`` (architecture, channels, spacing, normalisation,
+thresholds, calibration, feature standardisation, training command/seed/data, metrics).  Names are looked
+up in :data:`REGISTRY` only (a fixed dict, never a folder scan); anything else is taken as a path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cmbdetect.models.channels import ALL_CHANNELS, normalisation_spec
+from cmbdetect.models.detection import CLASSES
+from cmbdetect.models.networks import CentreNet3D, PatchClassifier
+from cmbdetect.physics.errors import InputError
+
+#: Folder holding the shipped models.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: Shipped model names -> folder under :data:`WEIGHTS_DIR`.
+REGISTRY: dict[str, str] = {"default": "default"}
+#: Metadata format version.
+FORMAT_VERSION = 1
+WEIGHT_FILES = ("detector.pt", "classifier.pt")
+#: Physics features fed to stage 2 (keys of ``physics.sources.lesion_features``).
+FEATURE_NAMES: tuple[str, ...] = ("integrated_chi_ppm_mm3", "mean_chi_ppm", "dipole_sign", "diameter_mm",
+                                  "volume_mm3", "elongation", "sphericity", "blooming_ratio")
+
+
+@dataclass
+class LoadedModel:
+    """Both stages in eval mode, their metadata, the folder and the sha256 of the model files."""
+
+    detector: CentreNet3D
+    classifier: PatchClassifier
+    metadata: dict
+    sha256: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", self.path.name))
+
+
+def resolve_model_dir(name_or_path: str | Path = "default") -> Path:
+    """Folder of a registered name, or ``name_or_path`` itself; :class:`InputError` if it is no model."""
+    key = str(name_or_path)
+    folder = WEIGHTS_DIR / REGISTRY[key] if key in REGISTRY else Path(key).expanduser()
+    if not (folder / "metadata.json").is_file() or not all((folder / f).is_file() for f in WEIGHT_FILES):
+        known = ", ".join(sorted(REGISTRY))
+        raise InputError(f"model {key!r} not found: give a registered name ({known}) or a folder with "
+                         f"metadata.json, {' and '.join(WEIGHT_FILES)}")
+    return folder
+
+
+def model_sha256(folder: Path) -> str:
+    """sha256 over the weight files and metadata.json (fixed order, names included)."""
+    h = hashlib.sha256()
+    for name in (*WEIGHT_FILES, "metadata.json"):
+        h.update(name.encode())
+        h.update((Path(folder) / name).read_bytes())
+    return h.hexdigest()
+
+
+def build_networks(metadata: dict) -> tuple[CentreNet3D, PatchClassifier]:
+    """Untrained networks with the architecture recorded in ``metadata['architecture']``."""
+    arch = metadata["architecture"]
+    det = CentreNet3D(**arch["detector"])
+    cls = PatchClassifier(**arch["classifier"])
+    return det, cls
+
+
+def load_model(name_or_path: str | Path = "default") -> LoadedModel:
+    """Load a registered model by name or a model folder by path (weights with ``weights_only=True``)."""
+    folder = resolve_model_dir(name_or_path)
+    try:
+        metadata = json.loads((folder / "metadata.json").read_text())
+        det, cls = build_networks(metadata)
+        det.load_state_dict(torch.load(folder / "detector.pt", map_location="cpu", weights_only=True))
+        cls.load_state_dict(torch.load(folder / "classifier.pt", map_location="cpu", weights_only=True))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise InputError(f"model at {folder} cannot be loaded: {str(exc).splitlines()[0]}") from exc
+    det.eval()
+    cls.eval()
+    return LoadedModel(det, cls, metadata, model_sha256(folder), folder)
+
+
+def save_model(out_dir: str | Path, *, detector: CentreNet3D, classifier: PatchClassifier, metadata: dict) -> Path:
+    """Write a model folder atomically (temp dir then rename); returns its path."""
+    from cmbdetect.pipeline.atomic import atomic_directory
+
+    out = Path(out_dir)
+    with atomic_directory(out) as tmp:
+        torch.save({k: v.detach().cpu().clone() for k, v in detector.state_dict().items()}, tmp / "detector.pt")
+        torch.save({k: v.detach().cpu().clone() for k, v in classifier.state_dict().items()}, tmp / "classifier.pt")
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def base_metadata(*, channels=ALL_CHANNELS, spacing=None, detector_arch: dict, classifier_arch: dict,
+                  patch_size: int = 24) -> dict:
+    """Metadata skeleton shared by trained and random models (thresholds/calibration at neutral values)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "version": "0.1.0",
+        "channels": list(channels),
+        "spacing": None if spacing is None else [float(s) for s in spacing],
+        "normalisation": normalisation_spec(),
+        "architecture": {"detector": detector_arch, "classifier": classifier_arch},
+        "classes": list(CLASSES),
+        "patch_size": int(patch_size),
+        "features": {"names": list(FEATURE_NAMES), "mean": [0.0] * len(FEATURE_NAMES),
+                     "std": [1.0] * len(FEATURE_NAMES)},
+        "thresholds": {"heatmap": 0.3, "min_distance_mm": 3.0, "max_candidates": 200},
+        "calibration": {"method": "temperature", "temperature": 1.0, "class_weights": [1.0] * len(CLASSES),
+                        "training_prevalence": 0.5},
+        "physics_gate": "a candidate whose integrated chi and dipole sign are both negative (diamagnetic) "
+                        "cannot be called microbleed: its microbleed probability moves to calcification",
+        "inference": {"tile": 96, "overlap": 16},
+    }
+
+
+def create_random_model(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """A tiny randomly initialised model in the shipped format (for end-to-end tests); returns its path."""
+    torch.manual_seed(seed)
+    det_arch = {"in_channels": len(ALL_CHANNELS), "base": 4, "depth": 1}
+    cls_arch = {"in_channels": len(ALL_CHANNELS), "n_features": len(FEATURE_NAMES), "n_classes": len(CLASSES),
+                "base": 4, "n_heads": 3}
+    meta = base_metadata(detector_arch=det_arch, classifier_arch=cls_arch, patch_size=16)
+    meta["thresholds"] = {"heatmap": 0.0, "min_distance_mm": 4.0, "max_candidates": 10}
+    meta["inference"] = {"tile": 48, "overlap": 8}
+    meta.update(name="random", training={"command": f"create_random_model(seed={seed})", "seed": seed,
+                                         "data": "none (random weights)"}, metrics={})
+    det, cls = build_networks(meta)
+    return save_model(out_dir, detector=det, classifier=cls, metadata=meta)

@@ -1,0 +1,44 @@
+"""Heatmap targets and NMS on hand-made peaks with anisotropic voxels."""
+import numpy as np
+
+from cmbdetect.models.heatmap import gaussian_targets, nms_peaks
+
+
+def test_gaussian_targets_mm_sigma_anisotropic():
+    heat, size, peak = gaussian_targets((20, 20, 10), [[10, 10, 5]], (1.0, 1.0, 2.0), diameters_mm=[4.0],
+                                        sigma_mm=2.0)
+    assert heat[10, 10, 5] == 1.0 and peak.sum() == 1 and peak[10, 10, 5]
+    # one voxel along k is 2 mm: exp(-4/8); one voxel along i is 1 mm: exp(-1/8)
+    assert abs(heat[10, 10, 6] - np.exp(-0.5)) < 1e-6
+    assert abs(heat[11, 10, 5] - np.exp(-1 / 8)) < 1e-6
+    assert size[10, 10, 5] == 4.0 and size[0, 0, 0] == 0.0
+
+
+def test_gaussian_targets_overlap_keeps_max_and_skips_outside():
+    heat, _, peak = gaussian_targets((20, 8, 8), [[5, 4, 4], [8, 4, 4], [50, 4, 4]], (1, 1, 1), sigma_mm=1.5)
+    assert peak.sum() == 2
+    assert heat[5, 4, 4] == 1.0 and heat[8, 4, 4] == 1.0
+    assert heat.max() == 1.0
+
+
+def test_nms_distance_in_mm():
+    h = np.zeros((30, 30, 12), np.float32)
+    h[10, 10, 5] = 0.9
+    h[10, 10, 7] = 0.8     # 4 mm away along k (2-mm slices): suppressed at 5 mm
+    h[20, 10, 5] = 0.7     # 10 mm away: kept
+    h[25, 25, 5] = 0.2     # below threshold
+    c, s = nms_peaks(h, (1.0, 1.0, 2.0), threshold=0.3, min_distance_mm=5.0)
+    assert np.allclose(s, [0.9, 0.7])
+    assert np.allclose(c, [[10, 10, 5], [20, 10, 5]])
+    c2, s2 = nms_peaks(h, (1.0, 1.0, 2.0), threshold=0.3, min_distance_mm=3.0)
+    assert len(s2) == 3
+
+
+def test_nms_subvoxel_refinement_and_empty():
+    h = np.zeros((10, 10, 10), np.float32)
+    h[5, 5, 5] = 1.0
+    h[6, 5, 5] = 1.0 - 1e-6
+    c, _ = nms_peaks(h, (1, 1, 1), threshold=0.5, min_distance_mm=2)
+    assert len(c) == 1 and 5.4 < c[0, 0] < 5.6
+    c, s = nms_peaks(np.zeros((5, 5, 5)), (1, 1, 1), threshold=0.5)
+    assert c.shape == (0, 3) and s.shape == (0,)
