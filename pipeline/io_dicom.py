@@ -111,8 +111,10 @@ def _group_item(ds: Dataset, index: int, name: str) -> Dataset | None:
     """Functional-group macro ``name`` of frame ``index`` (per-frame, else shared), or ``None``."""
     for seq_name, i in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
         seq = ds.get(seq_name)
-        if seq is not None and len(seq) > i and name in seq[i] and len(seq[i][name]):
-            return seq[i][name][0]
+        if seq is not None and len(seq) > i:
+            inner = seq[i].get(name)
+            if inner is not None and len(inner):
+                return inner[0]
     return None
 
 
