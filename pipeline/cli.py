@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("cmbdetect: error: a COMMAND or BIDS_DIR OUT_DIR {participant,group} is required",
                       file=sys.stderr)
                 return 2
+        args._argv = argv
         _configure_logging(verbose)
         return int(runner(args) or 0)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message already printed)

@@ -37,10 +37,13 @@ def plain_output_names() -> dict[str, str]:
             "dicom_dir": "dicom"}
 
 
-def bids_output_names(subject: str, *, session: str | None = None) -> dict[str, str]:
-    """BIDS-derivative names relative to the derivatives root (``sub-01/anat/sub-01_Chimap.nii.gz`` ...)."""
-    ent = {"sub": subject, "ses": session}
-    folder = Path(f"sub-{subject}") / (f"ses-{session}" if session else "") / "anat"
+def bids_output_names(entities: dict[str, str | None]) -> dict[str, str]:
+    """BIDS-derivative names relative to the derivatives root, from the acquisition's entities
+    (``sub`` required; ``ses``, ``acq``, ``run`` ... kept): ``sub-01/anat/sub-01_Chimap.nii.gz`` ..."""
+    ent = {k: v for k, v in entities.items() if v is not None and k not in ("echo", "part", "desc")}
+    if "sub" not in ent:
+        raise ValueError("BIDS output names need a subject label")
+    folder = Path(f"sub-{ent['sub']}") / (f"ses-{ent['ses']}" if ent.get("ses") else "") / "anat"
 
     def name(suffix: str, extension: str, **extra) -> str:
         return str(folder / bids_name(suffix=suffix, extension=extension, **ent, **extra))

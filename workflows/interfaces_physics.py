@@ -48,14 +48,15 @@ class ComputeMaps(CmbInterface):
     output_spec = _ComputeMapsOutputSpec
 
     def _run(self, cwd: Path) -> None:
-        from cmbdetect.physics.chain import compute_physics_maps
-        from cmbdetect.pipeline.maps_io import write_physics_maps
-
         inputs = self.inputs
         acq = load_acquisition(inputs.mag_file, inputs.phase_file, inputs.acq_json)
         mask = None
         if isdefined(inputs.mask_file):
             mask = load_mask(inputs.mask_file, shape=acq.shape, affine=acq.affine)
+
+        from cmbdetect.physics.chain import compute_physics_maps
+        from cmbdetect.pipeline.maps_io import write_physics_maps
+
         progress(inputs.label, f"computing physics maps ({acq.n_echoes} echo(es), "
                                f"{'x'.join(map(str, acq.shape))} voxels)")
         maps = compute_physics_maps(mag=acq.mag, phase=acq.phase, te=acq.te, b0=acq.b0,

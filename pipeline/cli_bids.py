@@ -1,0 +1,292 @@
+"""BIDS-App form: ``cmbdetect BIDS_DIR OUT_DIR participant|group``.
+
+participant: one workflow per acquisition (``find_bids_subjects``), all in one Nipype run (MultiProc
+with ``--nprocs``, or a cluster plugin); BIDS derivatives under OUT_DIR (``dataset_description.json``,
+``sub-XX/anat/sub-XX_desc-cmb_candidates.tsv`` + JSON sidecars with Sources and the model hash, maps,
+report).  A subject that fails (unreadable input, crash) is reported on stderr, recorded in
+``OUT_DIR/logs/failures.tsv`` and skipped; the others finish; the exit status is 1 if any failed.
+Each subject's files are staged and moved into place only when all of them are complete.
+
+group: ``OUT_DIR/group/cmb_study_table.tsv`` (per acquisition: candidate counts by class, microbleeds
+by region, failures) and ``OUT_DIR/group/index.html`` linking every subject report.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from cmbdetect.physics.errors import InputError
+from cmbdetect.pipeline.cli_run import (PipelineOptions, add_execution_arguments, check_model,
+                                        command_line_of, node_memory_gb, options_from_args,
+                                        prepare_inputs)
+
+FAILURES_FILE = Path("logs") / "failures.tsv"
+_FAILURE_FIELDS = ("label", "stage", "message")
+
+
+def add_bids_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("bids_dir", metavar="BIDS_DIR", help="BIDS dataset (raw)")
+    parser.add_argument("output_dir", metavar="OUT_DIR", help="derivatives folder")
+    parser.add_argument("analysis_level", choices=("participant", "group"), help="analysis level")
+    parser.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                        help="subjects to process (with or without 'sub-'); default: all")
+    add_execution_arguments(parser)
+    return parser
+
+
+def build_bids_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmbdetect", description="cmbdetect as a BIDS App: BIDS_DIR OUT_DIR participant|group")
+    return add_bids_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.analysis_level == "group":
+        return run_group(Path(args.output_dir).absolute(), participant_label=args.participant_label)
+    return run_participant(args)
+
+
+# ---------------------------------------------------------------- participant level
+
+def _progress(message: str) -> None:
+    from cmbdetect.workflows.interfaces import progress
+
+    progress("", message)
+
+
+def write_dataset_description(out_dir: Path, *, bids_dir: Path) -> None:
+    from cmbdetect.pipeline.atomic import write_json, write_text
+    from cmbdetect.pipeline.provenance import cmbdetect_version
+
+    write_json({"Name": "cmbdetect cerebral microbleed candidates", "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "cmbdetect", "Version": cmbdetect_version(), "CodeURL": None}],
+                "SourceDatasets": [{"URL": bids_dir.as_uri()}]},
+               out_dir / "dataset_description.json")
+    write_text("logs/\ngroup/\n", out_dir / ".bidsignore")
+
+
+def _sources(acq, bids_dir: Path) -> list[str]:
+    """BIDS URIs of the files an acquisition was read from."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and value.endswith((".nii", ".nii.gz")) and os.path.isfile(value):
+            p = Path(value).absolute()
+            found.append(f"bids:raw:{p.relative_to(bids_dir)}" if p.is_relative_to(bids_dir) else str(p))
+
+    for v in acq.source.values():
+        walk(v)
+    return sorted(set(found))
+
+
+def _sidecars(sources: list[str], model: dict) -> dict[str, dict]:
+    base = {"Sources": sources, "Model": {k: model.get(k) for k in ("name", "version", "sha256")}}
+    return {"candidates_tsv": {**base, "Description": "cerebral microbleed candidates (cmbdetect)"},
+            "chimap": {**base, "Units": "ppm"}, "localfield": {**base, "Units": "ppm"},
+            "brainmask": {**base, "Type": "Brain"}, "swi": dict(base), "mip": dict(base),
+            "r2star": {**base, "Units": "1/s"}}
+
+
+def _node_name(label: str) -> str:
+    return re.sub(r"\W", "_", label.replace("-", "")) + "_wf"
+
+
+def _read_failures(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def _write_failures(path: Path, rows: list[dict]) -> None:
+    from cmbdetect.pipeline.atomic import write_text
+
+    lines = ["\t".join(_FAILURE_FIELDS)]
+    lines += ["\t".join(str(r.get(k, "")).replace("\t", " ").replace("\n", " ") for k in _FAILURE_FIELDS)
+              for r in rows]
+    write_text("\n".join(lines) + "\n", path)
+
+
+def run_participant(args: argparse.Namespace) -> int:
+    """Participant level (see the module docstring); returns 0, or 1 if any acquisition failed."""
+    from cmbdetect.pipeline.atomic import write_json
+    from cmbdetect.pipeline.io_bids import find_bids_subjects, load_bids_acquisition
+    from cmbdetect.pipeline.provenance import build_provenance
+    from cmbdetect.workflows.cmb import bids_output_names, configure_execution, init_cmb_wf
+    from cmbdetect.workflows.plugins import run_workflow
+
+    bids_dir, out_dir = Path(args.bids_dir).absolute(), Path(args.output_dir).absolute()
+    if not bids_dir.is_dir():
+        raise InputError(f"BIDS_DIR {bids_dir} is not a folder")
+    if out_dir == bids_dir:
+        raise InputError("OUT_DIR must differ from BIDS_DIR")
+    options: PipelineOptions = options_from_args(args)
+    subjects = find_bids_subjects(bids_dir, participant_label=args.participant_label)
+    if not subjects:
+        raise InputError(f"no magnitude + phase acquisitions found in {bids_dir}")
+    model = check_model(options.model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(out_dir, bids_dir=bids_dir)
+    temp_work = options.work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="cmbdetect-work-")) if temp_work else options.work_dir
+    staging = Path(tempfile.mkdtemp(prefix=".cmbdetect-staging-", dir=out_dir))
+    failures: list[dict] = []
+    try:
+        import nipype.pipeline.engine as pe
+
+        meta = pe.Workflow(name="cmbdetect_wf", base_dir=str(work))
+        planned, node_failures = {}, []
+        n_parallel = max(1, min(options.nprocs, len(subjects)))
+        for n, subject in enumerate(subjects, 1):
+            label = subject.label
+            _progress(f"[{n}/{len(subjects)}] {label}: reading input")
+            try:
+                acq = load_bids_acquisition(subject)
+                values = prepare_inputs(acq, work / "inputs" / label)
+            except Exception as exc:  # one bad subject is reported and skipped
+                failures.append({"label": label, "stage": "input", "message": _one_line(exc)})
+                _progress(f"error: {label} skipped: {_one_line(exc)}")
+                continue
+            entities = {"sub": subject.subject, "ses": subject.session,
+                        **{k: v for k, v in subject.entities.items() if k in ("acq", "rec", "run")}}
+            names = bids_output_names(entities)
+            sub_staging = staging / label
+            wf = init_cmb_wf(output_dir=sub_staging, output_names=names,
+                             sidecars=_sidecars(_sources(acq, bids_dir), model), model=options.model,
+                             prevalence=options.prevalence, unwrap=options.unwrap,
+                             background=options.background, inversion=options.inversion,
+                             settings={**options.parameters(), "subject": label},
+                             mem_gb=node_memory_gb(acq), omp_nthreads=max(1, options.nprocs // n_parallel),
+                             label=label, name=_node_name(label))
+            for key, value in values.items():
+                if key != "reference_files":
+                    setattr(wf.inputs.inputnode, key, value)
+            meta.add_nodes([wf])
+            planned[label] = (wf.name, names, acq, sub_staging)
+        if planned:
+            crash_dir = work / "crash" / uuid.uuid4().hex[:8]
+            configure_execution(meta, crash_dir=crash_dir, stop_on_first_crash=False)
+            node_failures = run_workflow(meta, plugin_name=options.plugin_name,
+                                         plugin_args=options.plugin_args, crash_dir=crash_dir)
+        for label, (wf_name, names, acq, sub_staging) in planned.items():
+            failed = [f for f in node_failures if f".{wf_name}." in f".{f.node}."]
+            missing = [rel for kind, rel in names.items()
+                       if kind != "r2star" and not (sub_staging / rel).is_file()]
+            if failed or missing:
+                message = (f"{failed[0].kind}: {failed[0].message} ({failed[0].crashfile})" if failed
+                           else f"outputs missing: {', '.join(missing)}")
+                failures.append({"label": label, "stage": "workflow", "message": message})
+                _progress(f"error: {label} failed: {message}")
+                continue
+            prov = build_provenance(command_line=command_line_of(args),
+                                    parameters={**options.parameters(), "subject": label}, model=model,
+                                    timings={}, inputs={"sources": _sources(acq, bids_dir)},
+                                    outputs=list(names.values()))
+            tsv = sub_staging / names["candidates_tsv"]
+            write_json(prov, tsv.with_name(tsv.name.replace("_candidates.tsv", "_provenance.json")))
+            for src in sorted(p for p in sub_staging.rglob("*") if p.is_file()):
+                dst = out_dir / src.relative_to(sub_staging)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+            _progress(f"{label}: done")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if temp_work:
+            shutil.rmtree(work, ignore_errors=True)
+    processed = {s.label for s in subjects}
+    kept = [r for r in _read_failures(out_dir / FAILURES_FILE) if r.get("label") not in processed]
+    _write_failures(out_dir / FAILURES_FILE, kept + failures)
+    n_ok = len(subjects) - len(failures)
+    _progress(f"participant level: {n_ok} of {len(subjects)} acquisitions done"
+              + (f", {len(failures)} failed (see {out_dir / FAILURES_FILE})" if failures else ""))
+    return 1 if failures else 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# ---------------------------------------------------------------- group level
+
+def study_rows(out_dir: Path, *, participant_label=None) -> list[dict]:
+    """One row per acquisition found under ``out_dir`` (done or failed)."""
+    from cmbdetect.models.detection import CLASSES
+    from cmbdetect.pipeline.candidates import read_candidates_tsv
+
+    wanted = {str(p).removeprefix("sub-") for p in participant_label} if participant_label else None
+    rows = []
+    for tsv in sorted(out_dir.glob("sub-*/**/anat/*_desc-cmb_candidates.tsv")):
+        label = tsv.name.removesuffix("_desc-cmb_candidates.tsv")
+        if wanted and label.split("_")[0].removeprefix("sub-") not in wanted:
+            continue
+        cands = read_candidates_tsv(tsv)
+        by_class = Counter(c.label for c in cands)
+        regions = Counter(c.region for c in cands if c.label == "microbleed")
+        report = tsv.with_name(f"{label}_desc-cmb_report.html")
+        rows.append({"label": label, "status": "done", "n_candidates": len(cands),
+                     **{f"n_{k}": by_class.get(k, 0) for k in CLASSES},
+                     **{f"microbleeds_{r}": n for r, n in sorted(regions.items())},
+                     "report": str(report.relative_to(out_dir)) if report.is_file() else "",
+                     "message": ""})
+    done = {r["label"] for r in rows}
+    for failure in _read_failures(out_dir / FAILURES_FILE):
+        if failure["label"] not in done and (not wanted or failure["label"].split("_")[0]
+                                             .removeprefix("sub-") in wanted):
+            rows.append({"label": failure["label"], "status": "failed", "report": "",
+                         "message": f"{failure['stage']}: {failure['message']}"})
+    return rows
+
+
+def run_group(out_dir: Path, *, participant_label=None) -> int:
+    """Group level: study table TSV + HTML index of the subject reports."""
+    from cmbdetect.pipeline.atomic import write_text
+
+    if not out_dir.is_dir():
+        raise InputError(f"OUT_DIR {out_dir} does not exist; run the participant level first")
+    rows = study_rows(out_dir, participant_label=participant_label)
+    if not rows:
+        raise InputError(f"no participant results in {out_dir}; run the participant level first")
+    columns = ["label", "status", "n_candidates", "n_microbleed", "n_calcification", "n_vein", "n_other"]
+    columns += sorted({k for r in rows for k in r if k.startswith("microbleeds_")}) + ["report", "message"]
+    lines = ["\t".join(columns)]
+    lines += ["\t".join(str(r.get(c, "n/a" if c.startswith("n_") and r["status"] == "failed" else 0
+                                  if c.startswith(("n_", "microbleeds_")) else "")) for c in columns)
+              for r in rows]
+    write_text("\n".join(lines) + "\n", out_dir / "group" / "cmb_study_table.tsv")
+    write_text(_group_html(rows, columns), out_dir / "group" / "index.html")
+    n_failed = sum(r["status"] == "failed" for r in rows)
+    _progress(f"group level: {len(rows)} acquisitions ({n_failed} failed); "
+              f"table {out_dir / 'group' / 'cmb_study_table.tsv'}")
+    return 0
+
+
+def _group_html(rows: list[dict], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns if c != "report")
+    body = []
+    for r in rows:
+        cells = []
+        for c in columns:
+            if c == "report":
+                continue
+            value = html.escape(str(r.get(c, "")))
+            if c == "label" and r.get("report"):
+                value = f'<a href="../{html.escape(r["report"])}">{value}</a>'
+            cells.append(f"<td>{value}</td>")
+        body.append(f"<tr class=\"{r['status']}\">{''.join(cells)}</tr>")
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>cmbdetect study</title>"
+            "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ccc}"
+            "tr.failed{color:#a00}</style></head><body><h1>cmbdetect: study summary</h1>"
+            f"<p>{len(rows)} acquisitions. Candidate counts by class; microbleeds by region.</p>"
+            f"<table><tr>{head}</tr>{''.join(body)}</table></body></html>\n")

@@ -1,0 +1,240 @@
+"""``cmbdetect run``: the whole pipeline on one subject (NIfTI or DICOM) into one output folder.
+
+Outputs in ``--out DIR`` (fixed names): candidates.tsv/.json, chimap, swi, mip, brainmask, localfield
+(.nii.gz), candidates.mrk.json, report.html, provenance.json, and with ``--dicom`` a ``dicom/`` folder
+(SR + key images).  Everything is written into a temporary folder beside DIR and renamed into place
+at the end: a failed run leaves no partial output.  ``-w WORKDIR`` keeps Nipype's cache there, so a
+rerun resumes; without it a temporary work folder is used and removed.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from cmbdetect.physics.errors import InputError
+from cmbdetect.pipeline.acquisition import Acquisition
+
+#: Physics method choices offered on the command line.
+UNWRAP_CHOICES = ("laplacian", "exact")
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Model, physics and execution options shared by ``run``, ``demo`` and the BIDS-App form."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default="default",
+                   help="shipped model name or path to a model folder/file (default: %(default)s)")
+    g.add_argument("--prevalence", type=float, metavar="P",
+                   help="expected microbleed prevalence (0-1) to recalibrate probabilities")
+    p = parser.add_argument_group("physics")
+    p.add_argument("--unwrap", choices=UNWRAP_CHOICES, default="laplacian", help="phase unwrapping")
+    p.add_argument("--background", default="vsharp", help="background field removal (default: vsharp)")
+    p.add_argument("--inversion", default="default", help="dipole inversion method (default: default)")
+    e = parser.add_argument_group("execution")
+    e.add_argument("--nprocs", type=int, default=1, help="parallel processes (MultiProc when > 1)")
+    e.add_argument("--mem-gb", type=float, metavar="GB", help="memory limit for MultiProc scheduling")
+    e.add_argument("-w", "--work-dir", metavar="WORKDIR",
+                   help="Nipype work folder (kept: a rerun resumes from its cache)")
+    e.add_argument("--plugin", help="linear, multiproc, slurm, sge, pbs, ... (default: from --nprocs)")
+    e.add_argument("--plugin-args", metavar="JSON",
+                   help="JSON plugin options, e.g. '{\"sbatch_args\": \"--mem=8G -p short\"}'")
+    e.add_argument("-v", "--verbose", action="count", default=0,
+                   help="Nipype log lines, and tracebacks of unexpected errors")
+    return parser
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from cmbdetect.pipeline.cli_common import add_input_arguments
+
+    parser = subparsers.add_parser(
+        "run", help="detect microbleeds in one subject (NIfTI or DICOM magnitude + phase)",
+        description="Run QSM physics, detection and exports on one subject.")
+    add_input_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced atomically)")
+    add_execution_arguments(parser)
+    return parser
+
+
+@dataclass
+class PipelineOptions:
+    """Typed options of one pipeline run (what the CLI turns its arguments into)."""
+
+    model: str = "default"
+    prevalence: float | None = None
+    unwrap: str = "laplacian"
+    background: str = "vsharp"
+    inversion: str = "default"
+    nprocs: int = 1
+    mem_gb: float | None = None
+    plugin_name: str = "Linear"
+    plugin_args: dict = field(default_factory=dict)
+    work_dir: Path | None = None
+    verbose: int = 0
+
+    def parameters(self) -> dict:
+        """JSON-able record for provenance/report (no execution details that do not change results)."""
+        d = asdict(self)
+        for k in ("work_dir", "verbose", "plugin_args", "mem_gb"):
+            d.pop(k)
+        return d
+
+
+def options_from_args(args: argparse.Namespace) -> PipelineOptions:
+    """Validate the shared options (one-line InputError on bad values) into :class:`PipelineOptions`."""
+    from cmbdetect.workflows.plugins import parse_plugin_args, plugin_settings
+
+    if args.prevalence is not None and not 0.0 < args.prevalence < 1.0:
+        raise InputError(f"--prevalence must be between 0 and 1, got {args.prevalence}")
+    name, pargs = plugin_settings(plugin=args.plugin, nprocs=args.nprocs, mem_gb=args.mem_gb,
+                                  plugin_args=parse_plugin_args(args.plugin_args))
+    return PipelineOptions(model=str(args.model), prevalence=args.prevalence, unwrap=args.unwrap,
+                           background=args.background, inversion=args.inversion, nprocs=args.nprocs,
+                           mem_gb=args.mem_gb, plugin_name=name, plugin_args=pargs,
+                           work_dir=Path(args.work_dir).absolute() if args.work_dir else None,
+                           verbose=args.verbose)
+
+
+def check_model(model: str) -> dict:
+    """Load the model once up front: its description, or a one-line InputError if unusable."""
+    from cmbdetect.workflows.interfaces_detect import model_description
+
+    try:
+        return model_description(model)
+    except InputError:
+        raise
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot load model {model!r}: {reason}") from None
+
+
+def node_memory_gb(acq: Acquisition) -> float:
+    """Memory estimate (GB) of the heavy nodes: ~30 float32 volumes of the acquisition grid."""
+    n = int(acq.mag[0].size)
+    return max(0.5, n * 4 * (30 + 2 * acq.n_echoes) / 1e9)
+
+
+def prepare_inputs(acq: Acquisition, folder: Path, *, mask=None) -> dict:
+    """Write the workflow's input files (acquisition, mask, DICOM references) into ``folder``;
+    returns the ``inputnode`` values."""
+    from cmbdetect.pipeline.atomic import save_nifti
+    from cmbdetect.workflows.interfaces import save_acquisition
+
+    values = {k: str(v) for k, v in save_acquisition(acq, folder).items()}
+    if mask is not None:
+        values["mask_file"] = str(save_nifti(mask, acq.affine, folder / "mask.nii", dtype="uint8"))
+    dicom = acq.source.get("dicom")
+    datasets = dicom.get("datasets") if isinstance(dicom, dict) else None
+    if datasets:
+        import pydicom
+
+        ref = folder / "dicom_ref"
+        ref.mkdir(exist_ok=True)
+        files = []
+        for n, ds in enumerate(datasets):
+            path = ref / f"ref_{n:04d}.dcm"
+            pydicom.dcmwrite(path, ds, enforce_file_format=False)
+            files.append(str(path))
+        values["reference_files"] = files
+    return values
+
+
+def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions, mask=None,
+                    command_line: list[str] | None = None, label: str = "",
+                    extra_writer: Callable[[Path], None] | None = None) -> dict:
+    """Run the workflow on ``acq`` and put the outputs (+ provenance.json) atomically in ``out_dir``.
+
+    ``mask`` is an optional bool brain mask on the acquisition grid; ``extra_writer(tmp_out)`` may add
+    files before the folder is renamed into place.  Returns a summary (candidate counts, model, paths).
+    """
+    from cmbdetect.pipeline.atomic import atomic_directory, write_json
+    from cmbdetect.pipeline.candidates import read_candidates_tsv
+    from cmbdetect.pipeline.provenance import StageTimer, build_provenance
+    from cmbdetect.workflows.cmb import configure_execution, init_cmb_wf
+    from cmbdetect.workflows.interfaces import progress
+    from cmbdetect.workflows.plugins import raise_for_failures, run_workflow
+
+    timer = StageTimer()
+    model_info = check_model(options.model)
+    temp_work = options.work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="cmbdetect-work-")) if temp_work else options.work_dir
+    ok = False
+    try:
+        with timer("prepare"):
+            work.mkdir(parents=True, exist_ok=True)
+            values = prepare_inputs(acq, work / "inputs", mask=mask)
+        dicom = "reference_files" in values
+        settings = {**options.parameters(), "echo_times_s": [float(t) for t in acq.te],
+                    "b0_t": float(acq.b0), "voxel_size_mm": [round(float(v), 4) for v in acq.voxel_size],
+                    "shape": list(acq.shape)}
+        with atomic_directory(out_dir) as tmp:
+            wf = init_cmb_wf(output_dir=tmp, model=options.model, prevalence=options.prevalence,
+                             unwrap=options.unwrap, background=options.background,
+                             inversion=options.inversion, dicom=dicom, settings=settings,
+                             mem_gb=node_memory_gb(acq), omp_nthreads=max(1, options.nprocs),
+                             label=label)
+            wf.base_dir = str(work)
+            crash_dir = work / "crash" / uuid.uuid4().hex[:8]
+            configure_execution(wf, crash_dir=crash_dir, stop_on_first_crash=True)
+            for key, value in values.items():
+                setattr(wf.inputs.inputnode, key, value)
+            with timer("workflow"):
+                raise_for_failures(run_workflow(wf, plugin_name=options.plugin_name,
+                                                plugin_args=options.plugin_args, crash_dir=crash_dir))
+            if extra_writer is not None:
+                extra_writer(tmp)
+            candidates = read_candidates_tsv(tmp / "candidates.tsv")
+            outputs = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+            timings = {**timer.seconds, "total": timer.total()}
+            write_json(build_provenance(command_line=command_line or sys.argv, parameters=settings,
+                                        model=model_info, timings=timings, inputs=_input_record(acq),
+                                        outputs=outputs + ["provenance.json"]),
+                       tmp / "provenance.json")
+        ok = True
+    except InputError:
+        ok = True  # nothing worth keeping in a temporary work folder after a user error
+        raise
+    finally:
+        if temp_work and ok:
+            shutil.rmtree(work, ignore_errors=True)
+    n_mb = sum(1 for c in candidates if c.label == "microbleed")
+    progress(label, f"done: {len(candidates)} candidates, {n_mb} labelled microbleed; "
+                    f"report: {Path(out_dir) / 'report.html'}")
+    return {"n_candidates": len(candidates), "n_microbleeds": n_mb, "model": model_info,
+            "out_dir": str(out_dir), "candidates": candidates}
+
+
+def command_line_of(args: argparse.Namespace) -> list[str]:
+    """The command line as given to :func:`cmbdetect.pipeline.cli.main`."""
+    return ["cmbdetect", *getattr(args, "_argv", sys.argv[1:])]
+
+
+def _input_record(acq: Acquisition) -> dict:
+    """JSON-able description of the input (files/UIDs from ``acq.source``, grid, TE, B0)."""
+    source = {k: v for k, v in acq.source.items() if k != "dicom"}
+    if isinstance(acq.source.get("dicom"), dict):
+        source["dicom"] = {k: v for k, v in acq.source["dicom"].items() if k != "datasets"}
+    return {"source": source, "shape": list(acq.shape), "n_echoes": acq.n_echoes,
+            "te_s": [float(t) for t in acq.te], "b0_t": float(acq.b0),
+            "affine": [[float(v) for v in row] for row in acq.affine]}
+
+
+def run(args: argparse.Namespace) -> int:
+    """``cmbdetect run``: read and validate the input, then run the pipeline."""
+    from cmbdetect.pipeline.cli_common import acquisition_from_args, load_user_mask
+    from cmbdetect.workflows.interfaces import progress
+
+    options = options_from_args(args)
+    out = Path(args.out).absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    progress("", "reading input")
+    acq = acquisition_from_args(args)
+    mask = load_user_mask(args.mask, acq) if getattr(args, "mask", None) else None
+    run_acquisition(acq, out_dir=out, options=options, mask=mask,
+                    command_line=command_line_of(args))
+    return 0
