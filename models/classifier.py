@@ -118,9 +118,9 @@ def committee_uncertainty(head_probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     disagree flatten the mean); disagreement = mutual information (entropy of mean - mean entropy of
     heads) / log C, the query-by-committee term.
     """
-    p = np.clip(np.asarray(head_probs, dtype=float), 1e-12, 1.0)
+    p = np.asarray(head_probs, dtype=float)
     mean = p.mean(axis=1)
     c = p.shape[-1]
-    h_mean = -(mean * np.log(mean)).sum(-1) / np.log(c)
-    h_heads = (-(p * np.log(p)).sum(-1)).mean(axis=1) / np.log(c)
+    h_mean = -(mean * np.log(np.clip(mean, 1e-12, 1.0))).sum(-1) / np.log(c)
+    h_heads = (-(p * np.log(np.clip(p, 1e-12, 1.0))).sum(-1)).mean(axis=1) / np.log(c)
     return mean, np.clip(h_mean, 0.0, 1.0), np.clip(h_mean - h_heads, 0.0, 1.0)

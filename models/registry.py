@@ -28,7 +28,7 @@ REGISTRY: dict[str, str] = {"default": "default"}
 FORMAT_VERSION = 1
 WEIGHT_FILES = ("detector.pt", "classifier.pt")
 #: Physics features fed to stage 2 (keys of ``physics.sources.lesion_features``).
-FEATURE_NAMES: tuple[str, ...] = ("integrated_chi_ppm_mm3", "mean_chi_ppm", "dipole_sign", "diameter_mm",
+FEATURE_NAMES: tuple[str, ...] = ("integrated_chi_ppm_mm3", "mean_chi_ppm", "dipole_sign", "dipole_corr", "diameter_mm",
                                   "volume_mm3", "elongation", "sphericity", "blooming_ratio")
 
 

@@ -1,0 +1,110 @@
+"""detect() with the tiny random model on a small synthetic subject; the physics gate; channels."""
+import numpy as np
+import pytest
+
+from cmbdetect.models.channels import ALL_CHANNELS, physics_channels
+from cmbdetect.models.classifier import physics_gate
+from cmbdetect.models.detection import CLASSES, Detection
+from cmbdetect.models.inference import detect
+from cmbdetect.models.registry import create_random_model
+from cmbdetect.physics.errors import InputError
+from cmbdetect.physics.forward import forward_field
+from cmbdetect.physics.geometry import b0_direction, voxel_sizes
+from cmbdetect.physics.maps import PhysicsMaps
+
+
+def tiny_maps(affine, shape=(32, 32, 24), seed=0):
+    """Ellipsoidal brain with one paramagnetic and one diamagnetic sphere, maps consistent with physics."""
+    rng = np.random.default_rng(seed)
+    vs = voxel_sizes(affine)
+    idx = np.indices(shape).astype(float)
+    c = (np.array(shape) - 1) / 2
+    r2 = sum(((idx[a] - c[a]) / (0.45 * shape[a])) ** 2 for a in range(3))
+    mask = r2 <= 1
+    chi = np.zeros(shape, np.float32)
+    for centre, value in (((12, 14, 10), 0.8), ((20, 18, 13), -0.6)):
+        d2 = sum(((idx[a] - centre[a]) * vs[a]) ** 2 for a in range(3))
+        chi[d2 <= 2.0**2] = value
+    chi += rng.normal(0, 0.005, shape).astype(np.float32)
+    chi *= mask
+    field = forward_field(chi, vs, b0_direction(affine)) * mask
+    mag = (100 + rng.normal(0, 2, shape)).astype(np.float32) * mask
+    mag[np.abs(chi) > 0.3] *= 0.3
+    return PhysicsMaps(mask=mask, magnitude=mag, field_ppm=field, local_field_ppm=field, chi_ppm=chi,
+                       chi_pos=np.clip(chi, 0, None), chi_neg=np.clip(-chi, 0, None), swi=mag, mip=mag,
+                       affine=affine, b0=3.0)
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    return create_random_model(tmp_path_factory.mktemp("model") / "random", seed=0)
+
+
+def test_detect_random_model_well_formed(random_model, oblique_affine):
+    maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
+    dets = detect(maps, model=str(random_model))
+    assert 1 <= len(dets) <= 10
+    probs_mb = [d.probabilities["microbleed"] for d in dets]
+    assert probs_mb == sorted(probs_mb, reverse=True)
+    for d in dets:
+        assert isinstance(d, Detection) and d.label in CLASSES
+        assert set(d.probabilities) == set(CLASSES)
+        assert abs(sum(d.probabilities.values()) - 1) < 1e-6
+        assert d.label == max(d.probabilities, key=d.probabilities.get)
+        assert all(0 <= v < s for v, s in zip(d.centre_vox, maps.shape))
+        assert maps.mask[tuple(int(round(v)) for v in d.centre_vox)]
+        assert 0.0 <= d.uncertainty <= 1.0 and d.diameter_mm > 0
+        assert {"integrated_chi_ppm_mm3", "dipole_sign", "stage1_score"} <= set(d.features)
+        if d.features["integrated_chi_ppm_mm3"] < 0 and d.features["dipole_sign"] < 0:
+            assert d.probabilities["microbleed"] == 0.0
+    # prevalence re-weighting moves microbleed probabilities monotonically
+    low = detect(maps, model=str(random_model), prevalence=0.01)
+    high = detect(maps, model=str(random_model), prevalence=0.99)
+    assert len(low) == len(dets) == len(high)
+    key = {d.centre_vox: d.probabilities["microbleed"] for d in low}
+    for d in high:
+        assert d.probabilities["microbleed"] >= key[d.centre_vox] - 1e-12
+    with pytest.raises(InputError):
+        detect(maps, model=str(random_model), prevalence=1.5)
+
+
+def test_detect_resamples_to_model_spacing(random_model, tmp_path):
+    import json
+    meta_path = random_model / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["spacing"] = [0.5, 0.5, 0.75]           # native grid is twice as coarse
+    other = tmp_path / "fine"
+    other.mkdir()
+    for f in ("detector.pt", "classifier.pt"):
+        (other / f).write_bytes((random_model / f).read_bytes())
+    (other / "metadata.json").write_text(json.dumps(meta))
+    maps = tiny_maps(np.diag([1.0, 1.0, 1.5, 1.0]))
+    dets = detect(maps, model=str(other))
+    assert dets and all(0 <= v <= s - 1 for d in dets for v, s in zip(d.centre_vox, maps.shape))
+
+
+def test_physics_gate_moves_diamagnetic_to_calcification():
+    p = np.array([[0.7, 0.1, 0.1, 0.1], [0.7, 0.1, 0.1, 0.1], [0.7, 0.1, 0.1, 0.1]])
+    feats = [{"integrated_chi_ppm_mm3": -3.0, "dipole_sign": -1.0},
+             {"integrated_chi_ppm_mm3": -3.0, "dipole_sign": 1.0},      # conflicting signs: not gated
+             {"integrated_chi_ppm_mm3": 2.0, "dipole_sign": 1.0}]
+    out, gated = physics_gate(p, feats)
+    assert gated.tolist() == [True, False, False]
+    assert np.allclose(out[0], [0.0, 0.8, 0.1, 0.1])
+    assert np.allclose(out[1:], p[1:])
+    committee, _ = physics_gate(np.stack([p, p], axis=1), feats)
+    assert np.allclose(committee[0, :, 0], 0.0)
+
+
+def test_channels_normalised_inside_mask(oblique_affine):
+    maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
+    x, stats = physics_channels(maps, ALL_CHANNELS)
+    assert x.shape == (5, 32, 32, 24) and x.dtype == np.float32
+    assert np.all(x[:, ~maps.mask] == 0)
+    inside = x[2][maps.mask]
+    assert abs(np.median(inside)) < 0.2
+    # chi_pos / chi_neg keep their sign split and share the chi scale
+    assert stats["chi_pos"]["scale"] == stats["chi"]["scale"]
+    assert x[3].min() >= 0 and x[4].min() >= 0 and x[3].max() > 5
+    with pytest.raises(InputError):
+        physics_channels(maps, ("nonsense",))
