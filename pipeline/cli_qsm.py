@@ -52,8 +52,6 @@ def check_output_dir(out: Path) -> None:
 
 
 def _maps_from_local_field(args: argparse.Namespace):
-    from cmbdetect.physics.chain import invert_local_field
-
     if args.mag or args.phase or args.dicom:
         raise InputError("--local-field replaces --mag/--phase/--dicom; give one or the other")
     if not args.mask:
@@ -66,16 +64,18 @@ def _maps_from_local_field(args: argparse.Namespace):
     if not np.all(np.isfinite(field)):
         raise InputError(f"local field {args.local_field} contains NaN or infinite values")
     mask = load_user_mask(args.mask, affine, field.shape)
+    from cmbdetect.physics.chain import invert_local_field  # after the input checks
+
     maps = invert_local_field(local_field_ppm=field, mask=mask, affine=affine, b0=float(args.b0),
                               inversion=args.inversion)
     return maps, {"local_field": str(args.local_field), "mask": str(args.mask), "b0_t": float(args.b0)}
 
 
 def _maps_from_acquisition(args: argparse.Namespace):
-    from cmbdetect.physics.chain import compute_physics_maps
-
     acq = acquisition_from_args(args)
     mask = load_user_mask(args.mask, acq) if args.mask else None
+    from cmbdetect.physics.chain import compute_physics_maps  # after the input checks
+
     maps = compute_physics_maps(mag=acq.mag, phase=acq.phase, te=acq.te, b0=acq.b0, affine=acq.affine,
                                 mask=mask, unwrap=args.unwrap, background=args.background,
                                 inversion=args.inversion, swi_slab_mm=args.swi_slab_mm)
