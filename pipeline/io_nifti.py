@@ -202,6 +202,8 @@ def acquisition_from_nifti_files(
         if b0 is None:
             raise InputError("field strength unknown: no MagneticFieldStrength in JSON sidecars; give --b0 in tesla")
 
+    if phase_units == "auto" and phase_meta and all(str(m.get("Units", "")).lower() == "rad" for m in phase_meta):
+        phase_units = "rad"  # BIDS part-phase metadata: Units "rad" (or "arbitrary")
     order = np.argsort(te_arr, kind="stable")
     mag = np.stack([mag_vols[i] for i in order])
     phase = _phase_to_radians(np.stack([phase_vols[i] for i in order]), units=phase_units, sign=phase_sign)
@@ -235,7 +237,8 @@ def load_nifti_acquisition(
         sidecars' ``EchoTime`` (s).  A value > 1 is taken to be milliseconds and rejected.
     b0 : field strength in tesla; overrides the sidecars' ``MagneticFieldStrength``.
     phase_sign : +1, or -1 for data whose phase falls for a paramagnetic source (flipped once, here).
-    phase_units : ``"auto" | "rad" | "siemens" | "uint12" | "scale:<max>"`` (see ``physics.phase``).
+    phase_units : ``"auto" | "rad" | "siemens" | "uint12" | "scale:<max>"`` (see ``physics.phase``);
+        ``"auto"`` becomes ``"rad"`` when every phase sidecar says ``"Units": "rad"`` (BIDS).
 
     Echoes are sorted by echo time.  Shape or affine mismatch, 2D data, NaNs, missing echo time or field
     strength, and unreadable files raise :class:`InputError` with a one-line message.

@@ -212,3 +212,15 @@ def test_real_three_echo_crop(shared_data):
     np.testing.assert_allclose(acq.voxel_size, [0.46875, 0.46875, 1.0], atol=1e-3)
     with pytest.raises(InputError, match="--phase-units"):
         load_nifti_acquisition(d / "Mag.nii.gz", d / "Phase.nii.gz", te=[0.004, 0.008, 0.012], b0=3.0)
+
+
+def test_bids_units_rad_sidecar_trusted_for_small_phase(tmp_path, oblique_affine, rng):
+    aff = oblique_affine(SHAPE)
+    small = rng.uniform(-0.2, 0.2, SHAPE)  # too small a range for automatic recognition
+    m = _save(np.ones(SHAPE), aff, tmp_path / "m.nii.gz", {"EchoTime": 0.005, "MagneticFieldStrength": 3})
+    p = _save(small, aff, tmp_path / "p.nii.gz")
+    with pytest.raises(InputError, match="--phase-units"):
+        load_nifti_acquisition(m, p)
+    _save(small, aff, p, {"Units": "rad"})
+    acq = load_nifti_acquisition(m, p)
+    np.testing.assert_allclose(acq.phase[0], small, atol=1e-6)
