@@ -62,7 +62,7 @@ def save_acquisition(acq: Acquisition, out_dir: Path) -> dict[str, Path]:
     ``out_dir``.  Content is deterministic so that Nipype's content hashing can reuse cached results."""
     from cmbdetect.pipeline.atomic import save_nifti, write_json
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"mag_file": out_dir / "mag.nii", "phase_file": out_dir / "phase.nii",
              "acq_json": out_dir / "acquisition.json"}

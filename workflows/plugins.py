@@ -2,7 +2,9 @@
 turning a failed run into one clear message (from the failing node's ``cmbdetect_error.json``)."""
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +98,18 @@ def collect_failures(crash_dir: str | Path) -> list[NodeFailure]:
     return failures
 
 
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cmbdetect"
+
+
 def run_workflow(wf, *, plugin_name: str, plugin_args: dict, crash_dir: str | Path) -> list[NodeFailure]:
     """Run ``wf``; return the node failures (empty on success).  ``crash_dir`` must be the workflow's
     configured crash folder and should be fresh for this run."""
+    if plugin_name.startswith("SLURM") and "LOGNAME" not in os.environ:
+        os.environ["LOGNAME"] = _user_name()  # Nipype's SLURM plugin names jobs after $LOGNAME
     try:
         wf.run(plugin=plugin_name, plugin_args=plugin_args)
     except RuntimeError:
