@@ -253,16 +253,19 @@ def read_dicom_series(series_dirs: str | os.PathLike | Sequence[str | os.PathLik
     if sorted({fr.echo_key for fr in by_kind["P"]}, key=abs) != echo_keys:
         raise InputError(f"magnitude and phase DICOM images in {where} have different echo times")
     vols: dict[str, list[np.ndarray]] = {"M": [], "P": []}
-    ref_positions = None
+    ref_positions = ref_shape = None
     sorted_frames: dict[str, list[list[_Frame]]] = {"M": [], "P": []}
     for kind in ("M", "P"):
         for key in echo_keys:
             what = f"{'magnitude' if kind == 'M' else 'phase'} echo {key:g} ms in {where}"
             vol, fr_sorted, positions = _stack([fr for fr in by_kind[kind] if fr.echo_key == key], normal, what)
             if ref_positions is None:
-                ref_positions = positions
+                ref_positions, ref_shape = positions, vol.shape
             elif positions.shape != ref_positions.shape or not np.allclose(positions, ref_positions, atol=1e-3):
                 raise InputError(f"{what} does not cover the same slices as the first magnitude echo")
+            elif vol.shape != ref_shape:
+                raise InputError(f"{what} has images of {vol.shape[1]}x{vol.shape[0]} pixels, the first "
+                                 f"magnitude echo {ref_shape[1]}x{ref_shape[0]}")
             vols[kind].append(vol)
             sorted_frames[kind].append(fr_sorted)
     n = len(ref_positions)

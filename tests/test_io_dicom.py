@@ -213,3 +213,13 @@ def test_mixed_orientation_refused(tmp_path, rng):
     write_dicom_series(rng.uniform(-1, 1, SHAPE), a2, tmp_path / "P", kind="P", echo_time_s=0.01, b0=3, series_number=2)
     with pytest.raises(InputError, match="orientation"):
         load_dicom_acquisition([tmp_path])
+
+
+def test_image_size_mismatch_refused(tmp_path, rng):
+    aff = oblique_affine(SHAPE, (1, 1, 1), angles_deg=(10, 0, 0))
+    write_dicom_series(rng.uniform(1, 2, SHAPE), aff, tmp_path / "M", kind="M", echo_time_s=0.01, b0=3,
+                       series_number=1)
+    write_dicom_series(rng.uniform(-1, 1, SHAPE)[:-2], aff, tmp_path / "P", kind="P", echo_time_s=0.01, b0=3,
+                       series_number=2)
+    with pytest.raises(InputError, match="pixels"):
+        load_dicom_acquisition([tmp_path / "M", tmp_path / "P"])
