@@ -44,7 +44,8 @@ def _check(phase, mask):
 
 
 def _wrap(x: np.ndarray) -> np.ndarray:
-    return (x + np.float32(np.pi)) % np.float32(2 * np.pi) - np.float32(np.pi)
+    """Wrap radians to [-pi, pi] (float32 in, float32 out; identity inside the interval)."""
+    return x - np.float32(2 * np.pi) * np.rint(x * np.float32(0.5 / np.pi))
 
 
 def _edge_weights(m: np.ndarray | None, axis: int) -> np.ndarray | None:
@@ -175,3 +176,138 @@ def _pcg_masked(x, b, m, weights, inv_d2, lam, *, max_iter, tol):
         d = z + np.float32(rz_new / rz) * d
         rz = rz_new
     return x
+
+
+def _axis_slices(axis: int, lo: int, hi: int | None) -> tuple:
+    sl = [slice(None)] * 3
+    sl[axis] = slice(lo, hi)
+    return tuple(sl)
+
+
+def _linearity(jumps: list[np.ndarray], sel: np.ndarray) -> np.ndarray:
+    """Per-voxel phase linearity in [0, 1]: ``1 - D/pi`` clipped, with D the root sum of squared
+    wrapped second differences along the three axes (Herraez et al. 2002) computed from the
+    wrapped forward jumps; second differences that would use a voxel outside ``sel`` count as 0.
+    Smooth (even steep) phase -> ~1, noise -> ~0."""
+    d2 = np.zeros(sel.shape, dtype=np.float32)
+    for axis, dw in enumerate(jumps):
+        lo, hi = _axis_slices(axis, 0, -1), _axis_slices(axis, 1, None)
+        sec = dw[lo] - dw[hi]
+        sec *= sel[_axis_slices(axis, 0, -2)] & sel[_axis_slices(axis, 2, None)]
+        d2[_axis_slices(axis, 1, -1)] += sec * sec
+    return np.clip(np.float32(1.0) - np.sqrt(d2) * np.float32(1 / np.pi), 0.0, 1.0)
+
+
+def _edge_quality(dw, lin, mag, med, sa, sb, both) -> np.ndarray:
+    """ROMEO-style reliability in [0, 1] of the edges ``sa -> sb`` selected by ``both``: the
+    phase linearity of both voxels times a mild phase-coherence term ``1 - |jump|/(2*pi)``
+    and, with a magnitude, magnitude coherence ``(min/max)^2`` and a magnitude weight
+    ``min(1, min(m_a, m_b)/(2*median in the mask))``."""
+    q = lin[sa][both] * lin[sb][both]
+    q *= np.float32(1.0) - np.float32(0.5 / np.pi) * np.abs(dw[both])
+    if mag is not None:
+        ma, mb = mag[sa][both], mag[sb][both]
+        lo, hi = np.minimum(ma, mb), np.maximum(ma, mb)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            coh = np.where(hi > 0, lo / hi, 0).astype(np.float32)
+        q *= coh * coh * np.minimum(np.float32(1.0), lo / (2 * med))
+    return q
+
+
+def unwrap_exact(
+    phase: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    magnitude: np.ndarray | None = None,
+    method: str = "quality",
+) -> np.ndarray:
+    """Exact spatial unwrapping: the output differs from ``phase`` (radians) by integer multiples of
+    2*pi in every voxel (float32, same shape), so ``angle(exp(1j*out)) == phase``.
+
+    ``method="quality"`` (default): quality-guided region growing in the ROMEO sense -- the phase is
+    integrated along the maximum-reliability spanning tree of the voxel graph (Kruskal's order, the
+    same order a quality-guided flood fill with a priority queue visits the edges).  Edge reliability
+    is the phase linearity (wrapped second differences) of both voxels and the coherence of the wrapped
+    jump, weighted by magnitude coherence and strength when ``magnitude`` is given (so noisy, dark voxels are reached last and cannot derail good regions).
+    ``method="skimage"``: ``skimage.restoration.unwrap_phase`` (Herraez reliability sorting, no
+    magnitude).  Only voxels in ``mask`` (bool) are unwrapped; outside it the input is returned.  Each
+    connected part of the mask is unwrapped separately; the global 2*pi multiple is chosen so that
+    the mean unwrapped phase inside the mask is closest to 0.  Voxel sizes are not needed.
+    """
+    p, m = _check(phase, mask)
+    p = _wrap(p)
+    if method == "skimage":
+        from skimage.restoration import unwrap_phase
+
+        data = np.ma.array(p.astype(np.float64), mask=None if m is None else ~m)
+        out = np.asarray(np.ma.getdata(unwrap_phase(data)), dtype=np.float64)
+        k = np.round((out - p) / (2 * np.pi))
+    elif method == "quality":
+        k = _quality_guided_k(p, m, magnitude)
+    else:
+        raise InputError(f"unknown unwrapping method {method!r}; use 'quality' or 'skimage'")
+    sel = m if m is not None else np.ones(p.shape, bool)
+    k = np.where(sel, k, 0)
+    k -= np.round(np.mean(p[sel] + 2 * np.pi * k[sel]) / (2 * np.pi))
+    k = np.where(sel, k, 0)
+    return (p + np.float32(2 * np.pi) * k.astype(np.float32)).astype(np.float32)
+
+
+def _quality_guided_k(p: np.ndarray, m: np.ndarray | None, magnitude) -> np.ndarray:
+    """Integer 2*pi multiples from integrating wrapped jumps along the maximum-reliability
+    spanning forest (scipy Kruskal MST on cost ``1.001 - quality``) of the masked 6-neighbour graph."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
+
+    sel = np.ones(p.shape, bool) if m is None else m
+    mag = None
+    med = np.float32(1.0)
+    if magnitude is not None:
+        mag = np.asarray(magnitude, dtype=np.float32)
+        if mag.shape != p.shape:
+            raise InputError(f"magnitude shape {mag.shape} does not match phase shape {p.shape}")
+        inside = mag[sel]
+        if np.any(inside > 0):
+            med = np.float32(np.median(inside[inside > 0]))
+    n = int(sel.sum())
+    idx_dtype = np.int32 if n < 2**31 - 2 else np.int64
+    node = np.full(p.shape, -1, dtype=idx_dtype)
+    node[sel] = np.arange(n, dtype=idx_dtype)
+    jumps = [_wrap(np.diff(p, axis=axis)) for axis in range(3)]
+    lin = _linearity(jumps, sel)
+    rows, cols, cost = [], [], []
+    for axis in range(3):
+        sa, sb = _axis_slices(axis, 0, -1), _axis_slices(axis, 1, None)
+        both = sel[sa] & sel[sb]
+        q = _edge_quality(jumps[axis], lin, mag, med, sa, sb, both)
+        rows.append(node[sa][both])
+        cols.append(node[sb][both])
+        cost.append(np.float32(1.001) - q)  # > 0: zero weights would be read as missing edges
+    del jumps, lin
+    rows, cols, cost = np.concatenate(rows), np.concatenate(cols), np.concatenate(cost)
+    graph = csr_matrix((cost, (rows, cols)), shape=(n, n))
+    del rows, cols, cost
+    tree = minimum_spanning_tree(graph).tocoo()
+    del graph
+    ncomp, labels = connected_components(tree, directed=False)
+    # a virtual root (node n) joined to one voxel of every component makes a single tree
+    _, first = np.unique(labels, return_index=True)
+    r = np.concatenate([tree.row, np.full(ncomp, n, dtype=tree.row.dtype)])
+    c = np.concatenate([tree.col, first.astype(tree.col.dtype)])
+    joined = csr_matrix((np.ones(r.size, np.float32), (r, c)), shape=(n + 1, n + 1))
+    _, pred = breadth_first_order(joined, n, directed=False, return_predecessors=True)
+    par = pred.astype(idx_dtype)
+    par[n] = n
+    pv = np.concatenate([p[sel], np.zeros(1, np.float32)])
+    step = pv[par] - pv
+    jump = np.rint((step - _wrap(step)) * np.float32(0.5 / np.pi)).astype(np.int32)
+    jump[par == n] = 0
+    while True:  # pointer jumping: k(node) = sum of the jumps on its path to the root
+        jump += jump[par]
+        new_par = par[par]
+        if np.array_equal(new_par, par):
+            break
+        par = new_par
+    k = np.zeros(p.shape, dtype=np.float64)
+    k[sel] = jump[:n]
+    return k

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.physics.unwrap import unwrap_laplacian
+from cmbdetect.physics.unwrap import unwrap_exact, unwrap_laplacian
 
 VS = (1.0, 0.8, 1.5)  # anisotropic voxels (mm)
 
@@ -68,3 +68,51 @@ def test_laplacian_bad_input():
         unwrap_laplacian(np.zeros((4, 4, 4)), VS, mask=np.zeros((4, 4, 4), bool))
     with pytest.raises(InputError, match="NaN"):
         unwrap_laplacian(np.full((4, 4, 4), np.nan), VS)
+
+
+@pytest.mark.parametrize("method", ["quality", "skimage"])
+def test_exact_recovers_field_up_to_global_2pi(wrapped_case, method):
+    true, psi, mask = wrapped_case
+    out = unwrap_exact(psi, mask=mask, method=method)
+    assert out.dtype == np.float32
+    diff = (out - true)[mask]
+    k = np.round(diff.mean() / (2 * np.pi))
+    assert np.abs(diff - 2 * np.pi * k).max() < 1e-4
+    # re-wraps to the input everywhere (outside the mask the input is returned)
+    np.testing.assert_allclose(np.angle(np.exp(1j * out)), psi, atol=1e-4)
+    ratio = (out - psi) / (2 * np.pi)
+    assert np.abs(ratio - np.round(ratio)).max() < 1e-4
+
+
+def test_exact_without_mask_anisotropic_oblique_field(oblique_affine):
+    from cmbdetect.physics.geometry import voxel_to_world
+
+    shape = (30, 28, 24)
+    aff = oblique_affine(shape, (1.0, 1.0, 1.5))
+    xyz = voxel_to_world(aff, np.moveaxis(np.indices(shape), 0, -1))
+    true = 0.04 * xyz[..., 0] ** 2 + 0.9 * xyz[..., 2] - 0.03 * xyz[..., 1] * xyz[..., 2]
+    out = unwrap_exact(np.angle(np.exp(1j * true)))
+    diff = out - true
+    assert np.ptp(diff) < 1e-4
+    assert abs(diff.mean() / (2 * np.pi) - np.round(diff.mean() / (2 * np.pi))) < 1e-4
+
+
+def test_exact_magnitude_guides_around_noisy_blob(rng, wrapped_case):
+    """A dark, noisy blob inside the mask (e.g. air/vein): with the magnitude the good tissue
+    around it stays exact."""
+    true, psi, mask = wrapped_case
+    x, y, z = _grid(psi.shape, VS)
+    blob = ((x - 5) ** 2 + (y + 3) ** 2 + z**2) <= 5.0**2
+    psi = psi.copy()
+    psi[blob] = rng.uniform(-np.pi, np.pi, blob.sum())
+    mag = np.where(blob, 0.05, 1.0).astype(np.float32) * (1 + 0.05 * rng.standard_normal(psi.shape))
+    out = unwrap_exact(psi, mask=mask, magnitude=np.abs(mag))
+    good = mask & ~blob
+    diff = (out - true)[good]
+    k = np.round(np.median(diff) / (2 * np.pi))
+    assert np.mean(np.abs(diff - 2 * np.pi * k) < 1e-3) > 0.999
+
+
+def test_exact_bad_method():
+    with pytest.raises(InputError, match="method"):
+        unwrap_exact(np.zeros((4, 4, 4)), method="magic")
