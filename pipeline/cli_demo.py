@@ -70,12 +70,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--shape {tuple(args.shape)} is too small; use at least 16 voxels per axis")
     if args.hit_mm <= 0:
         raise InputError("--hit-mm must be positive")
+    from cmbdetect.pipeline.cli_run import check_model
+
     options = options_from_args(args)
+    model_info = check_model(options.model)
     out = Path(args.out).absolute()
     progress("demo", f"simulating a subject ({'x'.join(map(str, args.shape))} voxels, seed {args.seed})")
     sim = simulate_subject(seed=args.seed, shape=tuple(args.shape))
     summary = run_acquisition(sim.acq, out_dir=out, options=options, command_line=command_line_of(args),
-                              label="demo", extra_writer=lambda tmp: _write_truth_table(
+                              label="demo", model_info=model_info, extra_writer=lambda tmp: _write_truth_table(
                                   sim.truth, tmp / "truth_lesions.tsv"))
     true_mb = [les for les in sim.truth.lesions if les.kind == "microbleed"]
     found = [c for c in summary["candidates"] if c.label == "microbleed"]

@@ -92,7 +92,10 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
         raise InputError(f"--prevalence must be between 0 and 1, got {args.prevalence}")
     name, pargs = plugin_settings(plugin=args.plugin, nprocs=args.nprocs, mem_gb=args.mem_gb,
                                   plugin_args=parse_plugin_args(args.plugin_args))
-    return PipelineOptions(model=str(args.model), prevalence=args.prevalence, unwrap=args.unwrap,
+    model = str(args.model)
+    if Path(model).expanduser().exists():  # a model folder: absolute, since nodes run elsewhere
+        model = str(Path(model).expanduser().absolute())
+    return PipelineOptions(model=model, prevalence=args.prevalence, unwrap=args.unwrap,
                            background=args.background, inversion=args.inversion, nprocs=args.nprocs,
                            mem_gb=args.mem_gb, plugin_name=name, plugin_args=pargs,
                            work_dir=Path(args.work_dir).absolute() if args.work_dir else None,
@@ -127,8 +130,7 @@ def prepare_inputs(acq: Acquisition, folder: Path, *, mask=None) -> dict:
     values = {k: str(v) for k, v in save_acquisition(acq, folder).items()}
     if mask is not None:
         values["mask_file"] = str(save_nifti(mask, acq.affine, folder / "mask.nii", dtype="uint8"))
-    dicom = acq.source.get("dicom")
-    datasets = dicom.get("datasets") if isinstance(dicom, dict) else None
+    datasets = acq.source.get("dicom_datasets")
     if datasets:
         import pydicom
 
@@ -145,11 +147,13 @@ def prepare_inputs(acq: Acquisition, folder: Path, *, mask=None) -> dict:
 
 def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions, mask=None,
                     command_line: list[str] | None = None, label: str = "",
-                    extra_writer: Callable[[Path], None] | None = None) -> dict:
+                    extra_writer: Callable[[Path], None] | None = None,
+                    model_info: dict | None = None) -> dict:
     """Run the workflow on ``acq`` and put the outputs (+ provenance.json) atomically in ``out_dir``.
 
     ``mask`` is an optional bool brain mask on the acquisition grid; ``extra_writer(tmp_out)`` may add
-    files before the folder is renamed into place.  Returns a summary (candidate counts, model, paths).
+    files before the folder is renamed into place; ``model_info`` (from :func:`check_model`) saves
+    loading the model again.  Returns a summary (candidate counts, model, paths).
     """
     from cmbdetect.pipeline.atomic import atomic_directory, write_json
     from cmbdetect.pipeline.candidates import read_candidates_tsv
@@ -159,7 +163,7 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
     from cmbdetect.workflows.plugins import raise_for_failures, run_workflow
 
     timer = StageTimer()
-    model_info = check_model(options.model)
+    model_info = model_info or check_model(options.model)
     temp_work = options.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="cmbdetect-work-")) if temp_work else options.work_dir
     ok = False
@@ -215,9 +219,7 @@ def command_line_of(args: argparse.Namespace) -> list[str]:
 
 def _input_record(acq: Acquisition) -> dict:
     """JSON-able description of the input (files/UIDs from ``acq.source``, grid, TE, B0)."""
-    source = {k: v for k, v in acq.source.items() if k != "dicom"}
-    if isinstance(acq.source.get("dicom"), dict):
-        source["dicom"] = {k: v for k, v in acq.source["dicom"].items() if k != "datasets"}
+    source = {k: v for k, v in acq.source.items() if k != "dicom_datasets"}
     return {"source": source, "shape": list(acq.shape), "n_echoes": acq.n_echoes,
             "te_s": [float(t) for t in acq.te], "b0_t": float(acq.b0),
             "affine": [[float(v) for v in row] for row in acq.affine]}
@@ -232,9 +234,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).absolute()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
+    model_info = check_model(options.model)
     progress("", "reading input")
     acq = acquisition_from_args(args)
     mask = load_user_mask(args.mask, acq) if getattr(args, "mask", None) else None
     run_acquisition(acq, out_dir=out, options=options, mask=mask,
-                    command_line=command_line_of(args))
+                    command_line=command_line_of(args), model_info=model_info)
     return 0
