@@ -1,0 +1,152 @@
+"""DICOM SR (TID 1500, POINTs in the source frame of reference) and secondary-capture key images."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from cmbdetect.models.detection import Detection
+from cmbdetect.physics.errors import InputError
+from cmbdetect.pipeline.candidates import candidates_from_detections
+from cmbdetect.pipeline.export_dicom import write_dicom_sr, write_key_images
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_report import synthetic_maps  # noqa: E402
+
+
+def mr_series(n_slices=4, rows=8, cols=8, *, frame_of_reference=None):
+    """A tiny axial MR series made with pydicom (one study, one frame of reference)."""
+    study, series = generate_uid(), generate_uid()
+    frame_of_reference = frame_of_reference or generate_uid()
+    out = []
+    for k in range(n_slices):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P001", "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", "A1"
+        ds.ReferringPhysicianName = ""
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "MR", 3, k + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-4.0, -4.0, 2.0 * k]
+        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 2.0
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = (np.arange(rows * cols, dtype=np.uint16) + k).tobytes()
+        out.append(ds)
+    return out
+
+
+def _candidates(affine, centres):
+    dets = [Detection(centre_vox=c, score=0.9, label=label, diameter_mm=2.5,
+                      probabilities={"microbleed": p if label == "microbleed" else 0.1,
+                                     "calcification": p if label == "calcification" else 0.1,
+                                     "vein": 0.05, "other": 0.05},
+                      features={"mean_chi_ppm": 0.4 if label == "microbleed" else -0.3})
+            for c, (label, p) in zip(centres, [("microbleed", 0.9), ("calcification", 0.8), ("microbleed", 0.7)])]
+    return candidates_from_detections(dets, affine=affine, mask=None)
+
+
+def _points(sr):
+    """(tracking identifier, finding type code, LPS point) of each measurement group, read back with pydicom."""
+    out = []
+
+    def walk(items, group):
+        for it in items:
+            name = it.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in it else ""
+            if name == "Tracking Identifier":
+                group["tid"] = it.TextValue
+            if name == "Finding":
+                group["finding"] = it.ConceptCodeSequence[0].CodeValue
+            if it.ValueType == "SCOORD3D":
+                assert it.GraphicType == "POINT"
+                group["for"] = it.ReferencedFrameOfReferenceUID
+                group["xyz"] = np.asarray(it.GraphicData, float)
+            if name == "Probability":
+                group["p"] = float(it.MeasuredValueSequence[0].NumericValue)
+            if "ContentSequence" in it:
+                walk(it.ContentSequence, group)
+
+    for item in sr.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements":
+            for grp in item.ContentSequence:
+                g = {}
+                walk(grp.ContentSequence, g)
+                out.append(g)
+    return out
+
+
+def test_sr_points_read_back(oblique_affine, tmp_path):
+    source = mr_series()
+    cands = _candidates(oblique_affine(), [(3.0, 4.0, 5.0), (10.0, 2.0, 1.0), (6.5, 7.5, 8.0)])
+    path = write_dicom_sr(cands, source_datasets=source, path=tmp_path / "sr.dcm")
+    sr = pydicom.dcmread(path)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.StudyInstanceUID == source[0].StudyInstanceUID
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.SeriesInstanceUID == source[0].SeriesInstanceUID
+    assert len(evidence.ReferencedSOPSequence) == len(source)
+    groups = _points(sr)
+    assert len(groups) == len(cands)
+    for g, c in zip(groups, cands):
+        assert g["tid"] == f"candidate {c.id}"
+        assert g["for"] == source[0].FrameOfReferenceUID
+        assert np.allclose(g["xyz"], c.lps, atol=1e-3)
+        assert np.allclose(g["xyz"][:2], -c.ras[:2], atol=1e-3)
+        assert g["p"] == pytest.approx(c.probability)
+    assert [g["finding"] for g in groups] == ["50960005", "18115005", "50960005"]
+
+
+def test_sr_parses_with_highdicom(oblique_affine, tmp_path):
+    import highdicom as hd
+
+    cands = _candidates(oblique_affine(), [(3.0, 4.0, 5.0), (10.0, 2.0, 1.0)])
+    cands[0].region = "deep"
+    sr = hd.sr.srread(write_dicom_sr(cands, source_datasets=mr_series(), path=tmp_path / "sr.dcm"))
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 2
+    chi = {m.name.value: float(m.value) for m in groups[0].get_measurements()}
+    assert chi["126396"] == pytest.approx(cands[0].susceptibility_ppm)
+    site = groups[0].finding_sites[0]
+    assert site.value.value == "12738006" and site.topographical_modifier.value == "795002"
+    assert groups[1].finding_sites == []  # region unknown: no site claimed
+
+
+def test_sr_without_candidates_and_bad_sources(tmp_path):
+    sr = pydicom.dcmread(write_dicom_sr([], source_datasets=mr_series(), path=tmp_path / "empty.dcm"))
+    groups = _points(sr)
+    assert len(groups) == 1 and "xyz" not in groups[0] and groups[0]["tid"] == "no candidates"
+    mixed = mr_series(2) + mr_series(2)  # two frames of reference
+    with pytest.raises(InputError, match="FrameOfReferenceUID"):
+        write_dicom_sr([], source_datasets=mixed, path=tmp_path / "x.dcm")
+    with pytest.raises(InputError, match="source DICOM"):
+        write_dicom_sr([], source_datasets=[], path=tmp_path / "x.dcm")
+    assert not (tmp_path / "x.dcm").exists()
+
+
+def test_key_images_reference_source_study(tmp_path):
+    from cmbdetect.physics.geometry import oblique_affine
+
+    affine = oblique_affine((64, 64, 48), (1.0, 1.0, 1.2))
+    maps = synthetic_maps(affine)
+    source = mr_series()
+    cands = _candidates(affine, [(20.0, 30.0, 24.0), (42.0, 26.0, 20.0)])
+    paths = write_key_images(cands, maps=maps, source_datasets=source, out_dir=tmp_path / "key")
+    assert len(paths) == 2
+    for p, c in zip(paths, cands):
+        sc = pydicom.dcmread(p)
+        assert sc.StudyInstanceUID == source[0].StudyInstanceUID and sc.PatientID == "P001"
+        assert sc.SeriesInstanceUID != source[0].SeriesInstanceUID
+        assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape[2] == 3
+        assert sc.ReferencedImageSequence[0].ReferencedSOPInstanceUID in {s.SOPInstanceUID for s in source}
+        assert f"candidate {c.id}" in sc.ImageComments
