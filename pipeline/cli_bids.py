@@ -119,10 +119,36 @@ def _write_failures(path: Path, rows: list[dict]) -> None:
     write_text("\n".join(lines) + "\n", path)
 
 
+def discover(bids_dir: Path, *, participant_label=None) -> tuple[list, list[dict]]:
+    """Acquisitions to process, subject by subject, so that one malformed subject folder is reported
+    (a failure record) instead of stopping the whole dataset."""
+    from cmbdetect.pipeline.io_bids import find_bids_subjects
+
+    if participant_label:
+        labels = [str(p).removeprefix("sub-") for p in participant_label]
+        absent = [lab for lab in labels if not (bids_dir / f"sub-{lab}").is_dir()]
+        if absent:
+            raise InputError(f"participant(s) {', '.join(absent)} not found in {bids_dir}")
+    else:
+        labels = sorted(p.name.removeprefix("sub-") for p in bids_dir.glob("sub-*") if p.is_dir())
+    subjects, failures = [], []
+    for label in labels:
+        try:
+            found = find_bids_subjects(bids_dir, participant_label=[label])
+        except InputError as exc:
+            failures.append({"label": f"sub-{label}", "stage": "discovery", "message": _one_line(exc)})
+            _progress(f"error: sub-{label} skipped: {_one_line(exc)}")
+            continue
+        if not found and participant_label:
+            raise InputError(f"participant {label} has no magnitude + phase acquisition in {bids_dir}")
+        subjects.extend(found)
+    return subjects, failures
+
+
 def run_participant(args: argparse.Namespace) -> int:
     """Participant level (see the module docstring); returns 0, or 1 if any acquisition failed."""
     from cmbdetect.pipeline.atomic import write_json
-    from cmbdetect.pipeline.io_bids import find_bids_subjects, load_bids_acquisition
+    from cmbdetect.pipeline.io_bids import load_bids_acquisition
     from cmbdetect.pipeline.provenance import build_provenance
     from cmbdetect.workflows.cmb import bids_output_names, configure_execution, init_cmb_wf
     from cmbdetect.workflows.plugins import run_workflow
@@ -133,8 +159,8 @@ def run_participant(args: argparse.Namespace) -> int:
     if out_dir == bids_dir:
         raise InputError("OUT_DIR must differ from BIDS_DIR")
     options: PipelineOptions = options_from_args(args)
-    subjects = find_bids_subjects(bids_dir, participant_label=args.participant_label)
-    if not subjects:
+    subjects, failures = discover(bids_dir, participant_label=args.participant_label)
+    if not subjects and not failures:
         raise InputError(f"no magnitude + phase acquisitions found in {bids_dir}")
     model = check_model(options.model)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +168,6 @@ def run_participant(args: argparse.Namespace) -> int:
     temp_work = options.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="cmbdetect-work-")) if temp_work else options.work_dir
     staging = Path(tempfile.mkdtemp(prefix=".cmbdetect-staging-", dir=out_dir))
-    failures: list[dict] = []
     try:
         import nipype.pipeline.engine as pe
 
@@ -205,11 +230,11 @@ def run_participant(args: argparse.Namespace) -> int:
         shutil.rmtree(staging, ignore_errors=True)
         if temp_work:
             shutil.rmtree(work, ignore_errors=True)
-    processed = {s.label for s in subjects}
+    processed = {s.label for s in subjects} | {f["label"] for f in failures}
     kept = [r for r in _read_failures(out_dir / FAILURES_FILE) if r.get("label") not in processed]
     _write_failures(out_dir / FAILURES_FILE, kept + failures)
-    n_ok = len(subjects) - len(failures)
-    _progress(f"participant level: {n_ok} of {len(subjects)} acquisitions done"
+    n_all = len(subjects) + sum(f["stage"] == "discovery" for f in failures)
+    _progress(f"participant level: {n_all - len(failures)} of {n_all} acquisitions done"
               + (f", {len(failures)} failed (see {out_dir / FAILURES_FILE})" if failures else ""))
     return 1 if failures else 0
 

@@ -1,0 +1,95 @@
+"""BIDS-App form end to end: participant (parallel, one corrupt subject skipped and reported) and group."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from cmbdetect.pipeline.atomic import save_nifti, write_json
+from cmbdetect.pipeline.cli import main
+
+SHAPE = (40, 48, 28)
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> str:
+    from cmbdetect.models.registry import create_random_model
+
+    return str(create_random_model(tmp_path_factory.mktemp("model") / "random", seed=0))
+
+
+@pytest.fixture(scope="module")
+def bids_dir(tmp_path_factory) -> Path:
+    """Two simulated subjects (01 single echo, 02 two echoes) and a corrupt one (03: truncated phase)."""
+    from cmbdetect.pipeline.simulate import simulate_subject
+
+    root = tmp_path_factory.mktemp("bids")
+    write_json({"Name": "test", "BIDSVersion": "1.9.0"}, root / "dataset_description.json")
+    for label, te in (("01", (0.02,)), ("02", (0.01, 0.02)), ("03", (0.02,))):
+        acq = simulate_subject(seed=int(label), shape=SHAPE, te=te, n_microbleeds=3).acq
+        anat = root / f"sub-{label}" / "anat"
+        for e, t in enumerate(acq.te, 1):
+            echo = f"_echo-{e}" if len(acq.te) > 1 else ""
+            for part, vol in (("mag", acq.mag[e - 1]), ("phase", acq.phase[e - 1])):
+                stem = anat / f"sub-{label}{echo}_part-{part}_T2starw"
+                save_nifti(vol, acq.affine, f"{stem}.nii.gz")
+                meta = {"EchoTime": float(t), "MagneticFieldStrength": float(acq.b0)}
+                write_json({**meta, "Units": "rad"} if part == "phase" else meta, f"{stem}.json")
+    corrupt = root / "sub-03" / "anat" / "sub-03_part-phase_T2starw.nii.gz"
+    corrupt.write_bytes(corrupt.read_bytes()[:300])
+    return root
+
+
+def test_participant_and_group(tmp_path, bids_dir, random_model, capsys):
+    out = tmp_path / "derivatives" / "cmbdetect"
+    code = main([str(bids_dir), str(out), "participant", "--nprocs", "2", "--model", random_model])
+    err = capsys.readouterr().err
+    assert code == 1  # one acquisition failed
+    assert "Traceback" not in err
+    assert [ln for ln in err.splitlines() if "error" in ln and "sub-03" in ln]
+    assert "[1/3] sub-01" in err and "sub-02: done" in err and "2 of 3 acquisitions done" in err
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "cmbdetect"
+    with open(out / "logs" / "failures.tsv") as fh:
+        failures = list(csv.DictReader(fh, delimiter="\t"))
+    assert [f["label"] for f in failures] == ["sub-03"] and failures[0]["stage"] == "input"
+    assert not (out / "sub-03").exists()
+    for label in ("01", "02"):
+        anat = out / f"sub-{label}" / "anat"
+        tsv = anat / f"sub-{label}_desc-cmb_candidates.tsv"
+        assert tsv.is_file() and (anat / f"sub-{label}_Chimap.nii.gz").is_file()
+        assert (anat / f"sub-{label}_desc-cmb_report.html").is_file()
+        assert (anat / f"sub-{label}_desc-cmb_provenance.json").is_file()
+        sidecar = json.loads((anat / f"sub-{label}_desc-cmb_candidates.json").read_text())
+        assert sidecar["Model"]["sha256"] and sidecar["Sources"]
+        assert all(s.startswith(f"bids:raw:sub-{label}/anat/") for s in sidecar["Sources"])
+        assert json.loads((anat / f"sub-{label}_Chimap.json").read_text())["Units"] == "ppm"
+    assert (out / "sub-02" / "anat" / "sub-02_R2starmap.nii.gz").is_file()  # multi-echo only
+    assert not (out / "sub-01" / "anat" / "sub-01_R2starmap.nii.gz").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".cmbdetect-staging")]
+
+    assert main([str(bids_dir), str(out), "group"]) == 0
+    with open(out / "group" / "cmb_study_table.tsv") as fh:
+        rows = {r["label"]: r for r in csv.DictReader(fh, delimiter="\t")}
+    assert set(rows) == {"sub-01", "sub-02", "sub-03"}
+    assert rows["sub-03"]["status"] == "failed" and rows["sub-01"]["status"] == "done"
+    n01 = len((out / "sub-01/anat/sub-01_desc-cmb_candidates.tsv").read_text().strip().splitlines()) - 1
+    assert int(rows["sub-01"]["n_candidates"]) == n01
+    assert sum(int(rows["sub-01"][f"n_{k}"]) for k in ("microbleed", "calcification", "vein", "other")) == n01
+    page = (out / "group" / "index.html").read_text()
+    for label in ("01", "02"):
+        link = f'../sub-{label}/anat/sub-{label}_desc-cmb_report.html'
+        assert link in page and (out / "group" / link).resolve().is_file()
+
+
+def test_participant_label_selects_and_unknown_label_is_an_error(tmp_path, bids_dir, random_model, capsys):
+    out = tmp_path / "out"
+    assert main([str(bids_dir), str(out), "participant", "--participant-label", "sub-01",
+                 "--model", random_model]) == 0
+    assert (out / "sub-01").is_dir() and not (out / "sub-02").exists()
+    capsys.readouterr()
+    assert main([str(bids_dir), str(out), "participant", "--participant-label", "99",
+                 "--model", random_model]) == 2
+    assert capsys.readouterr().err.strip().startswith("cmbdetect: error:")

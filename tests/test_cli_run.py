@@ -1,0 +1,148 @@
+"""``cmbdetect run`` end to end on a tiny simulated subject (random model): outputs, provenance,
+determinism, resume from the cache, no partial outputs on failure, DICOM input, SLURM submission."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmbdetect.pipeline.atomic import save_nifti
+from cmbdetect.pipeline.cli import main
+
+SHAPE = (48, 56, 32)
+FIXED_OUTPUTS = ("candidates.tsv", "candidates.json", "chimap.nii.gz", "swi.nii.gz", "mip.nii.gz",
+                 "brainmask.nii.gz", "localfield.nii.gz", "candidates.mrk.json", "report.html",
+                 "provenance.json")
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> str:
+    from cmbdetect.models.registry import create_random_model
+
+    return str(create_random_model(tmp_path_factory.mktemp("model") / "random", seed=0))
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    """A simulated single-echo subject as NIfTI magnitude + phase (radians) files."""
+    from cmbdetect.pipeline.simulate import simulate_subject
+
+    sim = simulate_subject(seed=11, shape=SHAPE, n_microbleeds=4)
+    folder = tmp_path_factory.mktemp("subject")
+    acq = sim.acq
+    save_nifti(acq.mag[0], acq.affine, folder / "mag.nii.gz")
+    save_nifti(acq.phase[0], acq.affine, folder / "phase.nii.gz")
+    return {"dir": folder, "sim": sim,
+            "args": ["--mag", str(folder / "mag.nii.gz"), "--phase", str(folder / "phase.nii.gz"),
+                     "--te", str(float(acq.te[0])), "--b0", str(float(acq.b0)), "--phase-units", "rad"]}
+
+
+def test_run_outputs_provenance_resume_and_determinism(tmp_path, subject, random_model, capsys):
+    from cmbdetect.models.registry import load_model
+
+    work = tmp_path / "work"
+    out1 = tmp_path / "out1"
+    assert main(["run", *subject["args"], "--out", str(out1), "--model", random_model, "-w", str(work)]) == 0
+    err = capsys.readouterr().err
+    assert "computing physics maps" in err and "detecting candidates" in err and "report:" in err
+    for name in FIXED_OUTPUTS:
+        assert (out1 / name).is_file(), name
+    assert not list(tmp_path.glob(".out1*"))  # no temporary folder left beside
+    prov = json.loads((out1 / "provenance.json").read_text())
+    assert prov["model"]["sha256"] == load_model(random_model).sha256
+    assert prov["command_line"][:2] == ["cmbdetect", "run"] and "--model" in prov["command_line"]
+    assert prov["software"]["nipype"] and prov["software"]["torch"]
+    assert prov["parameters"]["model"] == random_model and prov["parameters"]["b0_t"] == pytest.approx(3.0)
+    assert prov["timings_s"]["total"] > 0 and "workflow" in prov["timings_s"]
+    assert "candidates.tsv" in prov["outputs"]
+    # rerun over the same work folder: the physics node is served from the cache
+    maps_npz = next(work.rglob("compute_maps/maps.npz"))
+    stamp = maps_npz.stat().st_mtime_ns
+    out2 = tmp_path / "out2"
+    assert main(["run", *subject["args"], "--out", str(out2), "--model", random_model, "-w", str(work)]) == 0
+    assert maps_npz.stat().st_mtime_ns == stamp
+    assert "computing physics maps" not in capsys.readouterr().err
+    # a fresh run (temporary work folder) gives the identical candidate table
+    out3 = tmp_path / "out3"
+    assert main(["run", *subject["args"], "--out", str(out3), "--model", random_model]) == 0
+    table = (out1 / "candidates.tsv").read_bytes()
+    assert (out2 / "candidates.tsv").read_bytes() == table == (out3 / "candidates.tsv").read_bytes()
+
+
+def test_failed_run_keeps_previous_output(tmp_path, subject, random_model, capsys):
+    """An all-zero magnitude fails inside the workflow (empty brain mask): one error line, exit 2,
+    the previous complete output untouched, nothing half-written beside it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "candidates.tsv").write_text("previous\n")
+    affine = subject["sim"].acq.affine
+    save_nifti(np.zeros(SHAPE), affine, tmp_path / "zero.nii.gz")
+    args = ["run", "--mag", str(tmp_path / "zero.nii.gz"), "--phase", str(subject["dir"] / "phase.nii.gz"),
+            "--te", "0.02", "--b0", "3", "--phase-units", "rad", "--out", str(out), "--model", random_model]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("cmbdetect: error:")]) == 1
+    assert (out / "candidates.tsv").read_text() == "previous\n" and len(list(out.iterdir())) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "zero.nii.gz"]
+
+
+def test_user_mask_on_wrong_grid_is_refused_up_front(tmp_path, subject, random_model, capsys):
+    save_nifti(np.ones((48, 56, 30), bool), subject["sim"].acq.affine, tmp_path / "mask.nii.gz")
+    assert main(["run", *subject["args"], "--mask", str(tmp_path / "mask.nii.gz"), "--out",
+                 str(tmp_path / "out"), "--model", random_model]) == 2
+    assert "mask" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_run_dicom_input_writes_sr_and_key_images(tmp_path, subject, random_model):
+    from pydicom import dcmread
+
+    from cmbdetect.pipeline.io_dicom import write_dicom_series
+
+    acq = subject["sim"].acq
+    common = dict(echo_time_s=float(acq.te[0]), b0=float(acq.b0), study_uid="1.2.3.4.5",
+                  frame_of_reference_uid="1.2.3.4.6")
+    write_dicom_series(acq.mag[0], acq.affine, tmp_path / "dcm" / "mag", kind="M", series_number=1, **common)
+    write_dicom_series(acq.phase[0], acq.affine, tmp_path / "dcm" / "phase", kind="P", series_number=2,
+                       **common)
+    out = tmp_path / "out"
+    assert main(["run", "--dicom", str(tmp_path / "dcm" / "mag"), "--dicom", str(tmp_path / "dcm" / "phase"),
+                 "--out", str(out), "--model", random_model]) == 0
+    sr = dcmread(out / "dicom" / "sr.dcm")
+    assert sr.StudyInstanceUID == "1.2.3.4.5" and sr.Modality == "SR"
+    n_candidates = len((out / "candidates.tsv").read_text().strip().splitlines()) - 1
+    keys = list((out / "dicom" / "keyimages").glob("*.dcm"))
+    assert len(keys) == min(n_candidates, 100)
+    for name in FIXED_OUTPUTS:
+        assert (out / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_run_through_slurm_plugin(tmp_path, subject, random_model, monkeypatch):
+    """Every node submitted through a stand-in ``sbatch`` (runs the job script synchronously), the
+    scheduler options passed on, job scripts in the work folder's batch/ folders, complete outputs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.log"
+    (bin_dir / "sbatch").write_text("#!/bin/bash\nscript=\"${@: -1}\"\necho \"$*\" >> " + str(log) +
+                                    "\nbash \"$script\" > \"$script.out\" 2>&1\n"
+                                    "echo \"Submitted batch job $((RANDOM + 1))\"\n")
+    (bin_dir / "squeue").write_text("#!/bin/bash\necho 'JOBID PARTITION NAME USER ST TIME NODES'\n")
+    for exe in bin_dir.iterdir():
+        exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main(["run", *subject["args"], "--out", str(out), "--model", random_model, "-w", str(work),
+                 "--plugin", "slurm", "--plugin-args", '{"sbatch_args": "--mem=4G -p short"}']) == 0
+    submitted = log.read_text().splitlines()
+    assert {"compute_maps", "detect", "report", "markups"} <= {ln.split(" -J ")[1].split(".")[0]
+                                                                 for ln in submitted}
+    assert all(ln.startswith("--mem=4G -p short") for ln in submitted)
+    scripts = [Path(ln.split()[-1]) for ln in submitted]
+    assert all(s.is_file() and s.parent.name == "batch" and work in s.parents for s in scripts)
+    for name in FIXED_OUTPUTS:
+        assert (out / name).is_file(), name
