@@ -1,0 +1,289 @@
+"""Simulated GRE/SWI subjects with ground truth, and BIDS datasets of them.
+
+:func:`simulate_subject` draws a procedural head (:mod:`simulate_anatomy`), veins
+(:mod:`simulate_vessels`), microbleeds and calcifications (:mod:`simulate_lesions`) and computes the
+multi-echo complex spoiled-GRE signal (:mod:`simulate_signal`): field from the dipole convolution of
+the whole head (air +9.4 ppm vs tissue) on a padded grid with B0 along scanner z (oblique slabs and
+head tilt included), shim, closed-form lesion fields integrated over sub-voxels, intravoxel
+dephasing, bias field, receiver phase and complex Gaussian noise.  :func:`simulate_dataset` writes
+``N`` subjects as a BIDS dataset (see :mod:`simulate_bids`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from cmbdetect.physics.errors import InputError
+from cmbdetect.physics.geometry import b0_direction, oblique_affine, voxel_to_world
+from cmbdetect.pipeline.acquisition import Acquisition
+from cmbdetect.pipeline.simulate_anatomy import T, build_anatomy
+from cmbdetect.pipeline.simulate_geometry import HeadFrame, LatticeNoise, random_rotation
+from cmbdetect.pipeline.simulate_lesions import draw_lesions, lesion_field_box
+from cmbdetect.pipeline.simulate_signal import (BLOOD_3T, add_noise, bias_field, dephasing_factor,
+                                                draw_tissue_table, fields_from_chi, phase_per_ppm,
+                                                r2star_at, receiver_phase, shim, spoiled_gre, t1_at)
+from cmbdetect.pipeline.simulate_vessels import build_veins
+from cmbdetect.pipeline.truth import LABELS, Lesion, Truth
+
+
+@dataclass
+class SimulatedSubject:
+    """One simulated subject: the acquisition as a reader would produce it, its truth, its parameters."""
+
+    acq: Acquisition
+    truth: Truth
+    params: dict = field(default_factory=dict)
+
+
+def _seed_sequence(seed) -> np.random.SeedSequence:
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, (int, np.integer)) and seed >= 0:
+        return np.random.SeedSequence(int(seed))
+    raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def child_rng(seed, n: int) -> np.random.Generator:
+    """Independent generator number ``n`` derived from ``seed`` (deterministic, order independent)."""
+    ss = _seed_sequence(seed)
+    return np.random.default_rng(np.random.SeedSequence(ss.entropy, spawn_key=tuple(ss.spawn_key) + (n,)))
+
+
+def _check(shape, te, b0, voxel_size):
+    if len(shape) != 3 or min(shape) < 16:
+        raise InputError(f"simulation shape must be three sizes of at least 16 voxels, got {tuple(shape)}")
+    te = np.atleast_1d(np.asarray(te, float))
+    if te.size == 0 or np.any(te <= 0) or np.any(te > 0.2) or np.any(np.diff(te) <= 0):
+        raise InputError(f"echo times must be increasing and in seconds (0-0.2), got {te.tolist()}")
+    if not 0.1 <= float(b0) <= 12.0:
+        raise InputError(f"field strength must be in tesla (0.1-12), got {b0}")
+    if voxel_size is not None and (len(voxel_size) != 3 or min(voxel_size) <= 0):
+        raise InputError(f"voxel size must be three positive lengths in mm, got {voxel_size}")
+    return tuple(int(s) for s in shape), te
+
+
+def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float = 3.0, te=(0.02,),
+                     oblique_deg=0.0, n_microbleeds: int | None = None, n_calcifications: int | None = None,
+                     snr: float | None = None, tr: float | None = None, flip_deg: float | None = None,
+                     head_tilt_deg: float | None = None, flip_lr: bool = False) -> SimulatedSubject:
+    """Simulate one subject.
+
+    ``seed`` int or :class:`numpy.random.SeedSequence`; ``shape`` voxels; ``voxel_size`` mm (None: a
+    random field of view of 180-230 mm in-plane and 110-170 mm slab); ``b0`` T; ``te`` echo times s;
+    ``oblique_deg`` slab angulation about the left-right axis (or three angles about x, y, z), B0 stays
+    along scanner z; ``n_microbleeds`` / ``n_calcifications`` None draws 0-15 / 0-4; ``snr`` white
+    matter signal / noise sigma at the first echo (None: 10-50); ``tr`` s and ``flip_deg`` (None:
+    random); ``head_tilt_deg`` limit of the random head rotation in the scanner (None: 8 deg pitch,
+    4 deg roll/yaw); ``flip_lr`` stores the first axis right-to-left (negative affine column).
+    """
+    shape, te = _check(shape, te, b0, voxel_size)
+    rng = [child_rng(seed, n) for n in range(6)]  # protocol, anatomy, veins, lesions, tissue, noise
+    r = rng[0]
+    if voxel_size is None:
+        vx = r.uniform(180.0, 230.0) / shape[0]
+        voxel_size = (vx, vx, max(vx, r.uniform(110.0, 170.0) / shape[2]))
+    voxel_size = tuple(float(v) for v in voxel_size)
+    angles = tuple(float(a) for a in np.broadcast_to(np.asarray(oblique_deg, float), (3,))) \
+        if np.ndim(oblique_deg) else (float(oblique_deg), 0.0, 0.0)
+    affine = oblique_affine(shape, voxel_size, angles_deg=angles)
+    if flip_lr:
+        affine[:3, 0] *= -1
+        affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape, float) - 1) / 2.0)
+    tilt = np.array([8.0, 4.0, 4.0]) if head_tilt_deg is None else np.full(3, float(head_tilt_deg))
+    rot = random_rotation(r, tilt)
+    slab_centre_head = np.array([r.uniform(-4, 4), r.uniform(-12, 0), r.uniform(-2, 18)])
+    pose = np.eye(4)
+    pose[:3, :3] = rot
+    pose[:3, 3] = -rot @ slab_centre_head
+    tr = float(tr) if tr is not None else float(te[-1] + r.uniform(0.006, 0.015))
+    flip_deg = float(flip_deg) if flip_deg is not None else float(r.uniform(8.0, 25.0))
+    snr = float(snr) if snr is not None else float(np.exp(r.uniform(np.log(10.0), np.log(50.0))))
+    frame = HeadFrame(shape, affine, pose)
+
+    anat = build_anatomy(frame, rng[1])
+    veins = build_veins(anat, rng[2])
+    specs = draw_lesions(anat, rng[3], n_microbleeds=n_microbleeds, n_calcifications=n_calcifications)
+
+    # tissue property maps, veins mixed in by partial volume, mild texture
+    tab = draw_tissue_table(rng[4], b0)
+    rt = rng[4]
+    blood = [rt.uniform(*BLOOD_3T[0]), t1_at(rt.uniform(*BLOOD_3T[1]), b0), r2star_at(rt.uniform(*BLOOD_3T[2]), b0)]
+    occ = np.where(anat.tissue != T["air"], veins.occupancy, 0).astype(np.float32)
+    tex = LatticeNoise(rt, 6.0)(*frame.coords())
+    pd = tab.pd[anat.tissue] * (1 + 0.03 * tex)
+    r1 = 1.0 / tab.t1[anat.tissue]
+    r2s = tab.r2s[anat.tissue] * (1 + 0.08 * tex)
+    del tex
+    pd += occ * (blood[0] - pd)
+    r1 += occ * (1 / blood[1] - r1)
+    r2s += occ * (blood[2] - r2s)
+    sig = 0.45
+    pd, r1, r2s = (ndimage.gaussian_filter(a, sig).astype(np.float32) for a in (pd, r1, r2s))
+    chi = tab.chi[anat.tissue] + occ * (veins.chi_ppm - np.minimum(tab.chi[anat.tissue], 1.0))
+    chi = np.where(anat.tissue == T["air"], tab.chi[T["air"]], chi).astype(np.float32)
+    chi_local = np.where(anat.intracranial, chi, 0).astype(np.float32)
+    from cmbdetect.physics.constants import CHI_AIR_VS_TISSUE_PPM
+    total, local = fields_from_chi(chi - np.float32(CHI_AIR_VS_TISSUE_PPM), chi_local, voxel_size,
+                                   b0_direction(affine))
+    del chi
+    total = shim(total, anat.intracranial, fraction=r.uniform(0.5, 1.0)) + np.float32(r.normal(0, 0.05))
+    local = np.where(anat.intracranial, local, 0).astype(np.float32)
+
+    # lesions: closed-form fields at voxel centres far out, sub-voxel integration near
+    labels = np.zeros(shape, np.uint8)
+    labels[(occ >= 0.3) & anat.intracranial] = LABELS["vein"]
+    bg_total = total.copy()
+    lesions_out, inner = [], []
+    rad_max = phase_per_ppm(b0, float(te[-1]))
+    for spec in specs:
+        a = float(spec.radii_mm.max())
+        reach = float(np.max(np.linalg.norm(spec.centres_head - spec.centres_head[0], axis=1))) + a
+        r_out = min(45.0, a * (abs(spec.chi_ppm) * 0.67 / 0.002) ** (1 / 3)) + reach - a
+        r_in = min(30.0, max(a + 1.5 * max(voxel_size), a * (rad_max * abs(spec.chi_ppm) * 0.67 / 0.3) ** (1 / 3)))
+        box = frame.box(spec.centres_head[0], margin_mm=r_out)
+        f, *_ = lesion_field_box(frame, spec, box, sub=False)
+        total[box] += f
+        local[box] += np.where(anat.intracranial[box], f, 0)
+        ibox = frame.box(spec.centres_head[0], margin_mm=r_in + reach - a)
+        inner.append((spec, ibox, r_out))
+    phi0 = receiver_phase(rng[5], shape)
+    bias = bias_field(rng[5], shape, b0=b0)
+    truth_chi = np.where(anat.intracranial, chi_local, 0).astype(np.float32)
+    wm_mask = anat.tissue == T["wm"]
+    mags, phases = [], []
+    sigma = None
+    for e, t_e in enumerate(te):
+        k = phase_per_ppm(b0, float(t_e))
+        m = spoiled_gre(pd, 1 / r1, r2s, te=float(t_e), tr=tr, flip_deg=flip_deg) * bias
+        if sigma is None:
+            sigma = float(np.median(m[wm_mask]) / snr) if wm_mask.any() else float(m.mean() / snr)
+        s = (m * dephasing_factor(total, k)) * np.exp(1j * (total * np.float32(k) + phi0)).astype(np.complex64)
+        for n_les, (spec, ibox, _r) in enumerate(inner):
+            others = [o for o, _b, ro in inner if o is not spec
+                      and np.linalg.norm(o.centres_head[0] - spec.centres_head[0]) < ro + 45.0]
+            _render_inner(s, spec, ibox, frame=frame, m=m, bg=bg_total, phi0=phi0, k=k, te=float(t_e), tr=tr,
+                          flip_deg=flip_deg, b0=b0, bias=bias, truth=(labels, truth_chi, local, anat.intracranial)
+                          if e == 0 else None, lesions_out=lesions_out if e == 0 else None, others=others)
+        s = add_noise(rng[5], s, sigma)
+        mags.append(np.abs(s).astype(np.float32))
+        ph = np.angle(s).astype(np.float32)
+        ph[ph >= np.float32(np.pi)] -= np.float32(2 * np.pi)
+        phases.append(ph)
+    acq = Acquisition(mag=np.stack(mags), phase=np.stack(phases), te=te, b0=float(b0), affine=affine,
+                      source={"simulated": True})
+    truth = Truth(lesions=lesions_out, labels=labels, chi_ppm=truth_chi, local_field_ppm=local, affine=affine)
+    params = {"voxel_size_mm": list(voxel_size), "oblique_deg": list(angles), "b0_t": float(b0),
+              "te_s": te.tolist(), "tr_s": tr, "flip_deg": flip_deg, "snr_wm": snr, "noise_sigma": sigma,
+              "flip_lr": bool(flip_lr), "n_microbleeds": sum(l.kind == "microbleed" for l in lesions_out),
+              "n_calcifications": sum(l.kind == "calcification" for l in lesions_out)}
+    return SimulatedSubject(acq=acq, truth=truth, params=params)
+
+
+def _render_inner(s, spec, box, *, frame, m, bg, phi0, k, te, tr, flip_deg, b0, bias, truth, lesions_out,
+                  others=()):
+    """Replace the complex signal ``s`` in ``box`` by the sub-voxel integral around one lesion (the
+    fields of ``others``, nearby lesions, included); on the first echo also write its label, chi,
+    sub-voxel-mean local field and table row."""
+    mag_les = float(spoiled_gre(spec.pd, t1_at(spec.t1, b0), r2star_at(spec.r2s_3t, b0), te=te, tr=tr,
+                                flip_deg=flip_deg))
+    for k0 in range(box[2].start, box[2].stop, 4):  # slabs of the box keep memory small
+        b = (box[0], box[1], slice(k0, min(k0 + 4, box[2].stop)))
+        f_mean, f_sub, ins, chi_sub = lesion_field_box(frame, spec, b, sub=True)
+        mm = np.where(ins, np.float32(mag_les) * bias[b][..., None], m[b][..., None])
+        for o in others:
+            _, fo, inso, _ = lesion_field_box(frame, o, b, sub=True)
+            mo = float(spoiled_gre(o.pd, t1_at(o.t1, b0), r2star_at(o.r2s_3t, b0), te=te, tr=tr, flip_deg=flip_deg))
+            mm = np.where(inso, np.float32(mo) * bias[b][..., None], mm)
+            f_sub = f_sub + fo
+        integral = (mm * np.exp(1j * np.float32(k) * f_sub)).mean(-1)
+        deph = dephasing_factor(bg[b], k) if min(f_mean.shape) >= 2 else 1.0
+        s[b] = (deph * integral * np.exp(1j * (bg[b] * np.float32(k) + phi0[b]))).astype(np.complex64)
+        if truth is not None:
+            labels, chi, local, icm = truth
+            frac = ins.mean(-1)
+            code = LABELS[spec.kind]
+            labels[b] = np.where(frac >= 0.5, code, labels[b])
+            chi[b] += chi_sub.mean(-1)
+            local[b] = np.where(icm[b], local[b] - _centre_field(frame, spec, b) + f_mean, local[b])
+    if lesions_out is not None:
+        vol = (4 / 3) * np.pi * spec.radii_mm ** 3
+        c_head = (spec.centres_head * vol[:, None]).sum(0) / vol.sum()
+        c_vox = frame.head_to_vox(c_head)
+        labels = truth[0]
+        ijk = tuple(int(round(v)) for v in c_vox)
+        if all(0 <= i < n for i, n in zip(ijk, labels.shape)):
+            labels[ijk] = LABELS[spec.kind]
+        eq_d = float(2 * (3 * _union_volume(spec) / (4 * np.pi)) ** (1 / 3))
+        lesions_out.append(Lesion(kind=spec.kind, centre_vox=tuple(float(v) for v in c_vox),
+                                  centre_ras=tuple(float(v) for v in voxel_to_world(frame.affine, c_vox)),
+                                  diameter_mm=eq_d, chi_ppm=float(spec.chi_ppm), region=spec.region))
+
+
+def _centre_field(frame, spec, b):
+    f, *_ = lesion_field_box(frame, spec, b, sub=False)
+    return f
+
+
+def _union_volume(spec, n: int = 4000) -> float:
+    """Volume (mm3) of the union of the lesion's spheres (Monte Carlo with a fixed seed)."""
+    if len(spec.radii_mm) == 1:
+        return float(4 / 3 * np.pi * spec.radii_mm[0] ** 3)
+    lo = (spec.centres_head - spec.radii_mm[:, None]).min(0)
+    hi = (spec.centres_head + spec.radii_mm[:, None]).max(0)
+    p = np.random.default_rng(0).uniform(lo, hi, (n, 3))
+    ins = np.zeros(n, bool)
+    for c, r in zip(spec.centres_head, spec.radii_mm):
+        ins |= ((p - c) ** 2).sum(1) <= r * r
+    return float(ins.mean() * np.prod(hi - lo))
+
+
+def subject_label(index: int) -> str:
+    """BIDS label of subject ``index`` (0-based): ``01``, ``02``, ... (independent of the dataset size)."""
+    return f"{index + 1:02d}"
+
+
+def subject_seed(seed: int, index: int) -> np.random.SeedSequence:
+    """Seed of subject ``index`` of a dataset with ``seed``: the same whatever the number of subjects."""
+    return np.random.SeedSequence(int(seed), spawn_key=(int(index),))
+
+
+def simulate_dataset(out_dir, *, subjects: int, seed: int, b0=None, echoes="random", shape=(192, 224, 96),
+                     voxel_size=None, n_microbleeds: int | None = None, preview: bool = False,
+                     progress=None) -> list[str]:
+    """Simulate ``subjects`` subjects and write them as a BIDS dataset at ``out_dir`` (built in a
+    temporary directory beside it and renamed into place).  Returns the subject labels.
+
+    ``b0`` None (random 1.5/3/7 T), a number, or a list to draw from; ``echoes`` "random", a number of
+    echoes or a list of echo times (s); ``shape`` voxels; ``voxel_size`` mm (None: random field of
+    view); ``n_microbleeds`` None draws 0-15 per subject; ``preview`` also writes
+    ``derivatives/preview/sub-XX_preview.png``; ``progress`` optional callable(label, params).
+    Subject ``k`` depends only on (``seed``, ``k``) and the options, not on ``subjects``.
+    """
+    from cmbdetect.pipeline.atomic import atomic_directory
+    from cmbdetect.pipeline.simulate_bids import draw_protocol, write_dataset_files, write_subject
+
+    if int(subjects) < 1:
+        raise InputError(f"number of subjects must be at least 1, got {subjects}")
+    if not (isinstance(seed, (int, np.integer)) and seed >= 0):
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    b0_choices = None if b0 is None else [float(v) for v in np.atleast_1d(b0)]
+    labels = [subject_label(k) for k in range(int(subjects))]
+    with atomic_directory(out_dir) as tmp:
+        write_dataset_files(tmp, labels, int(seed))
+        for k, label in enumerate(labels):
+            ss = subject_seed(seed, k)
+            proto = draw_protocol(child_rng(ss, 100), b0_choices=b0_choices, echoes=echoes)
+            sub = simulate_subject(seed=ss, shape=shape, voxel_size=voxel_size, b0=proto["b0"], te=proto["te"],
+                                   oblique_deg=proto["oblique_deg"], flip_lr=proto["flip_lr"],
+                                   n_microbleeds=n_microbleeds)
+            sub.params.update({"seed": int(seed), "subject_index": k})
+            write_subject(tmp, label, sub)
+            if preview:
+                from cmbdetect.pipeline.preview import write_preview
+
+                write_preview(sub, tmp / "derivatives" / "preview" / f"sub-{label}_preview.png")
+            if progress is not None:
+                progress(label, sub.params)
+    return labels
