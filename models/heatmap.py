@@ -45,6 +45,7 @@ def gaussian_targets(shape, centres_vox, voxel_size, *, diameters_mm=None,
         core = g >= np.exp(-0.5)
         size[sl][core] = d
         heat[tuple(nearest)] = 1.0
+        size[tuple(nearest)] = d
         peak[tuple(nearest)] = True
     return heat, size, peak
 

@@ -79,13 +79,12 @@ class PatchClassifier(nn.Module):
     epistemic part of the uncertainty.  Output ``[N, n_heads, n_classes]`` logits.
     """
 
-    def __init__(self, in_channels: int, n_features: int, n_classes: int = 4, *, base: int = 12,
+    def __init__(self, in_channels: int, n_features: int, n_classes: int = 4, *, base: int = 8,
                  n_heads: int = 3, dropout: float = 0.2):
         super().__init__()
         self.n_features = n_features
         self.conv = nn.Sequential(
-            nn.Conv3d(in_channels, base, 3, padding=1), nn.LeakyReLU(0.1),
-            nn.Conv3d(base, base, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool3d(2),
+            nn.Conv3d(in_channels, base, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool3d(2),
             nn.Conv3d(base, 2 * base, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool3d(2),
             nn.Conv3d(2 * base, 2 * base, 3, padding=1), nn.LeakyReLU(0.1),
         )

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,14 +93,21 @@ def load_model(name_or_path: str | Path = "default") -> LoadedModel:
 
 
 def save_model(out_dir: str | Path, *, detector: CentreNet3D, classifier: PatchClassifier, metadata: dict) -> Path:
-    """Write a model folder atomically (temp dir then rename); returns its path."""
-    from cmbdetect.pipeline.atomic import atomic_directory
-
+    """Write the model files into ``out_dir`` (created if needed; other files there are left alone), each
+    through a temporary file renamed into place, ``metadata.json`` last.  Returns ``out_dir``."""
     out = Path(out_dir)
-    with atomic_directory(out) as tmp:
-        torch.save({k: v.detach().cpu().clone() for k, v in detector.state_dict().items()}, tmp / "detector.pt")
-        torch.save({k: v.detach().cpu().clone() for k, v in classifier.state_dict().items()}, tmp / "classifier.pt")
-        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create model folder {out}: {exc.strerror or exc}") from exc
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    for name, net in (("detector.pt", detector), ("classifier.pt", classifier)):
+        tmp = out / f".{name}.{tag}"
+        torch.save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, tmp)
+        os.replace(tmp, out / name)
+    tmp = out / f".metadata.json.{tag}"
+    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / "metadata.json")
     return out
 
 

@@ -64,9 +64,10 @@ class BalancedPatchSampler:
         self.weights = p_u / self.p_sampling
         self.rng = np.random.default_rng(seed)
 
-    def sample(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """``size`` indices (with replacement) and their importance weights."""
-        idx = self.rng.choice(self.positive.size, size=size, p=self.p_sampling)
+    def sample(self, size: int, *, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``size`` indices (with replacement) and their importance weights (``rng`` overrides the
+        sampler's own generator, e.g. one seeded per training step for exact resumption)."""
+        idx = (rng or self.rng).choice(self.positive.size, size=size, p=self.p_sampling)
         return idx, self.weights[idx]
 
 

@@ -1,0 +1,190 @@
+"""Train both stages on a BIDS dataset and write a model folder (weights + metadata.json).
+
+Order: maps (cached) -> train/validation split by subject -> stage 1 (balanced focal-loss heatmap, resumable
+checkpoints) -> recall-tuned heatmap threshold on validation -> stage-2 examples (true lesions, veins,
+random points, hard negatives = stage-1 false positives) -> committee classifier -> calibration on the
+validation candidates (logit adjustment + temperature, training prevalence) -> validation metrics.
+Deterministic for a seed (per-step seeding, deterministic torch algorithms, fixed thread count).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmbdetect.models.channels import ALL_CHANNELS
+from cmbdetect.models.classifier import calibrated_probabilities, committee_logits, features_vector, physics_gate
+from cmbdetect.models.detection import CLASSES
+from cmbdetect.models.inference import model_grid
+from cmbdetect.models.registry import FEATURE_NAMES, base_metadata, build_networks, load_model, save_model
+from cmbdetect.models.train_stage1 import (FOCAL_KINDS, Stage1Volume, lesion_best_scores, pad_volume,
+                                           recall_threshold, train_detector, volume_candidates)
+from cmbdetect.models.train_stage2 import (calibrate, concat_sets, feature_statistics, microbleed_auc,
+                                           subject_examples, train_classifier)
+from cmbdetect.models.training_data import load_training_subjects
+from cmbdetect.physics.errors import InputError
+from cmbdetect.physics.geometry import voxel_sizes
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Training settings (all recorded in metadata.json)."""
+
+    seed: int = 0
+    channels: tuple[str, ...] = ALL_CHANNELS
+    stage1_steps: int = 300
+    batch: int = 4
+    patch: int = 40
+    base: int = 12
+    heatmap_loss: str = "focal"
+    balanced: bool = True
+    sigma_mm: float = 2.0
+    lr: float = 2e-3
+    hard_negatives: bool = True
+    class_weighting: bool = True
+    stage2_epochs: int = 20
+    classifier_patch: int = 24
+    val_fraction: float = 0.2
+    target_recall: float = 0.98
+    min_distance_mm: float = 3.0
+    threads: int = 2
+    extra: dict = field(default_factory=dict)
+
+
+def _volume(subj, meta, patch, multiple) -> tuple[Stage1Volume, np.ndarray]:
+    x, mask, vs, resampled = model_grid(subj.maps, meta)
+    ratio = ((np.array(subj.maps.shape) - 1) / np.maximum(np.array(mask.shape) - 1, 1)) if resampled else np.ones(3)
+    x, mask = pad_volume(x, mask, patch=patch, multiple=multiple)
+    focal = np.array([k in FOCAL_KINDS for k in subj.lesion_kinds], dtype=bool)
+    return Stage1Volume(x, mask, vs, subj.lesion_vox[focal] / ratio if focal.any() else np.zeros((0, 3)),
+                        subj.lesion_diameters_mm[focal], [k for k, f in zip(subj.lesion_kinds, focal) if f]), ratio
+
+
+def _new_metadata(subjects, opts: TrainOptions) -> dict:
+    spacing = np.round(np.median([voxel_sizes(s.maps.affine) for s in subjects], axis=0), 2)
+    det = {"in_channels": len(opts.channels), "base": opts.base, "depth": 1}
+    cls = {"in_channels": len(opts.channels), "n_features": len(FEATURE_NAMES), "n_classes": len(CLASSES),
+           "base": 8, "n_heads": 3}
+    return base_metadata(channels=opts.channels, spacing=spacing, detector_arch=det, classifier_arch=cls,
+                         patch_size=opts.classifier_patch)
+
+
+def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
+          options: TrainOptions = TrainOptions(), resume: bool = False, init: str | None = None,
+          cache_dir: str | Path | None = None, command: str = "", log=print) -> Path:
+    """Train a model on ``bids_dir`` (one BIDS folder or a list) and write it to ``out_dir``; returns it.
+
+    ``labels``: None (simulator ground truth) or a folder of per-subject TSV / label maps
+    (:mod:`training_data`).  ``init``: a model name or folder to fine-tune from (its architecture,
+    channels and spacing are kept).  ``resume``: continue from ``out_dir/checkpoint.pt``.
+    """
+    t0 = time.time()
+    opts = options
+    torch.set_num_threads(opts.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(opts.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ck_path = out / "checkpoint.pt"
+    subjects = load_training_subjects(bids_dir, cache_dir=cache_dir or out / "cache", labels=labels, log=log)
+    if len(subjects) < 2:
+        raise InputError("training needs at least 2 subjects (one is held out for validation)")
+    order = np.random.default_rng(opts.seed).permutation(len(subjects))
+    n_val = max(1, int(round(opts.val_fraction * len(subjects))))
+    val_idx, train_idx = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
+    if init is not None:
+        base = load_model(init)
+        meta = {k: v for k, v in base.metadata.items()}
+        det, cls = base.detector, base.classifier
+    else:
+        meta = _new_metadata([subjects[i] for i in train_idx], opts)
+        det, cls = build_networks(meta)
+    vols, ratios = zip(*[_volume(s, meta, opts.patch, det.multiple) for s in subjects])
+    opt = torch.optim.Adam(det.parameters(), lr=opts.lr)
+    start = 0
+    if resume and ck_path.is_file():
+        ck = torch.load(ck_path, map_location="cpu", weights_only=True)
+        det.load_state_dict(ck["detector"])
+        opt.load_state_dict(ck["optimizer"])
+        start = int(ck["step"])
+        log(f"[resume] stage 1 from step {start}")
+
+    def checkpoint(step: int) -> None:
+        tmp = ck_path.with_name(".checkpoint.pt.tmp")
+        torch.save({"step": torch.tensor(step), "detector": det.state_dict(), "optimizer": opt.state_dict()}, tmp)
+        tmp.replace(ck_path)
+
+    if opts.stage1_steps > start:
+        train_detector(det, [vols[i] for i in train_idx], steps=opts.stage1_steps, start_step=start, optimizer=opt,
+                       patch=opts.patch, batch=opts.batch, loss=opts.heatmap_loss, balanced=opts.balanced,
+                       sigma_mm=opts.sigma_mm, seed=opts.seed, checkpoint=checkpoint, log=log)
+    det.eval()
+    # recall-tuned threshold on validation subjects
+    floor = 0.02
+    val_cands = {i: volume_candidates(det, vols[i], threshold=floor, min_distance_mm=opts.min_distance_mm)
+                 for i in val_idx}
+    best = np.concatenate([lesion_best_scores(c, s, vols[i]) for i, (c, s, _) in val_cands.items()])
+    threshold = recall_threshold(best, target_recall=opts.target_recall, floor=floor)
+    stage1_recall = float(np.mean(best >= threshold)) if best.size else float("nan")
+    log(f"[stage 1] threshold {threshold:.3f}: validation recall {stage1_recall:.3f} ({best.size} lesions)")
+    # stage-2 examples
+    ex_train, ex_val = [], []
+    for i in train_idx:
+        c = volume_candidates(det, vols[i], threshold=threshold, min_distance_mm=opts.min_distance_mm)[0] \
+            if opts.hard_negatives else np.zeros((0, 3))
+        ex_train.append(subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c,
+                                         patch=opts.classifier_patch, subject_index=i, seed=opts.seed))
+    for i in val_idx:
+        c, s, _ = val_cands[i]
+        keep = s >= threshold
+        ex_val.append(subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c[keep],
+                                       patch=opts.classifier_patch, subject_index=i, include_truth=False,
+                                       seed=opts.seed))
+    tr = concat_sets(ex_train)
+    log(f"[stage 2] {len(tr)} training examples: " +
+        ", ".join(f"{c} {int((tr.labels == k).sum())}" for k, c in enumerate(CLASSES)))
+    fmean, fstd = (meta["features"]["mean"], meta["features"]["std"]) if init is not None \
+        else feature_statistics(tr.features, FEATURE_NAMES)
+    meta["features"] = {"names": list(FEATURE_NAMES), "mean": fmean, "std": fstd}
+    fv = features_vector(tr.features, FEATURE_NAMES, fmean, fstd)
+    cw = train_classifier(cls, tr, fv, epochs=opts.stage2_epochs, class_weighting=opts.class_weighting,
+                          seed=opts.seed, log=log)
+    va = concat_sets(ex_val) if sum(len(e) for e in ex_val) >= 4 else tr
+    va_logits = committee_logits(cls, va.patches, features_vector(va.features, FEATURE_NAMES, fmean, fstd))
+    meta["calibration"] = calibrate(va_logits, va.labels, cw)
+    meta["thresholds"] = {"heatmap": threshold, "min_distance_mm": opts.min_distance_mm, "max_candidates": 200}
+    head_p, _ = physics_gate(calibrated_probabilities(va_logits, meta["calibration"]), va.features)
+    p_mb = head_p.mean(axis=1)[:, 0]
+    is_mb = va.labels == CLASSES.index("microbleed")
+    n_mb_val = sum(sum(k == "microbleed" for k in subjects[i].lesion_kinds) for i in val_idx)
+    called = p_mb >= 0.5
+    meta["metrics"] = {
+        "split": "validation", "n_validation_subjects": len(val_idx),
+        "stage1_recall_focal_lesions": stage1_recall,
+        "stage1_candidates_per_subject": float(len(va) / max(len(val_idx), 1)),
+        "stage2_auc_microbleed_vs_rest": microbleed_auc(p_mb, is_mb),
+        "sensitivity_microbleed_at_p0.5": float((called & is_mb).sum() / max(n_mb_val, 1)),
+        "fp_per_subject_at_p0.5": float((called & ~is_mb).sum() / max(len(val_idx), 1)),
+        "calcifications_called_microbleed": int((called & (va.labels == CLASSES.index("calcification"))).sum()),
+    }
+    meta["training"] = {
+        "command": command, "seed": opts.seed, "options": {k: (list(v) if isinstance(v, tuple) else v)
+                                                           for k, v in asdict(opts).items()},
+        "init": init, "wall_time_s": round(time.time() - t0, 1), "threads": opts.threads,
+        "torch": torch.__version__,
+        "data": {"bids_dirs": [Path(d).name for d in ([bids_dir] if isinstance(bids_dir, (str, Path))
+                                                            else bids_dir)], "labels": "groundtruth" if labels is None else str(labels),
+                 "n_subjects": len(subjects), "train": [subjects[i].label for i in train_idx],
+                 "validation": [subjects[i].label for i in val_idx],
+                 "n_lesions": {k: int(sum(s.lesion_kinds.count(k) for s in subjects)) for k in FOCAL_KINDS},
+                 "voxel_sizes_mm": sorted({tuple(np.round(voxel_sizes(s.maps.affine), 2).tolist())
+                                           for s in subjects})},
+    }
+    meta["name"] = out.name
+    save_model(out, detector=det, classifier=cls, metadata=meta)
+    ck_path.unlink(missing_ok=True)
+    log(f"[done] model written to {out} in {time.time() - t0:.0f} s; metrics: {meta['metrics']}")
+    return out

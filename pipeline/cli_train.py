@@ -1,0 +1,71 @@
+"""``cmbdetect train``: train the two-stage detector on BIDS data and write a model folder.
+
+Labels are the simulator's ground truth (``<bids>/derivatives/groundtruth``) unless ``--labels`` names a
+folder of per-subject ``sub-<label>*.tsv`` (columns ``x y z`` scanner RAS mm, optional ``kind``,
+``diameter_mm``) or ``sub-<label>*.nii.gz`` label maps (1 microbleed, 2 calcification, 3 vein).
+Physics maps are cached in ``OUT/cache`` (or ``--cache-dir``); ``--resume`` continues from
+``OUT/checkpoint.pt``; ``--init`` fine-tunes a shipped model or a model folder.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from cmbdetect.physics.errors import InputError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``train`` on the main parser's subparsers."""
+    p = subparsers.add_parser("train", help="train the detector (stage 1) and classifier (stage 2)",
+                              description=__doc__.split("\n\n")[1],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bids-dir", required=True, nargs="+", help="BIDS dataset folder(s) with magnitude + phase")
+    p.add_argument("--labels", default=None, help="folder of per-subject label TSVs or label maps "
+                   "(default: derivatives/groundtruth)")
+    p.add_argument("--out", required=True, help="model folder to write (weights + metadata.json)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init", default=None, help="fine-tune from this model name or folder")
+    p.add_argument("--cache-dir", default=None, help="where to cache physics maps (default OUT/cache)")
+    p.add_argument("--steps", type=int, default=None, help="stage-1 optimisation steps (default 300)")
+    p.add_argument("--epochs", type=int, default=None, help="stage-2 epochs (default 20)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--ablation", choices=("none", "no-balancing", "no-hard-negatives", "no-physics-channels",
+                                          "bce-heatmap", "dice-bce-heatmap"), default="none",
+                   help="train a baseline variant for the ablation table")
+    return p
+
+
+def options_from_args(args):
+    """:class:`TrainOptions` from parsed arguments (ablation switches included)."""
+    from cmbdetect.models.channels import APPEARANCE_CHANNELS
+    from cmbdetect.models.train import TrainOptions
+
+    kw = {"seed": args.seed, "threads": args.threads}
+    if args.steps is not None:
+        if args.steps < 0:
+            raise InputError(f"--steps must be >= 0, got {args.steps}")
+        kw["stage1_steps"] = args.steps
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise InputError(f"--epochs must be >= 1, got {args.epochs}")
+        kw["stage2_epochs"] = args.epochs
+    if args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    kw.update({"none": {}, "no-balancing": {"balanced": False, "class_weighting": False},
+               "no-hard-negatives": {"hard_negatives": False},
+               "no-physics-channels": {"channels": APPEARANCE_CHANNELS},
+               "bce-heatmap": {"heatmap_loss": "bce"},
+               "dice-bce-heatmap": {"heatmap_loss": "dice_bce"}}[args.ablation])
+    return TrainOptions(**kw)
+
+
+def run(args) -> int:
+    from cmbdetect.models.train import train
+
+    opts = options_from_args(args)
+    command = "cmbdetect " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "cmbdetect train"
+    train(args.bids_dir, args.out, labels=args.labels, options=opts, resume=args.resume, init=args.init,
+          cache_dir=args.cache_dir, command=command, log=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0

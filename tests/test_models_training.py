@@ -1,0 +1,86 @@
+"""Training helpers: tiling invariance, patch targets under flips, recall threshold, AUC, CLI options,
+rank table; and (slow) a tiny end-to-end training run."""
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from cmbdetect.models.detector import predict_volume
+from cmbdetect.models.networks import CentreNet3D
+from cmbdetect.models.train_stage1 import Stage1Volume, make_batch, recall_threshold
+from cmbdetect.models.train_stage2 import microbleed_auc
+from cmbdetect.physics.errors import InputError
+
+
+def test_tiled_inference_matches_whole_volume():
+    torch.manual_seed(0)
+    net = CentreNet3D(2, base=4, depth=1).eval()
+    x = np.random.default_rng(0).normal(size=(2, 40, 36, 28)).astype(np.float32)
+    whole, size_w = predict_volume(net, x, tile=64, overlap=0)
+    tiled, size_t = predict_volume(net, x, tile=24, overlap=12)
+    assert whole.shape == tiled.shape == (20, 18, 14)
+    # identical away from the tile seams' receptive-field reach; everywhere close
+    assert np.abs(whole - tiled).max() < 0.05
+    assert np.median(np.abs(whole - tiled)) < 1e-3
+    assert size_w.min() >= 0
+
+
+def test_make_batch_flips_targets_with_inputs():
+    x = np.zeros((1, 16, 16, 16), np.float32)
+    x[0, 4, 6, 8] = 1.0
+    vol = Stage1Volume(x, np.ones((16, 16, 16), bool), np.array([1.0, 1.0, 1.0]), np.array([[4.0, 6.0, 8.0]]),
+                       np.array([3.0]), ["microbleed"])
+    for seed in range(6):
+        xb, hb, sb = make_batch([vol], [(0, (0, 0, 0))], patch=16, stride=2, sigma_mm=1.0,
+                                rng=np.random.default_rng(seed))
+        src = np.argwhere(xb[0, 0].numpy() == 1.0)[0]
+        peak = np.argwhere(hb[0, 0].numpy() == 1.0)[0]
+        # the target peak sits on the output voxel nearest the (flipped) lesion voxel / 2
+        assert np.all(np.abs(peak - src / 2) <= 0.5 + 1e-9)
+        assert sb[0, 0].numpy().max() == 3.0
+
+
+def test_recall_threshold():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0] * 10)
+    t = recall_threshold(scores, target_recall=0.9, floor=0.01)
+    assert np.mean(scores >= t) >= 0.9 and t == pytest.approx(0.1)
+    assert recall_threshold(np.zeros(5), floor=0.02) == 0.02
+    assert recall_threshold(np.array([]), floor=0.03) == 0.03
+
+
+def test_microbleed_auc_hand_values():
+    p = np.array([0.9, 0.8, 0.3, 0.1])
+    assert microbleed_auc(p, np.array([True, True, False, False])) == 1.0
+    assert microbleed_auc(p, np.array([False, True, True, False])) == 0.5
+    assert microbleed_auc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
+    assert np.isnan(microbleed_auc(p, np.zeros(4, bool)))
+
+
+def test_cli_train_options_and_bad_values():
+    from cmbdetect.pipeline import cli_train
+
+    parser = argparse.ArgumentParser()
+    cli_train.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", "--bids-dir", "a", "b", "--out", "m", "--ablation", "no-physics-channels",
+                              "--steps", "5"])
+    opts = cli_train.options_from_args(args)
+    assert opts.channels == ("magnitude", "swi") and opts.stage1_steps == 5 and args.bids_dir == ["a", "b"]
+    args = parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--steps", "-1"])
+    with pytest.raises(InputError):
+        cli_train.options_from_args(args)
+
+
+def test_rank_table_orders_by_summed_uncertainty():
+    from cmbdetect.models.detection import Detection
+    from cmbdetect.pipeline.cli_rank import format_ranking, subject_row
+
+    def det(u, label="microbleed"):
+        return Detection((1.0, 2.0, 3.0), 0.5, {"microbleed": 0.5}, label, 3.0, {"committee_disagreement": 0.1}, u)
+
+    rows = {"sub-a": subject_row([det(0.2), det(0.3, "vein")]), "sub-b": subject_row([det(0.9)]),
+            "sub-c": subject_row([])}
+    lines = format_ranking(rows).splitlines()
+    assert lines[0].split("\t")[:3] == ["rank", "subject", "summed_uncertainty"]
+    assert [l.split("\t")[1] for l in lines[1:]] == ["sub-b", "sub-a", "sub-c"]
+    assert lines[2].split("\t")[4:6] == ["2", "1"]
