@@ -27,7 +27,7 @@ from cmbdetect.physics.geometry import voxel_sizes, world_to_voxel
 from cmbdetect.physics.maps import PhysicsMaps
 from cmbdetect.pipeline.atomic import write_text
 from cmbdetect.pipeline.candidates import Candidate
-from cmbdetect.pipeline.regions import REGIONS
+from cmbdetect.pipeline.regions import REGIONS, brain_geometry
 
 #: Marker colour of each class (RGB).
 LABEL_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -250,6 +250,10 @@ def write_report(path, *, maps: PhysicsMaps, candidates: list[Candidate], settin
     summary = ", ".join(f"{n} {label}" for label, n in counts.items() if n) or "no candidates"
     by_region = {r: sum(c.label == "microbleed" and c.region == r for c in candidates) for r in REGIONS}
     mars = ", ".join(f"{r} {n}" for r, n in by_region.items() if n) or "none"
+    if any(c.region == "unknown" for c in candidates):
+        geometry = brain_geometry(maps.mask, maps.affine)
+        mars += (f" (region unknown: {geometry.reason})" if not geometry.usable else
+                 " (unknown = centre outside the brain mask or in the low part of a slab cut at both ends)")
     shown = candidates[:max_gallery]
     tiles = []
     for c in shown:

@@ -53,8 +53,30 @@ def test_slab_small_and_missing_masks_are_unknown(brain):
     assert assign_regions([centre], affine=affine, mask=slab) == ["unknown"]
     cropped = mask[12:-12]  # field of view cuts the brain at both ends of axis 0
     geo = brain_geometry(cropped, affine)
-    assert not geo.usable and "faces" in geo.reason
+    assert not geo.usable and "both left-right sides" in geo.reason
     assert assign_regions([centre], affine=affine, mask=None) == ["unknown"]
     tiny = np.zeros_like(mask)
     tiny[25:30, 25:30, 20:25] = True
     assert not brain_geometry(tiny, affine).usable
+
+
+def test_field_of_view_cut_at_top_or_bottom(brain):
+    """SWI slabs often cut the vertex or the cerebellum: the rest is still located."""
+    mask, affine = brain
+    # keep only what lies inside a slab of voxels (cut along array axis 2, roughly world S)
+    k_low, k_high = 12, 36
+    no_vertex = mask[:, :, :38]
+    both = mask[:, :, k_low:k_high]
+    both_affine = affine.copy()
+    both_affine[:3, 3] += affine[:3, 2] * k_low
+    assert np.take(both, 0, axis=2).any() and np.take(both, -1, axis=2).any()
+    assert np.take(no_vertex, -1, axis=2).any()
+    pts = {"deep": [0, 0, 5], "lobar": [60, 0, 10], "infratentorial": [20, -45, -40]}
+    got = assign_regions([_at(affine, p) for p in pts.values()], affine=affine, mask=no_vertex)
+    assert got == list(pts)
+    got = assign_regions([_at(both_affine, p) for p in pts.values()], affine=both_affine, mask=both)
+    assert got[:2] == ["deep", "lobar"]
+    assert got[2] in ("unknown", "infratentorial")
+    assert not brain_geometry(both, both_affine).s_reliable
+    low_posterior = _at(both_affine, [20, -40, -20])  # inside the slab, in its lowest part
+    assert assign_regions([low_posterior], affine=both_affine, mask=both) == ["unknown"]
