@@ -28,7 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``evaluate`` on the main parser's subparsers."""
     p = subparsers.add_parser(
         "evaluate", help="detection metrics (sensitivity, FP/subject, FROC) against ground truth",
-        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__.split("\n\n")[1].replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pred", required=True, help="folder with *candidates.tsv per subject, or one TSV")
     p.add_argument("--truth", required=True,
                    help="ground-truth folder (derivatives/groundtruth or a BIDS root) or one lesion TSV")
