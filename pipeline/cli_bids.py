@@ -172,7 +172,7 @@ def run_participant(args: argparse.Namespace) -> int:
         import nipype.pipeline.engine as pe
 
         meta = pe.Workflow(name="cmbdetect_wf", base_dir=str(work))
-        planned, node_failures = {}, []
+        planned, node_failures, node_seconds = {}, [], {}
         n_parallel = max(1, min(options.nprocs, len(subjects)))
         for n, subject in enumerate(subjects, 1):
             label = subject.label
@@ -203,8 +203,9 @@ def run_participant(args: argparse.Namespace) -> int:
         if planned:
             crash_dir = work / "crash" / uuid.uuid4().hex[:8]
             configure_execution(meta, crash_dir=crash_dir, stop_on_first_crash=False)
-            node_failures = run_workflow(meta, plugin_name=options.plugin_name,
-                                         plugin_args=options.plugin_args, crash_dir=crash_dir)
+            outcome = run_workflow(meta, plugin_name=options.plugin_name,
+                                   plugin_args=options.plugin_args, crash_dir=crash_dir)
+            node_failures, node_seconds = outcome.failures, outcome.node_seconds
         for label, (wf_name, names, acq, sub_staging) in planned.items():
             failed = [f for f in node_failures if f".{wf_name}." in f".{f.node}."]
             missing = [rel for kind, rel in names.items()
@@ -217,7 +218,9 @@ def run_participant(args: argparse.Namespace) -> int:
                 continue
             prov = build_provenance(command_line=command_line_of(args),
                                     parameters={**options.parameters(), "subject": label}, model=model,
-                                    timings={}, inputs={"sources": _sources(acq, bids_dir)},
+                                    timings={k: v for k, v in node_seconds.items()
+                                             if f".{wf_name}." in f".{k}."},
+                                    inputs={"sources": _sources(acq, bids_dir)},
                                     outputs=list(names.values()))
             tsv = sub_staging / names["candidates_tsv"]
             write_json(prov, tsv.with_name(tsv.name.replace("_candidates.tsv", "_provenance.json")))

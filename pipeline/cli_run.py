@@ -187,13 +187,15 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
             for key, value in values.items():
                 setattr(wf.inputs.inputnode, key, value)
             with timer("workflow"):
-                raise_for_failures(run_workflow(wf, plugin_name=options.plugin_name,
-                                                plugin_args=options.plugin_args, crash_dir=crash_dir))
+                outcome = run_workflow(wf, plugin_name=options.plugin_name,
+                                       plugin_args=options.plugin_args, crash_dir=crash_dir)
+            raise_for_failures(outcome.failures)
             if extra_writer is not None:
                 extra_writer(tmp)
             candidates = read_candidates_tsv(tmp / "candidates.tsv")
             outputs = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-            timings = {**timer.seconds, "total": timer.total()}
+            timings = {**timer.seconds, "total": timer.total(),
+                       **{f"node:{k}": v for k, v in outcome.node_seconds.items()}}
             write_json(build_provenance(command_line=command_line or sys.argv, parameters=settings,
                                         model=model_info, timings=timings, inputs=_input_record(acq),
                                         outputs=outputs + ["provenance.json"]),

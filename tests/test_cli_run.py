@@ -58,6 +58,7 @@ def test_run_outputs_provenance_resume_and_determinism(tmp_path, subject, random
     assert prov["software"]["nipype"] and prov["software"]["torch"]
     assert prov["parameters"]["model"] == random_model and prov["parameters"]["b0_t"] == pytest.approx(3.0)
     assert prov["timings_s"]["total"] > 0 and "workflow" in prov["timings_s"]
+    assert prov["timings_s"]["node:cmb_wf.qsm_wf.compute_maps"] > 0
     assert "candidates.tsv" in prov["outputs"]
     # rerun over the same work folder: the physics node is served from the cache
     maps_npz = next(work.rglob("compute_maps/maps.npz"))

@@ -146,7 +146,8 @@ def _qsm_wf_with_bad_mask(tmp_path, acquisition):
 
 def test_node_input_error_becomes_one_line(tmp_path, acquisition):
     wf = _qsm_wf_with_bad_mask(tmp_path, acquisition)
-    failures = run_workflow(wf, plugin_name="Linear", plugin_args={}, crash_dir=tmp_path / "crash")
+    outcome = run_workflow(wf, plugin_name="Linear", plugin_args={}, crash_dir=tmp_path / "crash")
+    failures = outcome.failures
     assert len(failures) == 1 and failures[0].kind == "InputError"
     assert failures[0].node == "qsm_wf.compute_maps" and failures[0].crashfile.endswith(".txt")
     assert collect_failures(tmp_path / "crash")[0].message == failures[0].message
@@ -176,7 +177,7 @@ def fake_slurm(tmp_path, monkeypatch):
 def test_slurm_plugin_job_scripts(tmp_path, acquisition, fake_slurm):
     wf = _qsm_wf_with_bad_mask(tmp_path, acquisition)
     name, args = plugin_settings(plugin="slurm", plugin_args={"sbatch_args": "--mem=4G -p short"})
-    failures = run_workflow(wf, plugin_name=name, plugin_args=args, crash_dir=tmp_path / "crash")
+    failures = run_workflow(wf, plugin_name=name, plugin_args=args, crash_dir=tmp_path / "crash").failures
     submitted = fake_slurm.read_text().splitlines()
     assert len(submitted) == 1 and submitted[0].startswith("--mem=4G -p short ")
     assert "-J compute_maps.qsm_wf." in submitted[0]

@@ -105,19 +105,42 @@ def _user_name() -> str:
         return "cmbdetect"
 
 
-def run_workflow(wf, *, plugin_name: str, plugin_args: dict, crash_dir: str | Path) -> list[NodeFailure]:
-    """Run ``wf``; return the node failures (empty on success).  ``crash_dir`` must be the workflow's
-    configured crash folder and should be fresh for this run."""
+@dataclass
+class RunOutcome:
+    """What a workflow run left: node failures (empty on success) and seconds per executed node
+    (full node name -> duration; cached nodes report the duration of the run that produced them)."""
+
+    failures: list[NodeFailure]
+    node_seconds: dict[str, float]
+
+
+def run_workflow(wf, *, plugin_name: str, plugin_args: dict, crash_dir: str | Path) -> RunOutcome:
+    """Run ``wf`` with the given plugin; ``crash_dir`` must be the workflow's configured crash folder
+    and should be fresh for this run."""
     if plugin_name.startswith("SLURM") and "LOGNAME" not in os.environ:
         os.environ["LOGNAME"] = _user_name()  # Nipype's SLURM plugin names jobs after $LOGNAME
     try:
-        wf.run(plugin=plugin_name, plugin_args=plugin_args)
+        graph = wf.run(plugin=plugin_name, plugin_args=plugin_args)
     except RuntimeError:
         failures = collect_failures(crash_dir)
         if not failures:
             raise
-        return failures
-    return collect_failures(crash_dir)
+        return RunOutcome(failures, {})
+    return RunOutcome(collect_failures(crash_dir), _node_seconds(graph))
+
+
+def _node_seconds(graph) -> dict[str, float]:
+    out = {}
+    for node in getattr(graph, "nodes", lambda: [])():
+        try:
+            runtime = node.result.runtime
+            runtime = runtime[0] if isinstance(runtime, list) else runtime
+            if node.name.startswith(("inputnode", "outputnode")) or not getattr(runtime, "duration", None):
+                continue
+            out[node.fullname] = round(float(runtime.duration), 3)
+        except Exception:  # a node without a readable result (e.g. on a cluster file system lag)
+            continue
+    return out
 
 
 def raise_for_failures(failures: list[NodeFailure]) -> None:
