@@ -1,6 +1,7 @@
 """BIDS discovery (T2starw, MEGRE, swi; echo optional; participant filter) and reading with inheritance."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import nibabel as nib
@@ -113,3 +114,23 @@ def test_mismatched_echoes(tmp_path, rng, oblique_affine):
     paths[(2, "phase")].unlink()
     with pytest.raises(InputError, match="different echoes"):
         find_bids_subjects(tmp_path)
+
+
+def test_simulator_dataset_reads_back(tmp_path):
+    """The simulator's BIDS output goes through the same reader (one way to an Acquisition)."""
+    if importlib.util.find_spec("cmbdetect.pipeline.simulate") is None:
+        pytest.skip("the simulator (pipeline/simulate.py) is not in this checkout")
+    from cmbdetect.pipeline.simulate import simulate_dataset
+
+    root = tmp_path / "sim"
+    simulate_dataset(root, subjects=1, seed=5, shape=(24, 24, 20), echoes=2, b0=3.0)
+    (subject,) = find_bids_subjects(root)
+    acq = load_bids_acquisition(subject)
+    assert acq.shape == (24, 24, 20) and acq.n_echoes == 2 and acq.b0 == 3.0
+    for e, (m, p) in enumerate(zip(subject.mag, subject.phase)):
+        meta = json.loads(p.with_name(p.name.replace(".nii.gz", ".json")).read_text())
+        assert acq.te[e] == pytest.approx(meta["EchoTime"])
+        np.testing.assert_allclose(acq.mag[e], nib.load(str(m)).get_fdata(), rtol=1e-6)
+        raw = nib.load(str(p)).get_fdata()
+        assert np.abs(np.angle(np.exp(1j * (acq.phase[e] - raw)))).max() < 1e-5
+        np.testing.assert_allclose(acq.affine, nib.load(str(m)).affine, atol=1e-5)
