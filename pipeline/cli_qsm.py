@@ -12,6 +12,7 @@ folder is replaced only when it is empty or an earlier ``qsm`` output (holds ``q
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,8 @@ def _maps_from_local_field(args: argparse.Namespace):
 
 def _maps_from_acquisition(args: argparse.Namespace):
     acq = acquisition_from_args(args)
+    for warning in acq.source.get("warnings", []):
+        print(f"cmbdetect qsm: warning: {warning}", file=sys.stderr)
     mask = load_user_mask(args.mask, acq) if args.mask else None
     from cmbdetect.physics.chain import compute_physics_maps  # after the input checks
 

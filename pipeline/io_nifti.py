@@ -63,6 +63,13 @@ def read_nifti_volume(path: PathLike, *, what: str = "image") -> tuple[np.ndarra
 
     Any read failure (missing, not NIfTI, truncated/corrupt) raises :class:`InputError` naming the file.
     """
+    data, affine, _ = _read_nifti(path, what=what)
+    return data, affine
+
+
+def _read_nifti(path: PathLike, *, what: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """As :func:`read_nifti_volume`, plus whether the header holds an orientation (sform or qform code > 0;
+    without one nibabel falls back to a diagonal affine from the voxel sizes)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{what} file {p} does not exist")
@@ -70,18 +77,21 @@ def read_nifti_volume(path: PathLike, *, what: str = "image") -> tuple[np.ndarra
         img = nib.load(str(p))
         data = np.asarray(img.dataobj, dtype=np.float32)
         affine = np.asarray(img.affine, dtype=float)
+        header = img.header
+        oriented = not (isinstance(img, (nib.Nifti1Image, nib.Nifti2Image))
+                        and int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0)
     except Exception as exc:  # nibabel raises many types for corrupt files (EOFError, zlib.error, ...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"cannot read {what} file {p}: {reason}") from exc
     # trailing singleton dimensions beyond the fourth (e.g. [X,Y,Z,1,E] from some converters)
     while data.ndim > 4 and data.shape[3] == 1:
         data = data.reshape(data.shape[:3] + data.shape[4:])
-    return data, affine
+    return data, affine, oriented
 
 
-def _volumes_of(path: Path, *, what: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """3D volumes (one per echo) held in one file, and its affine."""
-    data, affine = read_nifti_volume(path, what=what)
+def _volumes_of(path: Path, *, what: str) -> tuple[list[np.ndarray], np.ndarray, bool]:
+    """3D volumes (one per echo) held in one file, its affine, and whether the header is oriented."""
+    data, affine, oriented = _read_nifti(path, what=what)
     if data.ndim < 3 or (data.ndim >= 3 and min(data.shape[:3]) < 3):
         raise InputError(f"{what} file {path} is 2D (shape {data.shape}); a 3D volume of at least "
                          "3 slices is needed")
@@ -90,8 +100,8 @@ def _volumes_of(path: Path, *, what: str) -> tuple[list[np.ndarray], np.ndarray]
     if not np.all(np.isfinite(data)):
         raise InputError(f"{what} file {path} contains NaN or infinite values")
     if data.ndim == 3:
-        return [data], affine
-    return [data[..., e] for e in range(data.shape[3])], affine
+        return [data], affine, oriented
+    return [data[..., e] for e in range(data.shape[3])], affine, oriented
 
 
 def check_echo_times_seconds(te: Sequence[float], *, origin: str) -> np.ndarray:
@@ -159,10 +169,14 @@ def acquisition_from_nifti_files(
     mag_counts: list[int] = []
     phase_counts: list[int] = []
     ref_affine = ref_path = ref_shape = None
+    warnings: list[str] = []
     for kind, paths, vols, counts in (("magnitude", mags, mag_vols, mag_counts),
                                       ("phase", phases, phase_vols, phase_counts)):
         for path in paths:
-            v, affine = _volumes_of(path, what=kind)
+            v, affine, oriented = _volumes_of(path, what=kind)
+            if not oriented:
+                warnings.append(f"{kind} file {path.name} has no orientation in its header (sform/qform code 0); "
+                                "the B0 direction is assumed along the third voxel axis")
             if ref_affine is None:
                 ref_affine, ref_path, ref_shape = affine, path, v[0].shape
             elif not np.allclose(affine, ref_affine, rtol=0, atol=AFFINE_ATOL_MM):
@@ -216,6 +230,7 @@ def acquisition_from_nifti_files(
         "b0_from": b0_origin,
         "phase_units": phase_units,
         "phase_sign": int(phase_sign),
+        "warnings": sorted(set(warnings)),
     }
     if mag_meta and mag_meta[0]:
         src["sidecar"] = dict(mag_meta[0])

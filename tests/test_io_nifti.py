@@ -224,3 +224,18 @@ def test_bids_units_rad_sidecar_trusted_for_small_phase(tmp_path, oblique_affine
     _save(small, aff, p, {"Units": "rad"})
     acq = load_nifti_acquisition(m, p)
     np.testing.assert_allclose(acq.phase[0], small, atol=1e-6)
+
+
+def test_header_without_orientation_is_flagged(tmp_path, volumes):
+    mag, phase = volumes
+    paths = []
+    for name, arr in (("m.nii", mag[0]), ("p.nii", phase[0])):
+        img = nib.Nifti1Image(arr, None)
+        img.header.set_zooms((1.0, 1.0, 2.0))
+        img.set_sform(None, code=0)
+        img.set_qform(None, code=0)
+        nib.save(img, str(tmp_path / name))
+        paths.append(tmp_path / name)
+    acq = load_nifti_acquisition(paths[0], paths[1], te=[0.02], b0=3)
+    assert len(acq.source["warnings"]) == 2 and "no orientation" in acq.source["warnings"][0]
+    np.testing.assert_allclose(acq.voxel_size, [1.0, 1.0, 2.0])
