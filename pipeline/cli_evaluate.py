@@ -48,27 +48,32 @@ def subject_of(path: Path, root: Path | None = None) -> str | None:
     return None
 
 
-def _files_by_subject(root: Path, pattern: str, what: str) -> dict[str, Path]:
-    """``{subject: file}`` for the files under ``root`` matching ``pattern``; one file per subject."""
+def _find(root: Path, pattern: str, what: str) -> list[tuple[str | None, Path]]:
+    """``(subject or None, file)`` for ``root`` itself (a file) or the files under it matching
+    ``pattern``; the subject is the first ``sub-<label>`` part below ``root``, else of the full path."""
     if root.is_file():
-        files = [root]
-        base = None
-    elif root.is_dir():
-        files = sorted(p for p in root.rglob(pattern) if p.is_file() and not p.name.startswith("."))
-        base = root
-    else:
+        return [(subject_of(root.resolve()), root)]
+    if not root.is_dir():
         raise InputError(f"{what} path {root} does not exist")
-    found: dict[str, Path] = {}
-    for f in files:
-        sub = (subject_of(f, base) if base is not None else None) or subject_of(f.resolve())
+    files = sorted(p for p in root.rglob(pattern) if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"no {pattern} files found under {root}")
+    return [(subject_of(f, root) or subject_of(f.resolve()), f) for f in files]
+
+
+def _by_subject(found: list[tuple[str | None, Path]], what: str, *,
+                only_subject: str | None = None) -> dict[str, Path]:
+    """One file per subject; a single file without a subject goes to ``only_subject`` when given."""
+    if len(found) == 1 and found[0][0] is None and only_subject is not None:
+        return {only_subject: found[0][1]}
+    out: dict[str, Path] = {}
+    for sub, f in found:
         if sub is None:
             raise InputError(f"cannot tell the subject of {f}: no sub-<label> in its path")
-        if sub in found:
-            raise InputError(f"two {what} files for subject {sub}: {found[sub]} and {f}")
-        found[sub] = f
-    if not found:
-        raise InputError(f"no {pattern} files found under {root}")
-    return found
+        if sub in out:
+            raise InputError(f"two {what} files for subject {sub}: {out[sub]} and {f}")
+        out[sub] = f
+    return out
 
 
 def read_truth_points(path: Path) -> list[tuple[float, float, float]]:
@@ -117,12 +122,10 @@ def run(args: argparse.Namespace) -> int:
     truth_root = Path(args.truth)
     if (truth_root / "derivatives" / "groundtruth").is_dir():
         truth_root = truth_root / "derivatives" / "groundtruth"
-    truth_files = _files_by_subject(truth_root, "*lesions*.tsv", "ground-truth")
-    pred_path = Path(args.pred)
-    if pred_path.is_file() and subject_of(pred_path.resolve()) is None and len(truth_files) == 1:
-        pred_files = {next(iter(truth_files)): pred_path}
-    else:
-        pred_files = _files_by_subject(pred_path, "*candidates.tsv", "prediction")
+    truth_files = _by_subject(_find(truth_root, "*lesions*.tsv", "ground-truth"), "ground-truth")
+    only = next(iter(truth_files)) if len(truth_files) == 1 else None
+    pred_files = _by_subject(_find(Path(args.pred), "*candidates.tsv", "prediction"), "prediction",
+                             only_subject=only)
     extra = sorted(set(pred_files) - set(truth_files))
     if extra:
         raise InputError(f"predictions for subjects without ground truth: {', '.join(extra)}")

@@ -151,3 +151,15 @@ def test_cli_evaluate_bad_input_writes_nothing(dataset):
         _pred_table(dataset / "loose.tsv", [])
         _run_cli(["--pred", str(dataset / "loose.tsv"), "--truth", str(dataset / "bids"), "--out", str(out)])
     assert not out.exists()
+
+
+def test_cli_evaluate_single_subject_run_folder(dataset):
+    """A plain run output (no sub- in its path) is matched to the only ground-truth subject."""
+    truth = dataset / "bids" / "derivatives" / "groundtruth" / "sub-02" / "sub-02_desc-lesions_table.tsv"
+    run_dir = dataset / "one_run"
+    _pred_table(run_dir / "candidates.tsv", [("microbleed", 0.9, 0.9, (0.5, 0, 0))])
+    out = dataset / "eval1"
+    assert _run_cli(["--pred", str(run_dir), "--truth", str(truth), "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["n_subjects"], m["tp"], m["fp"]) == (1, 1, 0)
+    assert m["per_subject"][0]["subject"] == "02"
