@@ -38,7 +38,7 @@ def make_echoes(rng, te, *, shape=(48, 52, 36), snr=60.0, field_scale=1.0):
     return mag_n, ph_n, mask, field_hz, r2s, offset
 
 
-@pytest.mark.parametrize("te", [(0.005, 0.010, 0.015), (0.004, 0.009, 0.014, 0.019)])
+@pytest.mark.parametrize("te", [(0.005, 0.010, 0.015), (0.004, 0.009, 0.014, 0.019), (0.004, 0.010, 0.020)])
 @pytest.mark.parametrize("unwrap", ["laplacian", "exact"])
 def test_multi_echo_recovers_field_r2star_offset(rng, te, unwrap):
     mag, ph, mask, f_true, r2_true, off_true = make_echoes(rng, te)
@@ -48,8 +48,11 @@ def test_multi_echo_recovers_field_r2star_offset(rng, te, unwrap):
     err = (fit.field_hz - f_true)[mask]
     if unwrap == "laplacian":
         err -= np.median(err)  # Laplacian unwrapping: up to a constant
-    assert np.median(np.abs(err)) < 0.5           # Hz
-    assert np.mean(np.abs(err) < 2.0) > 0.99
+    uniform = np.allclose(np.diff(te), np.diff(te)[0])
+    # Hz; the Laplacian path uses only the first echo pair when the spacing is not uniform
+    tol = 0.5 if (uniform or unwrap == "exact") else 0.8
+    assert np.median(np.abs(err)) < tol
+    assert np.mean(np.abs(err) < 4 * tol) > 0.99
     np.testing.assert_allclose(fit.field_ppm, hz_to_ppm(fit.field_hz, B0), rtol=1e-5, atol=1e-9)
     r2_err = (fit.r2star - r2_true)[mask]
     assert np.median(np.abs(r2_err)) < 3.0       # 1/s (noise-limited at SNR 60 over 10-15 ms)
