@@ -135,9 +135,10 @@ def run(args: argparse.Namespace) -> int:
     write_evaluation(result, Path(args.out))
     missing = sorted(set(truth_files) - set(pred_files))
     note = f"; {len(missing)} subject(s) without predictions counted as all missed" if missing else ""
-    at1 = result.sensitivity_at_fp.get("1")
-    print(f"{result.n_subjects} subjects, {result.n_true} microbleeds: sensitivity {result.sensitivity:.3f}, "
-          f"precision {result.precision:.3f}, F1 {result.f1:.3f}, FP/subject {result.fp_per_subject:.2f}, "
-          f"sensitivity at 1 FP/subject {'n/a' if at1 is None else f'{at1:.3f}'}{note}; "
-          f"written to {args.out}")
+    def f(v) -> str:
+        return "n/a" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+    print(f"{result.n_subjects} subjects, {result.n_true} microbleeds: sensitivity {f(result.sensitivity)}, "
+          f"precision {f(result.precision)}, F1 {f(result.f1)}, FP/subject {f(result.fp_per_subject)}, "
+          f"sensitivity at 1 FP/subject {f(result.sensitivity_at_fp.get('1'))}{note}; written to {args.out}")
     return 0
