@@ -226,3 +226,13 @@ def test_qsm_real_three_echo_crop(shared_data, tmp_path, capsys):
     assert maps.r2star is not None and maps.mask.sum() > 1000
     chi = maps.chi_ppm[maps.mask]
     assert np.isfinite(chi).all() and 0.005 < chi.std() < 1.0  # in-vivo susceptibility contrast, ppm
+
+
+@needs_chain
+def test_qsm_unknown_method_is_input_error(tmp_path, rng, oblique_affine, capsys):
+    m, p, _, _ = _write_inputs(tmp_path, rng, oblique_affine(SHAPE))
+    out = tmp_path / "out"
+    rc = _main(["qsm", "--mag", m, "--phase", p, "--te", "0.01,0.02", "--b0", "3", "--background", "magic",
+                "--out", out])
+    err = capsys.readouterr().err
+    assert rc == 2 and "magic" in err and not out.exists()
