@@ -224,7 +224,7 @@ def froc_png(result: EvaluationResult) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5, 4), dpi=100)
+    fig = Figure(figsize=(5, 4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     fps = np.asarray(result.froc_fp_per_subject, float)
