@@ -100,8 +100,11 @@ def _kind_of(ds: Dataset, frame_item: Dataset | None) -> str | None:
         return str(philips.value).strip().upper()
     ge = ds.get((0x0043, 0x102F))
     if ge is not None:
+        value = ge.value
         try:
-            return {0: "M", 1: "P"}.get(int(ge.value))
+            if isinstance(value, bytes):  # implicit VR: the raw little-endian SS
+                value = int.from_bytes(value[:2], "little", signed=True)
+            return {0: "M", 1: "P"}.get(int(value))
         except (TypeError, ValueError):
             return None
     return None

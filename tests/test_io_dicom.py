@@ -254,3 +254,21 @@ def test_simulated_subject_dicom_round_trip(tmp_path, flip_lr):
     np.testing.assert_allclose(acq.affine, affine, atol=1e-4)
     np.testing.assert_allclose(acq.mag, mag, atol=float(src.mag.max()) / 65535 + 1e-3)
     assert _wrapdiff(acq.phase, phase).max() < np.pi / 2048
+
+
+def test_vendor_private_image_type(synthetic):
+    """GE (0043,102F) 0/1 and Philips (2005,1011) M/P tell magnitude from phase when ImageType does not."""
+    for kind_dir, ge_value, philips in ((synthetic["dirs"][0], b"\x00\x00", "M"), (synthetic["dirs"][1], b"\x01\x00", "P")):
+        for n, f in enumerate(sorted(kind_dir.iterdir())):
+            ds = pydicom.dcmread(f)
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+            if n % 2:
+                ds.add_new((0x0043, 0x0010), "LO", "GEMS_PARM_01")
+                ds.add_new((0x0043, 0x102F), "UN", ge_value)
+            else:
+                ds.add_new((0x2005, 0x0010), "LO", "Philips MR Imaging DD 001")
+                ds.add_new((0x2005, 0x1011), "CS", philips)
+            ds.save_as(f, enforce_file_format=True)
+    acq = load_dicom_acquisition(synthetic["dirs"])
+    np.testing.assert_allclose(acq.mag, synthetic["mag"], atol=500.0 / 65535)
+    assert _wrapdiff(acq.phase, synthetic["phase"]).max() < 1e-3
