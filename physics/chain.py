@@ -1,0 +1,203 @@
+"""The physics chain: GRE magnitude + phase -> :class:`~cmbdetect.physics.maps.PhysicsMaps`.
+
+mask -> multi-echo field fit (unwrapping) -> background removal -> dipole inversion -> chi+/chi- ->
+SWI (echo closest to 20 ms) and its minimum-intensity projection; R2* for multi-echo data.  Everything
+stays on the input grid; units: chi ppm (mean 0 inside the mask), fields ppm, R2* 1/s, TE s, B0 T.
+Sign: phase in the project convention (paramagnetic -> positive frequency -> chi > 0).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import background as bg
+from .errors import InputError
+from .geometry import b0_direction, voxel_sizes
+from .inversion import DEFAULT_METHOD, invert_dipole
+from .maps import PhysicsMaps
+from .sources import split_by_sign
+from .swi import minimum_intensity_projection, swi_from_phase, through_slice_axis
+
+#: Background removal methods of :func:`compute_physics_maps`.
+BACKGROUND_METHODS = ("vsharp", "pdf")
+#: Echo time (s) whose echo is used for SWI (closest available).
+SWI_TE_S = 0.020
+#: Warn when the removed background field has an RMS above this (ppm) inside the mask.
+STRONG_BACKGROUND_PPM = 1.0
+#: Warn when the local field has an RMS above this (ppm): likely unwrapping/background failure.
+STRONG_LOCAL_PPM = 0.3
+
+
+def _as_4d(a, name) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        raise InputError(f"{name} must be [echo, i, j, k] (or 3D for one echo), got shape {arr.shape}")
+    if min(arr.shape[1:]) < 3:
+        raise InputError(f"{name} has shape {arr.shape[1:]}: a 3D volume (>= 3 voxels per axis) is needed")
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name} contains NaN or inf values")
+    return arr
+
+
+def _check_geometry(affine, b0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    aff = np.asarray(affine, dtype=float)
+    if aff.shape != (4, 4) or not np.isfinite(aff).all() or abs(np.linalg.det(aff[:3, :3])) < 1e-9:
+        raise InputError("affine must be a finite, invertible 4x4 voxel-to-world matrix")
+    if not (np.isfinite(b0) and 0.1 <= float(b0) <= 20.0):
+        raise InputError(f"field strength must be given in tesla (0.1-20), got {b0}")
+    return aff, voxel_sizes(aff), b0_direction(aff)
+
+
+def _remove_background(field, mask, vs, b0_dir, method, weights):
+    if method == "vsharp":
+        local, valid = bg.vsharp(field, mask, vs)
+        return local, valid, {"method": "vsharp", "radii_mm": list(bg.DEFAULT_VSHARP_RADII_MM)}
+    if method == "pdf":
+        local = bg.pdf(field, mask, vs, b0_dir, weights=weights)
+        return local, mask.copy(), {"method": "pdf"}
+    raise InputError(f"unknown background removal {method!r}; use one of {', '.join(BACKGROUND_METHODS)}")
+
+
+def _invert(local, valid, vs, b0_dir, inversion, magnitude):
+    chi = invert_dipole(local, valid, vs, b0_dir, method=inversion, magnitude=magnitude)
+    chi[valid] -= chi[valid].mean()
+    chi[~valid] = 0.0
+    return chi
+
+
+def compute_physics_maps(
+    *,
+    mag,
+    phase,
+    te,
+    b0: float,
+    affine,
+    mask=None,
+    unwrap: str = "laplacian",
+    background: str = "vsharp",
+    inversion: str = "default",
+    swi_slab_mm: float = 8.0,
+) -> PhysicsMaps:
+    """Run the whole physics chain on one acquisition.
+
+    Parameters
+    ----------
+    mag, phase : ``[E, i, j, k]`` float32 magnitude (a.u.) and phase (rad, wrapped or not, project
+        sign convention).  A 3D array is one echo.
+    te : E echo times (s).  b0 : field strength (T).  affine : 4x4 voxel -> scanner RAS (mm).
+    mask : optional bool brain mask; default :func:`cmbdetect.physics.mask.brain_mask` on the
+        echo-combined magnitude.
+    unwrap : passed to :func:`cmbdetect.physics.echoes.fit_multi_echo`.
+    background : "vsharp" (default) or "pdf".  inversion : see :func:`invert_dipole`.
+    swi_slab_mm : slab of the sliding minimum-intensity projection of the SWI.
+
+    Returns :class:`PhysicsMaps`; ``mask`` is the mask where the local field and chi are valid (the
+    brain mask eroded by the background removal); ``meta`` records methods, parameters, timings (s)
+    and warnings.
+    """
+    from .echoes import fit_multi_echo
+    from .mask import brain_mask
+
+    m4 = _as_4d(mag, "magnitude")
+    p4 = _as_4d(phase, "phase")
+    if m4.shape != p4.shape:
+        raise InputError(f"magnitude {m4.shape} and phase {p4.shape} shapes differ")
+    t = np.atleast_1d(np.asarray(te, dtype=float))
+    if t.shape != (m4.shape[0],) or not np.all(np.isfinite(t)) or np.any(t <= 0):
+        raise InputError(f"need {m4.shape[0]} positive echo times in seconds, got {list(np.ravel(te))}")
+    if np.any(t > 1.0):
+        raise InputError(f"echo times {list(t)} look like milliseconds; give them in seconds")
+    aff, vs, b0_dir = _check_geometry(affine, b0)
+    meta: dict = {"b0_t": float(b0), "te_s": [float(x) for x in t], "voxel_size_mm": vs.tolist(),
+                  "b0_dir_voxel": b0_dir.tolist(), "warnings": [], "timings_s": {}}
+    clock = time.perf_counter()
+
+    def lap(name):
+        nonlocal clock
+        now = time.perf_counter()
+        meta["timings_s"][name] = round(now - clock, 3)
+        clock = now
+
+    combined = np.sqrt((m4.astype(np.float32) ** 2).sum(0))
+    if mask is None:
+        brain = brain_mask(combined, vs)
+        meta["mask"] = "automatic (brain_mask)"
+    else:
+        brain = np.asarray(mask).astype(bool)
+        if brain.shape != m4.shape[1:]:
+            raise InputError(f"mask shape {brain.shape} does not match the images {m4.shape[1:]}")
+        if not brain.any():
+            raise InputError("the supplied brain mask is empty")
+        meta["mask"] = "supplied"
+    lap("mask")
+
+    fit = fit_multi_echo(m4, p4, t, b0, mask=brain, voxel_size=vs, unwrap=unwrap)
+    meta["field_fit"] = {"unwrap": unwrap, "echoes": int(m4.shape[0]), **dict(getattr(fit, "meta", {}) or {})}
+    lap("field_fit")
+
+    local, valid, bmeta = _remove_background(fit.field_ppm, brain, vs, b0_dir, background, fit.magnitude)
+    bg_rms = bg.background_rms_ppm(fit.field_ppm, local, valid)
+    loc_rms = float(np.sqrt(np.mean(local[valid] ** 2)))
+    meta["background"] = {**bmeta, "background_rms_ppm": round(bg_rms, 4), "local_rms_ppm": round(loc_rms, 4),
+                          "valid_voxels": int(valid.sum()), "brain_voxels": int(brain.sum())}
+    if bg_rms > STRONG_BACKGROUND_PPM:
+        meta["warnings"].append(f"strong background field (RMS {bg_rms:.2f} ppm inside the brain): "
+                                "check shimming and the brain mask near air/tissue interfaces")
+    if loc_rms > STRONG_LOCAL_PPM:
+        meta["warnings"].append(f"local field RMS {loc_rms:.2f} ppm is implausibly large: phase unwrapping or "
+                                "background removal may have failed (check --phase-units/--phase-sign)")
+    lap("background")
+
+    chi = _invert(local, valid, vs, b0_dir, inversion, fit.magnitude)
+    meta["inversion"] = {"method": DEFAULT_METHOD if inversion == "default" else inversion,
+                         "reference": "mean 0 inside mask"}
+    chi_pos, chi_neg = split_by_sign(chi)
+    lap("inversion")
+
+    e_swi = int(np.argmin(np.abs(t - SWI_TE_S)))
+    swi = swi_from_phase(m4[e_swi], p4[e_swi], n=4, voxel_size=vs)
+    ax = through_slice_axis(vs, b0_dir)
+    mip = minimum_intensity_projection(swi, vs, slab_mm=swi_slab_mm, axis=ax)
+    meta["swi"] = {"echo_index": e_swi, "te_s": float(t[e_swi]), "n": 4, "mip_slab_mm": float(swi_slab_mm), "mip_axis": ax}
+    lap("swi")
+
+    r2star = None if fit.r2star is None else np.asarray(fit.r2star, dtype=np.float32)
+    return PhysicsMaps(
+        mask=valid, magnitude=combined,
+        field_ppm=np.asarray(fit.field_ppm, dtype=np.float32), local_field_ppm=local.astype(np.float32),
+        chi_ppm=chi.astype(np.float32), chi_pos=chi_pos, chi_neg=chi_neg, swi=swi, mip=mip,
+        affine=aff, b0=float(b0), r2star=r2star, meta=meta,
+    )
+
+
+def invert_local_field(*, local_field_ppm, mask, affine, b0: float, inversion: str = "default") -> PhysicsMaps:
+    """Dipole inversion for a user who already has a local (background-free) field in ppm.
+
+    Returns :class:`PhysicsMaps` whose magnitude/SWI/MIP are placeholders of ones (no magnitude
+    available) and whose ``field_ppm`` is the given local field; ``meta['placeholders']`` says so.
+    """
+    f = np.asarray(local_field_ppm, dtype=np.float32)
+    if f.ndim != 3:
+        raise InputError(f"local field must be 3D, got shape {f.shape}")
+    if not np.isfinite(f).all():
+        raise InputError("local field contains NaN or inf values")
+    m = np.asarray(mask).astype(bool)
+    if m.shape != f.shape:
+        raise InputError(f"mask shape {m.shape} does not match the local field {f.shape}")
+    if not m.any():
+        raise InputError("the supplied mask is empty")
+    aff, vs, b0_dir = _check_geometry(affine, b0)
+    local = np.where(m, f, 0.0).astype(np.float32)
+    chi = _invert(local, m, vs, b0_dir, inversion, None)
+    chi_pos, chi_neg = split_by_sign(chi)
+    ones = np.ones_like(f)
+    meta = {"b0_t": float(b0), "voxel_size_mm": vs.tolist(), "b0_dir_voxel": b0_dir.tolist(), "warnings": [],
+            "inversion": {"method": DEFAULT_METHOD if inversion == "default" else inversion,
+                          "reference": "mean 0 inside mask"},
+            "placeholders": ["magnitude", "swi", "mip"], "input": "local field (ppm)"}
+    return PhysicsMaps(mask=m, magnitude=ones, field_ppm=local, local_field_ppm=local, chi_ppm=chi,
+                       chi_pos=chi_pos, chi_neg=chi_neg, swi=ones.copy(), mip=ones.copy(), affine=aff,
+                       b0=float(b0), r2star=None, meta=meta)
