@@ -62,7 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); subject k depends only on it")
     p.add_argument("--b0", default="random", help="field strength(s) in T to draw from, or 'random' (1.5/3/7)")
     p.add_argument("--echoes", default="random",
-                   help="'random', a number of echoes, or echo times in ms (e.g. 5,10,15,20)")
+                   help="'random', a number of echoes (e.g. 4), or echo times in ms (e.g. 5,10,15,20 or 25ms)")
     p.add_argument("--shape", default="192,224,96", help="volume size in voxels (default 192,224,96)")
     p.add_argument("--voxel-size", default=None, help="voxel size in mm, e.g. 0.9,0.9,2 (default: random FOV)")
     p.add_argument("--microbleeds", type=int, default=None, help="microbleeds per subject (default random 0-15)")

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from cmbdetect.physics.constants import CHI_AIR_VS_TISSUE_PPM
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import b0_direction, oblique_affine, voxel_to_world
 from cmbdetect.pipeline.acquisition import Acquisition
 from cmbdetect.pipeline.simulate_anatomy import T, build_anatomy
 from cmbdetect.pipeline.simulate_geometry import HeadFrame, LatticeNoise, random_rotation
-from cmbdetect.pipeline.simulate_lesions import draw_lesions, lesion_field_box
+from cmbdetect.pipeline.simulate_lesions import draw_lesions, lesion_samples
 from cmbdetect.pipeline.simulate_signal import (BLOOD_3T, add_noise, bias_field, dephasing_factor,
                                                 draw_tissue_table, fields_from_chi, phase_per_ppm,
                                                 r2star_at, receiver_phase, shim, spoiled_gre, t1_at)
@@ -35,6 +36,8 @@ class SimulatedSubject:
     acq: Acquisition
     truth: Truth
     params: dict = field(default_factory=dict)
+    #: total field (ppm of B0) after shimming, lesions included, at voxel centres (for checks)
+    total_field_ppm: np.ndarray | None = None
 
 
 def _seed_sequence(seed) -> np.random.SeedSequence:
@@ -124,7 +127,6 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     chi = tab.chi[anat.tissue] + occ * (veins.chi_ppm - np.minimum(tab.chi[anat.tissue], 1.0))
     chi = np.where(anat.tissue == T["air"], tab.chi[T["air"]], chi).astype(np.float32)
     chi_local = np.where(anat.intracranial, chi, 0).astype(np.float32)
-    from cmbdetect.physics.constants import CHI_AIR_VS_TISSUE_PPM
     total, local = fields_from_chi(chi - np.float32(CHI_AIR_VS_TISSUE_PPM), chi_local, voxel_size,
                                    b0_direction(affine))
     del chi
@@ -134,38 +136,30 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     # lesions: closed-form fields at voxel centres far out, sub-voxel integration near
     labels = np.zeros(shape, np.uint8)
     labels[(occ >= 0.3) & anat.intracranial] = LABELS["vein"]
+    truth_chi = np.where(anat.intracranial, chi_local, 0).astype(np.float32)
+    del chi_local, occ
     bg_total = total.copy()
-    lesions_out, inner = [], []
-    rad_max = phase_per_ppm(b0, float(te[-1]))
-    for spec in specs:
-        a = float(spec.radii_mm.max())
-        reach = float(np.max(np.linalg.norm(spec.centres_head - spec.centres_head[0], axis=1))) + a
-        r_out = min(45.0, a * (abs(spec.chi_ppm) * 0.67 / 0.002) ** (1 / 3)) + reach - a
-        r_in = min(30.0, max(a + 1.5 * max(voxel_size), a * (rad_max * abs(spec.chi_ppm) * 0.67 / 0.3) ** (1 / 3)))
-        box = frame.box(spec.centres_head[0], margin_mm=r_out)
-        f, *_ = lesion_field_box(frame, spec, box, sub=False)
-        total[box] += f
-        local[box] += np.where(anat.intracranial[box], f, 0)
-        ibox = frame.box(spec.centres_head[0], margin_mm=r_in + reach - a)
-        inner.append((spec, ibox, r_out))
+    inner, lesions_out = _lesion_fields(frame, specs, total=total, local=local, labels=labels, chi=truth_chi,
+                                        intracranial=anat.intracranial, rad_max=phase_per_ppm(b0, float(te[-1])))
     phi0 = receiver_phase(rng[5], shape)
     bias = bias_field(rng[5], shape, b0=b0)
-    truth_chi = np.where(anat.intracranial, chi_local, 0).astype(np.float32)
     wm_mask = anat.tissue == T["wm"]
     mags, phases = [], []
     sigma = None
-    for e, t_e in enumerate(te):
-        k = phase_per_ppm(b0, float(t_e))
+    for t_e in te:
+        k = np.float32(phase_per_ppm(b0, float(t_e)))
         m = spoiled_gre(pd, 1 / r1, r2s, te=float(t_e), tr=tr, flip_deg=flip_deg) * bias
         if sigma is None:
             sigma = float(np.median(m[wm_mask]) / snr) if wm_mask.any() else float(m.mean() / snr)
-        s = (m * dephasing_factor(total, k)) * np.exp(1j * (total * np.float32(k) + phi0)).astype(np.complex64)
-        for n_les, (spec, ibox, _r) in enumerate(inner):
-            others = [o for o, _b, ro in inner if o is not spec
-                      and np.linalg.norm(o.centres_head[0] - spec.centres_head[0]) < ro + 45.0]
-            _render_inner(s, spec, ibox, frame=frame, m=m, bg=bg_total, phi0=phi0, k=k, te=float(t_e), tr=tr,
-                          flip_deg=flip_deg, b0=b0, bias=bias, truth=(labels, truth_chi, local, anat.intracranial)
-                          if e == 0 else None, lesions_out=lesions_out if e == 0 else None, others=others)
+        s = (m * dephasing_factor(total, k)) * np.exp(1j * (total * k + phi0)).astype(np.complex64)
+        for ibox, fsum, owner, near in inner:
+            mag_les = np.array([spoiled_gre(o.pd, t1_at(o.t1, b0), r2star_at(o.r2s_3t, b0), te=float(t_e), tr=tr,
+                                            flip_deg=flip_deg) for o in near] + [0.0], np.float32)
+            mm = np.where(owner >= 0, mag_les[owner] * bias[ibox][..., None], m[ibox][..., None])
+            ph = fsum * k
+            integral = (mm * np.cos(ph)).mean(-1) + 1j * (mm * np.sin(ph)).mean(-1)
+            deph = dephasing_factor(bg_total[ibox], k) if min(integral.shape) >= 2 else np.float32(1)
+            s[ibox] = (deph * integral * np.exp(1j * (bg_total[ibox] * k + phi0[ibox]))).astype(np.complex64)
         s = add_noise(rng[5], s, sigma)
         mags.append(np.abs(s).astype(np.float32))
         ph = np.angle(s).astype(np.float32)
@@ -178,52 +172,54 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
               "te_s": te.tolist(), "tr_s": tr, "flip_deg": flip_deg, "snr_wm": snr, "noise_sigma": sigma,
               "flip_lr": bool(flip_lr), "n_microbleeds": sum(l.kind == "microbleed" for l in lesions_out),
               "n_calcifications": sum(l.kind == "calcification" for l in lesions_out)}
-    return SimulatedSubject(acq=acq, truth=truth, params=params)
+    return SimulatedSubject(acq=acq, truth=truth, params=params, total_field_ppm=total)
 
 
-def _render_inner(s, spec, box, *, frame, m, bg, phi0, k, te, tr, flip_deg, b0, bias, truth, lesions_out,
-                  others=()):
-    """Replace the complex signal ``s`` in ``box`` by the sub-voxel integral around one lesion (the
-    fields of ``others``, nearby lesions, included); on the first echo also write its label, chi,
-    sub-voxel-mean local field and table row."""
-    mag_les = float(spoiled_gre(spec.pd, t1_at(spec.t1, b0), r2star_at(spec.r2s_3t, b0), te=te, tr=tr,
-                                flip_deg=flip_deg))
-    for k0 in range(box[2].start, box[2].stop, 4):  # slabs of the box keep memory small
-        b = (box[0], box[1], slice(k0, min(k0 + 4, box[2].stop)))
-        f_mean, f_sub, ins, chi_sub = lesion_field_box(frame, spec, b, sub=True)
-        mm = np.where(ins, np.float32(mag_les) * bias[b][..., None], m[b][..., None])
-        for o in others:
-            _, fo, inso, _ = lesion_field_box(frame, o, b, sub=True)
-            mo = float(spoiled_gre(o.pd, t1_at(o.t1, b0), r2star_at(o.r2s_3t, b0), te=te, tr=tr, flip_deg=flip_deg))
-            mm = np.where(inso, np.float32(mo) * bias[b][..., None], mm)
-            f_sub = f_sub + fo
-        integral = (mm * np.exp(1j * np.float32(k) * f_sub)).mean(-1)
-        deph = dephasing_factor(bg[b], k) if min(f_mean.shape) >= 2 else 1.0
-        s[b] = (deph * integral * np.exp(1j * (bg[b] * np.float32(k) + phi0[b]))).astype(np.complex64)
-        if truth is not None:
-            labels, chi, local, icm = truth
-            frac = ins.mean(-1)
-            code = LABELS[spec.kind]
-            labels[b] = np.where(frac >= 0.5, code, labels[b])
-            chi[b] += chi_sub.mean(-1)
-            local[b] = np.where(icm[b], local[b] - _centre_field(frame, spec, b) + f_mean, local[b])
-    if lesions_out is not None:
+def _lesion_fields(frame, specs, *, total, local, labels, chi, intracranial, rad_max):
+    """Add the lesions' fields to ``total`` and ``local`` (voxel centres, out to where they fall below
+    ~0.002 ppm), and prepare the sub-voxel samples near each lesion (to within ~0.3 rad of phase at
+    the last echo): returns ``(inner, lesions)`` with ``inner`` a list of ``(box, field_samples,
+    owner_samples, lesions_near)`` and the truth :class:`Lesion` rows; writes labels, chi and the
+    sub-voxel mean local field of each lesion into the truth arrays."""
+    boxes = []
+    for spec in specs:
+        a = float(spec.radii_mm.max())
+        reach = float(np.max(np.linalg.norm(spec.centres_head - spec.centres_head[0], axis=1))) + a
+        r_in = min(25.0, max(a + 1.5 * float(frame.voxel_size.max()),
+                             a * (rad_max * abs(spec.chi_ppm) * 0.67 / 0.3) ** (1 / 3)))
+        r_out = max(r_in, min(45.0, a * (abs(spec.chi_ppm) * 0.67 / 0.002) ** (1 / 3)))
+        box = frame.box(spec.centres_head[0], margin_mm=r_out + reach - a)
+        ibox = frame.box(spec.centres_head[0], margin_mm=r_in + reach - a)
+        f = lesion_samples(frame, [spec], box, sub=False)
+        total[box] += f
+        local[box] += np.where(intracranial[box], f, 0)
+        boxes.append((spec, box, ibox, f))
+    inner, rows = [], []
+    for spec, box, ibox, f in boxes:
+        others = [o for o, ob, _i, _f in boxes if o is not spec and _overlap(ob, ibox)]
+        f_own, own, chi_own = lesion_samples(frame, [spec], ibox, sub=True)
+        f_oth, owner, _ = lesion_samples(frame, others, ibox, sub=True)
+        owner = np.where(own >= 0, len(others), owner).astype(np.int16)
+        inner.append((ibox, f_own + f_oth, owner, others + [spec]))
+        frac = (own >= 0).mean(-1)
+        labels[ibox] = np.where(frac >= 0.5, LABELS[spec.kind], labels[ibox])
+        chi[ibox] += chi_own.mean(-1)
+        centre_f = f[tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(ibox, box))]
+        local[ibox] += np.where(intracranial[ibox], f_own.mean(-1) - centre_f, 0)
         vol = (4 / 3) * np.pi * spec.radii_mm ** 3
-        c_head = (spec.centres_head * vol[:, None]).sum(0) / vol.sum()
-        c_vox = frame.head_to_vox(c_head)
-        labels = truth[0]
+        c_vox = frame.head_to_vox((spec.centres_head * vol[:, None]).sum(0) / vol.sum())
         ijk = tuple(int(round(v)) for v in c_vox)
         if all(0 <= i < n for i, n in zip(ijk, labels.shape)):
             labels[ijk] = LABELS[spec.kind]
         eq_d = float(2 * (3 * _union_volume(spec) / (4 * np.pi)) ** (1 / 3))
-        lesions_out.append(Lesion(kind=spec.kind, centre_vox=tuple(float(v) for v in c_vox),
-                                  centre_ras=tuple(float(v) for v in voxel_to_world(frame.affine, c_vox)),
-                                  diameter_mm=eq_d, chi_ppm=float(spec.chi_ppm), region=spec.region))
+        rows.append(Lesion(kind=spec.kind, centre_vox=tuple(float(v) for v in c_vox),
+                           centre_ras=tuple(float(v) for v in voxel_to_world(frame.affine, c_vox)),
+                           diameter_mm=eq_d, chi_ppm=float(spec.chi_ppm), region=spec.region))
+    return inner, rows
 
 
-def _centre_field(frame, spec, b):
-    f, *_ = lesion_field_box(frame, spec, b, sub=False)
-    return f
+def _overlap(a, b) -> bool:
+    return all(x.start < y.stop and y.start < x.stop for x, y in zip(a, b))
 
 
 def _union_volume(spec, n: int = 4000) -> float:

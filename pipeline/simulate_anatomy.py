@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from cmbdetect.pipeline.simulate_geometry import (HeadFrame, LatticeNoise, ellipsoid_sdf, paint_tube,
-                                                  random_rotation, segment_distance)
+                                                  random_rotation, segment_distance, smooth_grid_field)
 
 #: Tissue codes of :attr:`Anatomy.tissue` (index = code).
 TISSUES: tuple[str, ...] = ("air", "soft", "scalp", "skull", "csf", "gm", "wm", "caudate", "putamen",
@@ -58,16 +58,25 @@ def _ventricle_paths(s: float, v: float) -> dict[str, tuple[np.ndarray, np.ndarr
     return out
 
 
+def _box_sdf(frame, centre, axes, rot=None):
+    """(box, sdf) of an ellipsoid evaluated only in its bounding box (None if off the grid)."""
+    b = frame.box(centre, margin_mm=float(np.max(axes)) + 2.0)
+    if b is None:
+        return None, None
+    x, y, z = frame.coords(b)
+    return b, ellipsoid_sdf(x, y, z, centre, axes, rot)
+
+
 def build_anatomy(frame: HeadFrame, rng: np.random.Generator) -> Anatomy:
     """Draw a head for ``rng`` and rasterise it on ``frame``'s grid."""
     s = rng.uniform(0.9, 1.07)  # head size
     vent = rng.uniform(0.7, 1.8)  # ventricle size (atrophy)
     csf_mm = rng.uniform(1.5, 3.0) + 1.5 * (vent - 0.7)  # subarachnoid CSF (atrophy)
     jit = lambda mm: rng.normal(0, mm, 3)  # noqa: E731
+    vs = frame.voxel_size
+    noise = lambda corr: smooth_grid_field(rng, frame.shape, voxel_size=vs, corr_mm=corr)  # noqa: E731
     X, Y, Z = frame.coords()
-    n_low = LatticeNoise(rng, 30.0)
-    n_mid = LatticeNoise(rng, 12.0)
-    low = n_low(X, Y, Z)
+    low = noise(30.0)
 
     # --- cerebrum, cerebellum, brainstem as signed distances (mm, < 0 inside) ---
     c_axes = np.array([68.0, 86.0, 64.0]) * s * rng.uniform(0.95, 1.05, 3)
@@ -76,101 +85,114 @@ def build_anatomy(frame: HeadFrame, rng: np.random.Generator) -> Anatomy:
     tw = (1 / (1 + np.exp(-(np.abs(X) - 26 * s) / 4))) * (1 / (1 + np.exp(-(Y + 30 * s) / 6))) \
         * (1 / (1 + np.exp(-(35 * s - Y) / 6)))
     floor = -18 * s - 22 * s * tw
+    del tw
     tent = -13 * s + 0.25 * (Y + 35 * s)  # tentorium height, sloping down posteriorly
     floor = np.where(Y < -35 * s, np.maximum(floor, tent + 2.0), floor)
     sdf_c = np.maximum(sdf_c, floor - Z)
-    del tw
+    del floor
     cb_cen = np.array([0.0, -60.0, -38.0]) * s + jit(1.5)
     cb_axes = np.array([50.0, 28.0, 20.0]) * s * rng.uniform(0.92, 1.08, 3)
     sdf_cb = np.maximum(ellipsoid_sdf(X, Y, Z, cb_cen, cb_axes) + 1.5 * low, Z - (tent - 1.5))
+    del tent
     bs_top, bs_bot = np.array([0, -18, -6.0]) * s, np.array([0, -30, -90.0]) * s
     d_bs, t_bs = segment_distance(X, Y, Z, bs_top, bs_bot)
-    r_bs = (12.0 + 3.5 * np.exp(-((t_bs - 0.35) / 0.12) ** 2)) * s  # pons bulge
-    sdf_bs = d_bs - r_bs
-    del d_bs, t_bs, r_bs
+    sdf_bs = d_bs - (12.0 + 3.5 * np.exp(-((t_bs - 0.35) / 0.12) ** 2)) * s  # pons bulge
+    del d_bs, t_bs
     sdf_brain = np.minimum(np.minimum(sdf_c, sdf_cb), sdf_bs)
 
     # --- head layers ---
-    skull_t = rng.uniform(4.0, 6.5) + 1.0 * n_mid(X, Y, Z)
+    skull_t = rng.uniform(4.0, 6.5) + 1.0 * noise(12.0)
     scalp_t = rng.uniform(4.0, 7.0)
     intracranial = sdf_brain < csf_mm
-    skull = ~intracranial & (sdf_brain < csf_mm + skull_t)
-    head = sdf_brain < csf_mm + skull_t + scalp_t
-    neck = ellipsoid_sdf(X, Y, Z, np.array([0, -5, -100.0]) * s, np.array([52, 62, 80.0]) * s) < 0
-    face = ellipsoid_sdf(X, Y, Z, np.array([0, 38, -60.0]) * s, np.array([55, 48, 42.0]) * s) < 0
+    inner_skull = sdf_brain < csf_mm + skull_t
+    del skull_t
     tissue = np.zeros(frame.shape, np.uint8)
-    tissue[head | neck | face] = T["soft"]
-    tissue[head & ~(sdf_brain < csf_mm + skull_t)] = T["scalp"]
-    tissue[skull | ((neck | face) & (sdf_brain < csf_mm + skull_t + 3))] = T["skull"]
-    del skull, head, neck, face, skull_t
+    tissue[sdf_brain < csf_mm + 5.0 + scalp_t] = T["scalp"]
+    tissue[inner_skull] = T["skull"]
+    for c, ax in (([0, -5, -100.0], [52, 62, 80.0]), ([0, 38, -60.0], [55, 48, 42.0])):  # neck, face
+        b, sd = _box_sdf(frame, np.asarray(c) * s, np.asarray(ax) * s)
+        if b is not None:
+            t = tissue[b]
+            t[(sd < 0) & (t == T["air"])] = T["soft"]
+            t[(sd < 0) & (t == T["scalp"]) & (sdf_brain[b] > csf_mm + 8.0)] = T["soft"]
+    del inner_skull
     for side in (1, -1):  # eyes
-        e = ellipsoid_sdf(X, Y, Z, _mirror([32, 60, -32], side) * s + jit(1), np.full(3, 11.5 * s))
-        tissue[(e < 0) & ~intracranial] = T["eye"]
-    # air cavities (only outside the dura): frontal/sphenoid/ethmoid/maxillary sinuses, nasal cavity,
-    # mastoid air cells (spongy), ear canals
-    cav = [([0, 66, -6], [16, 7, 12], rng.uniform(0.3, 1.3)), ([0, 22, -40], [13, 11, 10], rng.uniform(0.6, 1.2)),
-           ([0, 48, -34], [12, 14, 9], 1.0), ([0, 50, -60], [9, 24, 18], 1.0)]
+        b, sd = _box_sdf(frame, _mirror([32, 60, -32], side) * s + jit(1), np.full(3, 11.5 * s))
+        if b is not None:
+            tissue[b][(sd < 0) & ~intracranial[b]] = T["eye"]
+    # air cavities (only outside the dura): frontal/sphenoid/ethmoid sinuses, nasal cavity,
+    # maxillary sinuses, mastoid air cells (spongy), ear canals
+    cav = [([0, 66, -6], [16, 7, 12], rng.uniform(0.3, 1.3), False), ([0, 22, -40], [13, 11, 10], rng.uniform(0.6, 1.2), False),
+           ([0, 48, -34], [12, 14, 9], 1.0, False), ([0, 50, -60], [9, 24, 18], 1.0, False)]
     for side in (1, -1):
-        cav += [(_mirror([30, 40, -62], side), [14, 17, 19], rng.uniform(0.7, 1.2)),
-                (_mirror([52, -22, -42], side), [10, 12, 11], rng.uniform(0.5, 1.3)),
-                (_mirror([66, -14, -44], side), [9, 3.5, 3.5], 1.0)]
-    air_cells = n_mid(X * 2.5, Y * 2.5, Z * 2.5) > -0.2
-    for n, (c, ax, f) in enumerate(cav):
-        inside = ellipsoid_sdf(X, Y, Z, np.asarray(c) * s + jit(2), np.asarray(ax) * s * f) < 0
-        inside &= ~intracranial & (sdf_brain > 1.5)
-        if n >= 4 and (n - 4) % 3 == 1:  # mastoid: spongy
-            inside &= air_cells
-        tissue[inside] = T["air"]
-    del air_cells
+        cav += [(_mirror([30, 40, -62], side), [14, 17, 19], rng.uniform(0.7, 1.2), False),
+                (_mirror([52, -22, -42], side), [10, 12, 11], rng.uniform(0.5, 1.3), True),
+                (_mirror([66, -14, -44], side), [9, 3.5, 3.5], 1.0, False)]
+    cells = LatticeNoise(rng, 5.0)
+    for c, ax, f, spongy in cav:
+        b, sd = _box_sdf(frame, np.asarray(c) * s + jit(2), np.asarray(ax) * s * f)
+        if b is None:
+            continue
+        inside = (sd < 0) & (sdf_brain[b] > 1.5)
+        if spongy:
+            inside &= cells(*frame.coords(b)) > -0.2
+        tissue[b][inside] = T["air"]
     tissue[intracranial] = T["csf"]
 
     # --- parenchyma: folds, fissures ---
     fold = LatticeNoise(rng, rng.uniform(6.5, 8.5))
-    u = [(X - c_cen[0]) / c_axes[0], (Y - c_cen[1]) / c_axes[1], (Z - c_cen[2]) / c_axes[2]]
+    depth_max = rng.uniform(12.0, 20.0) + 4.0 * noise(30.0)
+    shell = (sdf_c < 0) & (sdf_c > -depth_max)
+    del depth_max
+    u = [((A[shell] - c_cen[n]) / c_axes[n]).astype(np.float32) for n, A in enumerate((X, Y, Z))]
     rho = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2) + 1e-6
     q = (0.7 + 0.3 * rho) / rho * 75.0  # radially compressed sampling -> mostly radial sulcal sheets
-    depth_max = rng.uniform(12.0, 20.0) + 4.0 * n_low(X + 40, Y, Z)
-    shell = (sdf_c < 0) & (sdf_c > -depth_max)
-    nf = fold(u[0][shell] * q[shell], u[1][shell] * q[shell], u[2][shell] * q[shell])
+    nf = fold(u[0] * q, u[1] * q, u[2] * q)
     sulcus = np.zeros(frame.shape, bool)
     sulcus[shell] = np.abs(nf) < rng.uniform(0.1, 0.17) * (1 + 0.4 * (vent - 1))
-    del u, rho, q, shell, nf, depth_max
-    fiss_x = 2.0 * n_low(X, Y + 50, Z)
-    cc = (np.abs(Y - (-3 * s)) < 36 * s) & (Z < (26 + 4 * n_low(X, Y, Z + 30)) * s)
+    del u, rho, q, shell, nf
+    fiss_x = 2.0 * noise(40.0)
+    cc = (np.abs(Y - (-3 * s)) < 36 * s) & (Z < (26 + 4 * low) * s)
     sulcus |= (np.abs(X - fiss_x) < 1.3) & ~cc  # interhemispheric fissure (above the corpus callosum)
-    sylv = -10 * s + 0.3 * (Y - 5) + 3 * n_low(X + 20, Y, Z)
+    sylv = -10 * s + 0.3 * (Y - 5) + 3 * noise(30.0)
     sulcus |= (np.abs(X) > 36 * s) & (Y > -28 * s) & (Y < 32 * s) & (np.abs(Z - sylv) < 1.6)
     del fiss_x, cc, sylv
     cerebrum = (sdf_c < 0) & ~sulcus
     cerebellum = (sdf_cb < 0) & ~cerebrum & (sdf_bs > 0)
     brainstem = (sdf_bs < 0) & ~cerebrum
-    del sulcus, sdf_bs
+    del sulcus, sdf_bs, sdf_cb
     paren = (cerebrum | cerebellum | brainstem) & intracranial
-    tissue[paren] = T["wm"]
 
-    # ventricles (CSF) and the caudate along their lateral walls
+    # ventricles (CSF)
     vpaths = _ventricle_paths(s, vent)
     vmask = np.zeros(frame.shape, bool)
     for pts, rad in vpaths.values():
         paint_tube(frame, vmask, pts + jit(0.8), rad, soft=False)
     for c, ax in (([0, -8, -2], [2.0 + vent, 14, 9]), ([0, -44, -33], [6, 3 + vent, 7])):
-        b = frame.box(np.asarray(c) * s, margin_mm=max(ax) * s + 2)
+        b, sd = _box_sdf(frame, np.asarray(c) * s, np.asarray(ax) * s)
         if b is not None:
-            x, y, z = frame.coords(b)
-            vmask[b] |= ellipsoid_sdf(x, y, z, np.asarray(c) * s, np.asarray(ax) * s) < 0
+            vmask[b] |= sd < 0
     paren &= ~vmask
 
-    # cortical grey matter: a ribbon of 2.3-3.2 mm below the outer CSF
-    dist = ndimage.distance_transform_edt(paren | vmask, sampling=frame.voxel_size)
-    ribbon = rng.uniform(2.3, 3.2) + 0.5 * n_mid(X, Y + 30, Z)
-    gm = paren & (dist < ribbon) & ~(brainstem & ~cerebellum)
+    # cortical grey matter: a ribbon of 2.3-3.2 mm below the outer CSF (distance inside the skull box)
+    ib = _bounding_box(intracranial)
+    dist = ndimage.distance_transform_edt((paren | vmask)[ib], sampling=vs).astype(np.float32)
+    ribbon = rng.uniform(2.3, 3.2) + 0.5 * noise(12.0)
+    gm = np.zeros(frame.shape, bool)
+    gm[ib] = dist < ribbon[ib]
+    gm &= paren & ~(brainstem & ~cerebellum)
     del dist, ribbon
     # cerebellar folia: concentric lamellae, GM outside the arbor vitae
-    ucb = ellipsoid_sdf(X, Y, Z, cb_cen, cb_axes * 0.55)
-    lam = np.sin(2 * np.pi * (ucb / rng.uniform(2.6, 3.4)) + 2.0 * n_mid(X * 2, Y * 2, Z * 2))
-    gm |= cerebellum & (ucb > 0) & ((lam > -0.2) | (sdf_cb > -3.0))
-    paren &= ~(cerebellum & (lam < -0.75) & (ucb > 2))  # thin CSF between folia
-    del ucb, lam
+    b, ucb = _box_sdf(frame, cb_cen, cb_axes * 0.55)
+    if b is not None:
+        b = frame.box(cb_cen, margin_mm=float(cb_axes.max()) + 2.0)
+        x, y, z = frame.coords(b)
+        ucb = ellipsoid_sdf(x, y, z, cb_cen, cb_axes * 0.55)
+        lam = np.sin(2 * np.pi * (ucb / rng.uniform(2.6, 3.4)) + 2.0 * cells(x * 0.8, y * 0.8, z * 0.8))
+        cbl = cerebellum[b]
+        gm[b] |= cbl & (ucb > 0) & ((lam > -0.2) | (sdf_brain[b] > -3.0))
+        paren[b] &= ~(cbl & (lam < -0.75) & (ucb > 2))  # thin CSF between folia
+        del ucb, lam, x, y, z
     tissue[paren] = T["wm"]
     tissue[gm & paren] = T["gm"]
     tissue[vmask & intracranial] = T["csf"]
@@ -180,7 +202,8 @@ def build_anatomy(frame: HeadFrame, rng: np.random.Generator) -> Anatomy:
               ("pallidum", [18, -1, -1], [3.5, 8, 5]), ("nigra", [9, -16, -15], [2.8, 7, 2.5]),
               ("red_nucleus", [5, -19, -11], [3.2, 3.4, 3.2]), ("dentate", [14, -56, -32], [7, 9, 6])]
     landmarks: dict = {"cerebrum_centre": c_cen, "cerebrum_axes": c_axes, "cerebellum_centre": cb_cen,
-                       "cerebellum_axes": cb_axes, "scale": s, "ventricles": vpaths, "csf_mm": csf_mm}
+                       "cerebellum_axes": cb_axes, "scale": s, "ventricles": vpaths, "csf_mm": csf_mm,
+                       "sdf_brain": sdf_brain}
     for side in (1, -1):
         name = "right" if side > 0 else "left"
         body, rb = vpaths[f"body_{name}"]
@@ -190,23 +213,33 @@ def build_anatomy(frame: HeadFrame, rng: np.random.Generator) -> Anatomy:
         tissue[cm & paren & (tissue != T["gm"])] = T["caudate"]
         for tname, c, ax in nuclei:
             cen = _mirror(c, side) * s + jit(1.0)
-            axes = np.asarray(ax) * s * rng.uniform(0.85, 1.15, 3)
-            b = frame.box(cen, margin_mm=max(axes) + 2)
+            b, sd = _box_sdf(frame, cen, np.asarray(ax) * s * rng.uniform(0.85, 1.15, 3), random_rotation(rng, 12.0))
             if b is None:
                 continue
-            x, y, z = frame.coords(b)
-            sd = ellipsoid_sdf(x, y, z, cen, axes, random_rotation(rng, 12.0))
             inside = (sd < 0) & paren[b]
             if tname == "dentate":  # a crenated ribbon, not a solid ellipsoid
-                inside &= (sd > -2.2 - 0.8 * n_mid(x * 3, y * 3, z * 3))
+                inside &= (sd > -2.2 - 0.8 * cells(*frame.coords(b)))
             tissue[b][inside] = T[tname]
             landmarks[f"{tname}_{name}"] = cen
 
     # MARS regions
     region = np.zeros(frame.shape, np.uint8)
     region[paren] = 1
-    deep = ellipsoid_sdf(X, Y, Z, np.array([0, -6, 5.0]) * s, np.array([30, 36, 20.0]) * s) < 0
-    region[paren & deep & (tissue != T["gm"])] = 2
+    b, sd = _box_sdf(frame, np.array([0, -6, 5.0]) * s, np.array([30, 36, 20.0]) * s)
+    if b is not None:
+        r = region[b]
+        r[paren[b] & (sd < 0) & (tissue[b] != T["gm"])] = 2
     region[paren & (cerebellum | brainstem) & ~cerebrum] = 3
-    landmarks["tentorium"] = (-13 * s, 0.25, 35 * s)
     return Anatomy(tissue=tissue, intracranial=intracranial, region=region, frame=frame, landmarks=landmarks)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """Smallest box (slices) holding ``mask`` plus one voxel (the whole grid if empty)."""
+    if not mask.any():
+        return tuple(slice(0, n) for n in mask.shape)
+    out = []
+    for ax in range(3):
+        a = np.any(mask, axis=tuple(i for i in range(3) if i != ax))
+        idx = np.flatnonzero(a)
+        out.append(slice(max(int(idx[0]) - 1, 0), min(int(idx[-1]) + 2, mask.shape[ax])))
+    return tuple(out)

@@ -88,17 +88,26 @@ class LatticeNoise:
 
 
 def ellipsoid_sdf(x, y, z, centre, axes, rot: np.ndarray | None = None) -> np.ndarray:
-    """Approximate signed distance (mm, negative inside) to an ellipsoid in head mm.
+    """Approximate signed distance (mm, negative inside) to an ellipsoid in head mm: first-order
+    ``(rho - 1) / |grad rho|`` with ``rho`` the normalised radius.
 
     ``rot`` (3x3) rotates the ellipsoid axes (columns = the ellipsoid's axes in head frame)."""
-    d = [np.asarray(x, np.float32) - centre[0], np.asarray(y, np.float32) - centre[1],
-         np.asarray(z, np.float32) - centre[2]]
+    d = [np.asarray(x, np.float32) - np.float32(centre[0]), np.asarray(y, np.float32) - np.float32(centre[1]),
+         np.asarray(z, np.float32) - np.float32(centre[2])]
     if rot is not None:
-        d = [rot[0, n] * d[0] + rot[1, n] * d[1] + rot[2, n] * d[2] for n in range(3)]
-    u = [d[n] / axes[n] for n in range(3)]
-    rho = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2) + 1e-6
-    grad = np.sqrt((u[0] / axes[0]) ** 2 + (u[1] / axes[1]) ** 2 + (u[2] / axes[2]) ** 2) / rho + 1e-9
-    return ((rho - 1.0) / grad).astype(np.float32)
+        d = [np.float32(rot[0, n]) * d[0] + np.float32(rot[1, n]) * d[1] + np.float32(rot[2, n]) * d[2]
+             for n in range(3)]
+    rho2 = np.zeros(np.broadcast_shapes(*[a.shape for a in d]), np.float32)
+    grad2 = np.zeros_like(rho2)
+    for n in range(3):
+        u = d[n] * np.float32(1.0 / axes[n])
+        rho2 += u * u
+        u *= np.float32(1.0 / axes[n])
+        grad2 += u * u
+    rho = np.sqrt(rho2)
+    rho2 = np.sqrt(grad2, out=grad2)  # |grad rho| * rho
+    rho2 += np.float32(1e-6 / min(axes))
+    return (rho - 1.0) * (rho + np.float32(1e-6)) / rho2
 
 
 def segment_distance(x, y, z, p0, p1) -> tuple[np.ndarray, np.ndarray]:
@@ -150,13 +159,23 @@ def random_rotation(rng: np.random.Generator, max_deg) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def smooth_grid_field(rng: np.random.Generator, shape, *, n_coarse: int = 5) -> np.ndarray:
-    """Smooth random field on a voxel grid (zero mean, unit std, float32): a ``n_coarse``^3 random
-    lattice spread over the grid with separable Gaussian weights (cheap: three small matrix products)."""
-    g = rng.standard_normal((n_coarse,) * 3).astype(np.float32)
-    for axis, s in enumerate(shape):
-        pos = np.linspace(0, n_coarse - 1, s, dtype=np.float32)[:, None]
-        w = np.exp(-0.5 * ((pos - np.arange(n_coarse, dtype=np.float32)[None]) / 0.8) ** 2)
+def smooth_grid_field(rng: np.random.Generator, shape, *, n_coarse=5, voxel_size=None,
+                      corr_mm: float | None = None) -> np.ndarray:
+    """Smooth random field on a voxel grid (zero mean, unit std, float32): a coarse random lattice
+    spread over the grid with separable Gaussian weights (three small matrix products, fast).
+
+    The lattice has ``n_coarse`` nodes per axis, or, with ``voxel_size`` and ``corr_mm``, one node per
+    ``corr_mm`` of extent (the correlation length in mm)."""
+    if corr_mm is not None:
+        ext = np.asarray(shape, float) * np.asarray(voxel_size, float)
+        n_axes = [int(np.ceil(e / corr_mm)) + 2 for e in ext]
+    else:
+        n_axes = [int(n_coarse)] * 3
+    g = rng.standard_normal(n_axes).astype(np.float32)
+    for axis, (s, n) in enumerate(zip(shape, n_axes)):
+        pos = np.linspace(0.5, n - 1.5, s, dtype=np.float32)[:, None] if corr_mm is not None \
+            else np.linspace(0, n - 1, s, dtype=np.float32)[:, None]
+        w = np.exp(-0.5 * ((pos - np.arange(n, dtype=np.float32)[None]) / 0.8) ** 2)
         w /= w.sum(1, keepdims=True)
         g = np.moveaxis(np.tensordot(w, np.moveaxis(g, axis, 0), axes=(1, 0)), 0, axis)
     g -= g.mean()

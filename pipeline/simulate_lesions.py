@@ -3,7 +3,7 @@
 A lesion is a sphere, or a slightly irregular blob made of 2-4 overlapping spheres (chi adds where
 they overlap), with a susceptibility ``chi_ppm`` relative to the tissue around it (microbleed +0.3 to
 +2 ppm, calcification -0.3 to -2 ppm).  Its field is the closed-form sphere field
-(:func:`cmbdetect.physics.forward.sphere_field`, exact for a uniformly magnetised sphere, Lorentz
+(:func:`cmbdetect.physics.forward.sphere_field` in float32, exact for a uniformly magnetised sphere, Lorentz
 corrected) summed over the spheres.  Near the lesion, voxels are sub-sampled: the voxel signal is the
 mean over sub-voxels of ``m(r) exp(i phi(r))`` with ``m`` the lesion's or the voxel's tissue
 magnitude, so blooming and intravoxel dephasing follow from the physics and the slice thickness.
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cmbdetect.physics.forward import sphere_field
 from cmbdetect.pipeline.simulate_anatomy import REGIONS, T, Anatomy
 
 _PAREN = [T[n] for n in ("gm", "wm", "caudate", "putamen", "pallidum", "thalamus", "nigra", "red_nucleus",
@@ -109,33 +108,48 @@ def draw_lesions(anatomy: Anatomy, rng: np.random.Generator, *, n_microbleeds: i
 
 
 def _sub_offsets(voxel_size, step_mm: float = 0.45):
-    """Sub-voxel sample offsets (fraction of a voxel, centred) per axis."""
+    """Sub-voxel sample offsets (fraction of a voxel, centred) per axis: 3 to 6 per axis."""
     n = [min(6, max(3, int(np.ceil(v / step_mm)))) for v in voxel_size]
     return [(np.arange(k) + 0.5) / k - 0.5 for k in n]
 
 
-def lesion_field_box(frame, spec: LesionSpec, box, *, sub: bool):
-    """Lesion field (ppm) on the voxels of ``box``: at voxel centres, or averaged over sub-voxels
-    (``sub``), with the sub-voxel samples (field, inside mask, chi) for signal integration.
+def sphere_field_f32(chi_ppm: float, radius_mm: float, dx, dy, dz, b0) -> np.ndarray:
+    """Float32 version of :func:`cmbdetect.physics.forward.sphere_field` for offsets given per axis
+    (any orthonormal frame; ``b0`` unit vector in that frame): chi/3 (a/r)^3 (3cos^2 - 1) outside, 0
+    inside."""
+    r2 = dx * dx + dy * dy + dz * dz
+    rb = dx * np.float32(b0[0]) + dy * np.float32(b0[1]) + dz * np.float32(b0[2])
+    a2 = np.float32(radius_mm * radius_mm)
+    r2c = np.maximum(r2, a2)
+    f = np.float32(chi_ppm / 3.0 * radius_mm ** 3) * (3 * rb * rb / r2c - 1) / (r2c * np.sqrt(r2c))
+    return np.where(r2 > a2, f, np.float32(0))
 
-    Returns (field_mean (box shape), field_sub (box, n_sub), inside_sub (box, n_sub) bool,
-    chi_sub (box, n_sub))."""
-    m = frame.vox_to_head[:3, :3]
+
+def lesion_samples(frame, specs, box, *, sub: bool):
+    """Field (ppm) of the lesions ``specs`` at the voxels of ``box``: at voxel centres (``sub`` False:
+    returns an array of the box shape) or at sub-voxel samples (``sub`` True: returns ``(field, owner,
+    chi)`` of shape (*box, n_sub): summed field, index of the lesion a sample lies in (-1: none; the
+    last one wins where they overlap) and the summed chi of the lesions containing it)."""
+    m = frame.vox_to_head[:3, :3].astype(np.float32)
     b0_head = np.linalg.inv(frame.pose)[:3, :3] @ np.array([0.0, 0.0, 1.0])
-    ii = np.stack(np.meshgrid(*[np.arange(b.start, b.stop) for b in box], indexing="ij"), -1).astype(np.float32)
-    offs = np.stack(np.meshgrid(*_sub_offsets(frame.voxel_size), indexing="ij"), -1).reshape(-1, 3) if sub \
-        else np.zeros((1, 3))
-    pos = frame.vox_to_head_pts(ii.reshape(-1, 3))  # (V, 3) head mm of voxel centres
-    d_off = (offs @ m.T).astype(np.float32)  # (S, 3)
-    field = np.zeros((pos.shape[0], d_off.shape[0]), np.float32)
-    inside = np.zeros_like(field, dtype=bool)
-    chi = np.zeros_like(field)
-    for c, r in zip(spec.centres_head, spec.radii_mm):
-        rel = (pos - c)[:, None, :] + d_off[None]
-        field += sphere_field(spec.chi_ppm, r, rel, b0_head).astype(np.float32)
-        ins = (rel ** 2).sum(-1) <= r * r
-        inside |= ins
-        chi += ins * np.float32(spec.chi_ppm)
-    shp = tuple(b.stop - b.start for b in box)
-    return (field.mean(1).reshape(shp), field.reshape(*shp, -1), inside.reshape(*shp, -1),
-            chi.reshape(*shp, -1))
+    x, y, z = (a[..., None] for a in frame.coords(box))
+    if sub:
+        offs = np.stack(np.meshgrid(*_sub_offsets(frame.voxel_size), indexing="ij"), -1).reshape(-1, 3)
+        d = (offs @ m.T).astype(np.float32)
+    else:
+        d = np.zeros((1, 3), np.float32)
+    shp = tuple(b.stop - b.start for b in box) + (d.shape[0],)
+    field = np.zeros(shp, np.float32)
+    owner = np.full(shp, -1, np.int16) if sub else None
+    chi = np.zeros(shp, np.float32) if sub else None
+    for n, spec in enumerate(specs):
+        for c, r in zip(spec.centres_head, spec.radii_mm):
+            dx, dy, dz = x - np.float32(c[0]) + d[:, 0], y - np.float32(c[1]) + d[:, 1], z - np.float32(c[2]) + d[:, 2]
+            field += sphere_field_f32(spec.chi_ppm, r, dx, dy, dz, b0_head)
+            if sub:
+                ins = dx * dx + dy * dy + dz * dz <= np.float32(r * r)
+                owner[ins] = n
+                chi += ins * np.float32(spec.chi_ppm)
+    if not sub:
+        return field[..., 0]
+    return field, owner, chi

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from cmbdetect.pipeline.simulate_anatomy import Anatomy
 from cmbdetect.pipeline.simulate_geometry import paint_tube
@@ -45,6 +46,22 @@ def _walk_on_surface(rng, centre, axes, d0, t0, *, n_steps, step_mm, lift_mm, st
             break
         pts.append(p)
     return np.array(pts)
+
+
+def _onto_surface(frame, sdf, pts, centre, depth_mm, n_iter: int = 3):
+    """Move head-mm points radially (from ``centre``) until the brain signed distance ``sdf`` (grid,
+    mm, 0 at the pial surface, > 0 in the CSF) equals ``depth_mm`` (points off the grid stay)."""
+    pts = np.array(pts, float)
+    for _ in range(n_iter):
+        v = frame.head_to_vox(pts)
+        ok = np.all((v >= 0) & (v <= np.asarray(frame.shape) - 1), axis=1)
+        if not ok.any():
+            break
+        val = ndimage.map_coordinates(sdf, v[ok].T, order=1, mode="nearest")
+        n = pts[ok] - centre
+        n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-9
+        pts[ok] -= n * np.clip(val - depth_mm, -8.0, 8.0)[:, None]
+    return pts
 
 
 def build_veins(anatomy: Anatomy, rng: np.random.Generator) -> Veins:
@@ -85,15 +102,23 @@ def build_veins(anatomy: Anatomy, rng: np.random.Generator) -> Veins:
     # cortical vein trees draining into the SSS, walking down the lateral convexity
     floor_z = -20 * s
     stop = lambda p: p[2] < floor_z or p[1] < c[1] - 0.95 * ax[1] or p[1] > c[1] + 0.95 * ax[1]  # noqa: E731
-    for _ in range(int(rng.integers(10, 22))):
+    sdf = lm["sdf_brain"]
+    on_surface = lambda p: _onto_surface(fr, sdf, p, c, rng.uniform(0.3, 0.9) * csf)  # noqa: E731
+    for n_tree in range(int(rng.integers(16, 34))):
         side = rng.choice([-1, 1])
-        y0 = rng.uniform(-0.8, 0.8)
-        d0 = np.array([side * 0.08, y0, np.sqrt(max(1 - y0 * y0, 0.05))])
-        t0 = np.array([side, rng.normal(0, 0.4), -0.3])
-        pts = _walk_on_surface(rng, c, ax, d0, t0, n_steps=int(rng.integers(8, 30)), step_mm=4.0,
-                               lift_mm=rng.uniform(-1.5, 1.0), stop=stop)
+        if n_tree % 3 == 2:  # trees starting low on the convexity, draining up or back
+            y0 = rng.uniform(-0.7, 0.8)
+            d0 = np.array([side * rng.uniform(0.6, 0.95), y0, rng.uniform(-0.2, 0.3)])
+            t0 = np.array([0.0, rng.normal(0, 1), 1.0])
+        else:
+            y0 = rng.uniform(-0.8, 0.8)
+            d0 = np.array([side * 0.08, y0, np.sqrt(max(1 - y0 * y0, 0.05))])
+            t0 = np.array([side, rng.normal(0, 0.4), -0.3])
+        pts = _walk_on_surface(rng, c, ax, d0, t0, n_steps=int(rng.integers(10, 35)), step_mm=4.0,
+                               lift_mm=0.0, stop=stop)
         if len(pts) < 2:
             continue
+        pts = on_surface(pts)
         r = np.linspace(rng.uniform(0.9, 1.8), rng.uniform(0.35, 0.7), len(pts))
         tube(pts, r)
         for _b in range(int(rng.integers(0, 3))):  # side branches
@@ -101,8 +126,9 @@ def build_veins(anatomy: Anatomy, rng: np.random.Generator) -> Veins:
             d = (pts[k] - c) / ax
             tb = np.cross(d, pts[k + 1] - pts[k]) * rng.choice([-1, 1]) + rng.normal(0, 0.3, 3)
             br = _walk_on_surface(rng, c, ax, d, tb, n_steps=int(rng.integers(3, 10)), step_mm=3.5,
-                                  lift_mm=rng.uniform(-2.0, 0.5), stop=stop)
+                                  lift_mm=0.0, stop=stop)
             if len(br) >= 2:
+                br = on_surface(br)
                 tube(br, np.linspace(r[k] * 0.7, 0.3, len(br)))
     # medullary veins: thin, straight-ish, radial from the lateral ventricle walls into the white matter
     for key, (vp, vr) in lm["ventricles"].items():
