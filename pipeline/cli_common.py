@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from cmbdetect.physics.errors import InputError
+from cmbdetect.physics.mask import validate_mask
 from cmbdetect.pipeline.acquisition import Acquisition
 from cmbdetect.pipeline.io_dicom import load_dicom_acquisition
 from cmbdetect.pipeline.io_nifti import AFFINE_ATOL_MM, load_nifti_acquisition, read_nifti_volume
@@ -77,9 +78,9 @@ def acquisition_from_args(args: argparse.Namespace) -> Acquisition:
 
 def load_user_mask(path: str | os.PathLike, acq_or_affine: Acquisition | np.ndarray,
                    shape: tuple[int, int, int] | None = None) -> np.ndarray:
-    """A user brain mask (NIfTI; values > 0.5 = brain, or > 0 for a mask whose maximum is <= 0.5) as bool ``[i, j, k]``, checked against the grid of
+    """A user brain mask (NIfTI, nonzero = brain) as bool ``[i, j, k]``, checked against the grid of
     ``acq_or_affine`` (an :class:`Acquisition`, or an affine plus ``shape``).  A different shape or
-    affine, a 4D file, or an empty mask raise :class:`InputError`."""
+    affine, NaNs, or an empty mask raise :class:`InputError` naming the file."""
     if isinstance(acq_or_affine, Acquisition):
         affine, shape = acq_or_affine.affine, acq_or_affine.shape
     else:
@@ -87,15 +88,10 @@ def load_user_mask(path: str | os.PathLike, acq_or_affine: Acquisition | np.ndar
         if shape is None:
             raise ValueError("load_user_mask needs the grid shape with a bare affine")
     data, mask_affine = read_nifti_volume(path, what="mask")
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.shape != tuple(shape):
-        raise InputError(f"mask {path} has shape {data.shape}, the images {tuple(shape)}")
+    try:
+        mask = validate_mask(data, shape)
+    except InputError as exc:
+        raise InputError(f"mask {path}: {exc}") from exc
     if not np.allclose(mask_affine, affine, rtol=0, atol=AFFINE_ATOL_MM):
         raise InputError(f"mask {path} has a different affine (orientation/position) than the images")
-    if not np.all(np.isfinite(data)):
-        raise InputError(f"mask {path} contains NaN values")
-    mask = data > 0.5 if data.max() > 0.5 else data > 0
-    if not mask.any():
-        raise InputError(f"mask {path} is empty")
     return mask
