@@ -207,21 +207,29 @@ def _parse(name: str, text: str, path: Path, line: int):
         raise InputError(f"{path}, line {line}: column {name} has a non-numeric value {text!r}") from None
 
 
+def read_tsv(path, *, required: tuple[str, ...], what: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows (dicts) of a tab-separated table (UTF-8, BOM tolerated); :class:`InputError`
+    naming ``what`` when it cannot be read or lacks a ``required`` column."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, delimiter="\t")
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise InputError(f"{what} {path} lacks the columns {' '.join(missing)}")
+            return header, list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def read_candidates_tsv(path) -> list[Candidate]:
     """Read a candidate table written by :func:`write_candidates` (or any TSV with at least
     ``label probability x y z``; other columns default to n/a, ``region`` to unknown, LPS from RAS,
     ids to row order).  Bad files raise :class:`InputError`."""
     path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter="\t")
-            header = reader.fieldnames or []
-            missing = [c for c in _REQUIRED if c not in header]
-            if missing:
-                raise InputError(f"{path} is not a candidate table: missing columns {', '.join(missing)}")
-            rows = list(reader)
-    except OSError as exc:
-        raise InputError(f"cannot read candidate table {path}: {exc.strerror or exc}") from None
+    header, rows = read_tsv(path, required=_REQUIRED, what="candidate table")
     out = []
     for n, row in enumerate(rows, start=1):
         values = {name: _parse(name, row.get(name) or "", path, n + 1) for name in COLUMNS}

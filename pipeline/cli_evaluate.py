@@ -12,14 +12,13 @@ for rows labelled microbleed and 0 otherwise.  See :mod:`cmbdetect.models.evalua
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import re
 from pathlib import Path
 
 from cmbdetect.models.evaluate import evaluate_detections, write_evaluation
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline.candidates import read_candidates_tsv
+from cmbdetect.pipeline.candidates import read_candidates_tsv, read_tsv
 
 _SUBJECT = re.compile(r"^sub-([A-Za-z0-9]+)")
 
@@ -78,15 +77,7 @@ def _by_subject(found: list[tuple[str | None, Path]], what: str, *,
 
 def read_truth_points(path: Path) -> list[tuple[float, float, float]]:
     """Centres (scanner RAS mm) of the ``kind == microbleed`` rows of a lesion table."""
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter="\t")
-            missing = [c for c in ("kind", "x", "y", "z") if c not in (reader.fieldnames or [])]
-            if missing:
-                raise InputError(f"lesion table {path} lacks the columns {' '.join(missing)}")
-            rows = list(reader)
-    except OSError as exc:
-        raise InputError(f"cannot read lesion table {path}: {exc.strerror or exc}") from None
+    _, rows = read_tsv(path, required=("kind", "x", "y", "z"), what="lesion table")
     points = []
     for n, row in enumerate(rows, start=2):
         if (row.get("kind") or "").strip().lower() != "microbleed":

@@ -81,7 +81,7 @@ def test_empty_table_and_bad_tables(tmp_path):
     assert read_candidates_tsv(tsv) == []
     bad = tmp_path / "bad.tsv"
     bad.write_text("label\tprobability\tx\ty\nmicrobleed\t0.5\t1\t2\n")
-    with pytest.raises(InputError, match="missing columns z"):
+    with pytest.raises(InputError, match="lacks the columns z"):
         read_candidates_tsv(bad)
     bad.write_text("label\tprobability\tx\ty\tz\nmicrobleed\thigh\t1\t2\t3\n")
     with pytest.raises(InputError, match="probability"):
@@ -89,6 +89,6 @@ def test_empty_table_and_bad_tables(tmp_path):
     with pytest.raises(InputError):
         read_candidates_tsv(tmp_path / "absent.tsv")
     minimal = tmp_path / "min.tsv"
-    minimal.write_text("label\tprobability\tx\ty\tz\nmicrobleed\t0.5\t1\t2\t3\n")
+    minimal.write_text("\ufefflabel\tprobability\tx\ty\tz\nmicrobleed\t0.5\t1\t2\t3\n")  # with a BOM
     (row,) = read_candidates_tsv(minimal)
     assert row.id == 1 and row.region == "unknown" and np.allclose(row.lps, [-1, -2, 3])
