@@ -127,6 +127,8 @@ def evaluate_detections(pred_by_subject: dict[str, list], truth_by_subject: dict
     predictions has all its lesions missed); a prediction for a subject without ground truth raises
     ``ValueError``.
     """
+    if not (hit_mm > 0 and math.isfinite(hit_mm)):
+        raise ValueError(f"hit_mm must be a positive distance in mm, got {hit_mm}")
     extra = sorted(set(pred_by_subject) - set(truth_by_subject))
     if extra:
         raise ValueError(f"predictions for subjects without ground truth: {', '.join(extra)}")

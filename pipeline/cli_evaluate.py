@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and write the outputs; returns 0.  Bad input raises :class:`InputError`."""
     if not (args.hit_mm > 0 and math.isfinite(args.hit_mm)):
         raise InputError(f"--hit-mm must be a positive distance in mm, got {args.hit_mm}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} exists and is not a folder")
     truth_root = Path(args.truth)
     if (truth_root / "derivatives" / "groundtruth").is_dir():
         truth_root = truth_root / "derivatives" / "groundtruth"

@@ -74,6 +74,8 @@ def test_bad_subjects():
         evaluate_detections({"x": []}, {"y": []})
     with pytest.raises(ValueError):
         evaluate_detections({}, {})
+    with pytest.raises(ValueError, match="hit_mm"):
+        evaluate_detections({}, {"a": []}, hit_mm=0.0)
 
 
 def test_write_evaluation(case, tmp_path):
@@ -151,6 +153,12 @@ def test_cli_evaluate_bad_input_writes_nothing(dataset):
         _pred_table(dataset / "loose.tsv", [])
         _run_cli(["--pred", str(dataset / "loose.tsv"), "--truth", str(dataset / "bids"), "--out", str(out)])
     assert not out.exists()
+    out.write_text("not a folder")
+    with pytest.raises(InputError, match="not a folder"):
+        _run_cli(["--pred", str(dataset / "runs"), "--truth", str(dataset / "bids"), "--out", str(out)])
+    with pytest.raises(InputError, match="hit-mm"):
+        _run_cli(["--pred", str(dataset / "runs"), "--truth", str(dataset / "bids"), "--out", str(out),
+                  "--hit-mm", "-1"])
 
 
 def test_cli_evaluate_single_subject_run_folder(dataset):
