@@ -168,6 +168,7 @@ def render_overview(maps: PhysicsMaps, candidates: list[Candidate], *, panel_px:
     step = max(1, int(round(8.0 / vox[normal])), int(math.ceil((hi - lo + 1) / max_panels)))
     slices = list(range(lo + step // 2, hi + 1, step)) or [lo]
     window = _percentiles(maps.mip, maps.mask)
+    centres = {c.id: world_to_voxel(maps.affine, c.ras) for c in candidates}  # RAS is always present
     scale = panel_px / max(maps.shape[row_ax] * vox[row_ax], maps.shape[col_ax] * vox[col_ax])
     h, w = int(maps.shape[row_ax] * vox[row_ax] * scale), int(maps.shape[col_ax] * vox[col_ax] * scale)
     ncols = min(5, len(slices))
@@ -184,10 +185,11 @@ def render_overview(maps: PhysicsMaps, candidates: list[Candidate], *, panel_px:
         canvas.paste(Image.fromarray(_grey(img, window), "L").resize((w, h)).convert("RGB"), (x0, y0))
         draw.text((x0 + 3, y0 + 2), f"slice {s}", fill=(160, 160, 160), font=font)
         for c in candidates:
-            if abs(c.ijk[normal] - s) > step / 2.0:
+            ijk = centres[c.id]
+            if not np.all(np.isfinite(ijk)) or abs(ijk[normal] - s) > step / 2.0:
                 continue
-            r = c.ijk[row_ax] * vox[row_ax] * scale
-            q = c.ijk[col_ax] * vox[col_ax] * scale
+            r = ijk[row_ax] * vox[row_ax] * scale
+            q = ijk[col_ax] * vox[col_ax] * scale
             r, q = (h - 1 - r if flip_r else r), (w - 1 - q if flip_c else q)
             colour = LABEL_COLOURS.get(c.label, (255, 255, 255))
             rad = max(8.0, (c.diameter_mm if math.isfinite(c.diameter_mm) else 3.0) * scale + 5.0)

@@ -90,6 +90,18 @@ def test_report_without_candidates_and_gallery_cap(maps, tmp_path):
     assert len(re.findall(r"<img data-candidate=", text)) == 2 and "limited to the 2 most probable" in text
 
 
+def test_report_from_a_minimal_table(maps, tmp_path):
+    """A table with only label, probability and x y z (no voxel indices) still gives a full report."""
+    from cmbdetect.pipeline.candidates import read_candidates_tsv
+
+    c = synthetic_candidates(maps.affine, maps.mask)[0]
+    table = tmp_path / "min.tsv"
+    table.write_text(f"label\tprobability\tx\ty\tz\n{c.label}\t{c.probability}\t{c.x}\t{c.y}\t{c.z}\n")
+    text = write_report(tmp_path / "r.html", maps=maps, candidates=read_candidates_tsv(table), settings={},
+                        warnings=[], model_info={}).read_text()
+    assert len(re.findall(r"<img data-candidate=", text)) == 1
+
+
 def test_tile_is_fast_and_shows_the_lesion(maps):
     cands = synthetic_candidates(maps.affine, maps.mask)
     windows = display_windows(maps)
