@@ -45,6 +45,8 @@ def normalisation_spec(*, clip: float = DEFAULT_CLIP) -> dict:
 
 
 def _robust(values: np.ndarray) -> tuple[float, float]:
+    if values.size > 1_000_000:  # a regular subsample is plenty for a median / MAD and 4-8x faster
+        values = values[:: values.size // 500_000]
     med = float(np.median(values))
     mad = float(np.median(np.abs(values - med))) * _MAD_TO_SD
     if not np.isfinite(mad) or mad <= 1e-12:
@@ -82,7 +84,7 @@ def physics_channels(maps: PhysicsMaps, channels=ALL_CHANNELS, *,
         raw = _raw(maps, name)
         inside = raw[mask]
         if name in ("magnitude", "swi"):
-            med = float(np.median(inside))
+            med, _ = _robust(inside)
             if med <= 0:
                 med = float(np.mean(np.abs(inside))) or 1.0
             rel = raw / med - 1.0

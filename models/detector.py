@@ -20,12 +20,27 @@ def _pad_to(array: np.ndarray, shape) -> np.ndarray:
     return np.pad(array, pad)
 
 
-def predict_volume(net: CentreNet3D, channels: np.ndarray, *, tile: int = 128,
+def tile_sizes(shape, *, tile: int, overlap: int, multiple: int) -> np.ndarray:
+    """Per-axis tile size: the fewest tiles of at most ``tile`` voxels that cover each axis with
+    ``overlap``, each made as small as possible (multiple of ``multiple``) to limit recomputation."""
+    out = []
+    for n_vox in shape:
+        if n_vox <= tile:
+            out.append(int(n_vox))
+            continue
+        n = int(np.ceil((n_vox - overlap) / (tile - overlap)))
+        size = int(np.ceil((n_vox + (n - 1) * overlap) / n))
+        out.append(min(int(-(-size // multiple) * multiple), int(n_vox)))
+    return np.array(out)
+
+
+def predict_volume(net: CentreNet3D, channels: np.ndarray, *, tile: int = 160,
                    overlap: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Heatmap probabilities and diameters (mm) on the output grid (input grid / ``net.stride``).
 
     ``channels``: float32 ``[C, X, Y, Z]``.  Returns two float32 arrays of shape
-    ``ceil(X / stride), ...``; output voxel ``o`` is centred on input voxel ``stride * o``.
+    ``ceil(X / stride), ...``; output voxel ``o`` is centred on input voxel ``stride * o``.  Tiles are at
+    most ``tile`` voxels per axis (peak memory is that of one tile).
     """
     m = net.multiple
     s = net.stride
@@ -33,7 +48,7 @@ def predict_volume(net: CentreNet3D, channels: np.ndarray, *, tile: int = 128,
     overlap = int(overlap) // m * m
     in_shape = np.array(channels.shape[1:])
     padded = np.maximum(-(-in_shape // m) * m, 0)
-    tiles = np.minimum(tile, padded)
+    tiles = tile_sizes(padded, tile=tile, overlap=overlap, multiple=m)
     x = _pad_to(channels.astype(np.float32, copy=False), padded)
     out_shape = tuple(int(v) for v in padded // s)
     heat = np.zeros(out_shape, dtype=np.float32)

@@ -38,7 +38,8 @@ class TrainOptions:
     stage1_steps: int = 300
     batch: int = 4
     patch: int = 40
-    base: int = 12
+    base: int = 8
+    depth: int = 2
     heatmap_loss: str = "focal"
     balanced: bool = True
     sigma_mm: float = 2.0
@@ -65,7 +66,7 @@ def _volume(subj, meta, patch, multiple) -> tuple[Stage1Volume, np.ndarray]:
 
 def _new_metadata(subjects, opts: TrainOptions) -> dict:
     spacing = np.round(np.median([voxel_sizes(s.maps.affine) for s in subjects], axis=0), 2)
-    det = {"in_channels": len(opts.channels), "base": opts.base, "depth": 1}
+    det = {"in_channels": len(opts.channels), "base": opts.base, "depth": opts.depth}
     cls = {"in_channels": len(opts.channels), "n_features": len(FEATURE_NAMES), "n_classes": len(CLASSES),
            "base": 8, "n_heads": 3}
     return base_metadata(channels=opts.channels, spacing=spacing, detector_arch=det, classifier_arch=cls,
