@@ -95,9 +95,10 @@ def brain_mask(
         sample = sm[sm > 0.02 * robust_max]
         sample = np.clip(sample, None, robust_max)
         thr = _otsu(sample) if sample.size > 10 else 0.5 * robust_max
-        bright, dark = sample[sample > thr], sm[sm <= thr]
+        bright, dark = sample[sample > thr], sample[sample <= thr]
         if bright.size and dark.size and dark.mean() > 0.25 * bright.mean():
-            # the dark class is not background (a crop inside the brain): Otsu split tissue
+            # the dark class is not background (a crop inside the brain, or a skull-stripped
+            # image whose zeros fall below the noise floor): Otsu split tissue
             # from tissue, so cut at 30 % of the typical bright-tissue level instead
             thr = min(thr, 0.3 * float(np.median(bright)))
     else:

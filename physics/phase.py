@@ -49,7 +49,8 @@ def _parse_scale(units: str) -> float:
 def detect_phase_units(phase) -> str:
     """Guess the units of a raw phase array: ``"rad"``, ``"siemens"`` or ``"uint12"``.
 
-    Rules: values within [-pi, pi] (or [0, 2*pi]) that use a fair part of that range -> radians;
+    Rules: values within [-pi, pi] reaching at least 0.05*pi (or within [0, 2*pi]) -> radians, except
+    a range of exactly +-1 (phase normalised to +-1 is common and would be read pi times too small);
     integer-valued data within -4096..4095 with negative values -> Siemens (x*pi/4096); integer-valued
     data within 0..4095 -> 12-bit unsigned (x*2*pi/4096 - pi).  Anything else (e.g. a tiny range
     such as +-0.0037, or 0..65535) raises :class:`InputError` naming ``--phase-units``.
@@ -63,7 +64,10 @@ def detect_phase_units(phase) -> str:
     amax = max(abs(lo), abs(hi))
     if amax == 0.0:
         return "rad"
-    if amax <= _PI_TOL and amax >= 0.2 * np.pi:
+    if 0.995 <= amax <= 1.0 + 1e-6:
+        raise InputError(f"phase values {lo:.6g}..{hi:.6g} look normalised to +-1; give --phase-units "
+                         "(scale:1 if +-1 means +-pi, or rad)")
+    if amax <= _PI_TOL and amax >= 0.05 * np.pi:
         return "rad"
     if lo >= 0.0 and hi <= 2 * _PI_TOL and hi >= 0.4 * np.pi:
         return "rad"

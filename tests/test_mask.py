@@ -89,3 +89,14 @@ def test_real_crop_mask_plausible(shared_data):
     # masked voxels are brighter on average than unmasked ones
     if (~m).any():
         assert mag[m].mean() > mag[~m].mean()
+
+
+def test_skull_stripped_input_keeps_the_whole_brain(rng):
+    """Zeros outside the brain (a skull-stripped image): darker tissue must not be cut away."""
+    vs = (1.0, 1.0, 1.5)
+    mag, brain, _ = synthetic_head(rng, voxel_size=vs)
+    x = np.indices(mag.shape)[0]
+    stripped = np.where(brain, mag * np.where(x < 28, 0.45, 1.0), 0.0).astype(np.float32)  # dark half
+    m = brain_mask(stripped, vs, erode_mm=0.0)
+    assert (m & brain).sum() / brain.sum() > 0.95
+    assert (m & ~brain).sum() < 0.05 * brain.sum()  # at most a partial-volume shell (no erosion)

@@ -115,3 +115,17 @@ def test_wrap_phase_range():
     w = wrap_phase(x)
     assert w.min() >= -np.pi and w.max() < np.pi
     assert _close_mod_2pi(w, x, 1e-5)
+
+
+def test_normalised_plus_minus_one_is_not_guessed(true_phase):
+    raw = (true_phase / np.pi).astype(np.float32)
+    raw.flat[0], raw.flat[1] = 1.0, -1.0
+    with pytest.raises(InputError, match="scale:1"):
+        rescale_phase(raw)
+    assert _close_mod_2pi(rescale_phase(raw, units="scale:1"), np.pi * raw, 1e-5)
+
+
+def test_smooth_small_radian_phase_is_radians():
+    """Simulated phase without wraps (|phase| < pi, no noise) is still recognised as radians."""
+    x = np.linspace(-0.6, 0.9, 64, dtype=np.float32).reshape(4, 4, 4)
+    np.testing.assert_allclose(rescale_phase(x), x, atol=1e-7)
