@@ -79,16 +79,15 @@ class DicomSeries:
     source: dict
 
 
-def _kind_of(ds: Dataset, frame_item: Dataset | None) -> str | None:
-    comp = None
-    if frame_item is not None and "MRImageFrameTypeSequence" in frame_item:
-        comp = frame_item.MRImageFrameTypeSequence[0].get("ComplexImageComponent")
+def _kind_of(ds: Dataset, frame_type: Dataset | None) -> str | None:
+    """"M", "P" or None (not usable) for a dataset, or one frame of it (its MR Image Frame Type item)."""
+    comp = frame_type.get("ComplexImageComponent") if frame_type is not None else None
     comp = comp or ds.get("ComplexImageComponent")
     if comp:
         return {"MAGNITUDE": "M", "PHASE": "P"}.get(str(comp).upper())
     image_type = {str(v).upper() for v in (ds.get("ImageType") or [])}
-    if frame_item is not None and "MRImageFrameTypeSequence" in frame_item:
-        image_type |= {str(v).upper() for v in frame_item.MRImageFrameTypeSequence[0].get("FrameType", [])}
+    if frame_type is not None:
+        image_type |= {str(v).upper() for v in frame_type.get("FrameType", [])}
     if image_type & _IGNORED_TYPES:
         return None
     if image_type & {"P", "PHASE"}:
@@ -136,17 +135,18 @@ def _frames_of(ds: Dataset, path: Path) -> list[_Frame]:
         if enhanced:
             items = {n: _group_item(ds, f, n) for n in ("PlanePositionSequence", "PlaneOrientationSequence",
                                                         "PixelMeasuresSequence", "MREchoSequence",
-                                                        "PixelValueTransformationSequence")}
-            frame_item = ds.PerFrameFunctionalGroupsSequence[f] if "PerFrameFunctionalGroupsSequence" in ds else None
+                                                        "PixelValueTransformationSequence",
+                                                        "MRImageFrameTypeSequence")}
+            frame_type = items["MRImageFrameTypeSequence"]
             pos_src, ori_src, pix_src = (items["PlanePositionSequence"], items["PlaneOrientationSequence"],
                                          items["PixelMeasuresSequence"])
             te = items["MREchoSequence"].get("EffectiveEchoTime") if items["MREchoSequence"] else None
             rescale_src = items["PixelValueTransformationSequence"] or ds
         else:
-            frame_item = None
+            frame_type = None
             pos_src = ori_src = pix_src = rescale_src = ds
             te = ds.get("EchoTime")
-        kind = _kind_of(ds, frame_item)
+        kind = _kind_of(ds, frame_type)
         if kind is None:
             continue
         try:
