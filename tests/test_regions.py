@@ -80,3 +80,23 @@ def test_field_of_view_cut_at_top_or_bottom(brain):
     assert not brain_geometry(both, both_affine).s_reliable
     low_posterior = _at(both_affine, [20, -40, -20])  # inside the slab, in its lowest part
     assert assign_regions([low_posterior], affine=both_affine, mask=both) == ["unknown"]
+
+
+@pytest.mark.slow
+def test_agrees_with_the_simulated_anatomy():
+    """On simulated heads (anatomical MARS labels, oblique and flipped grids) most lesions get the
+    simulator's region and few get a wrong one (unknown is allowed).  ~1 min."""
+    from cmbdetect.physics.mask import brain_mask
+    from cmbdetect.pipeline.simulate import simulate_subject
+
+    agree = wrong = total = 0
+    for seed, oblique, flip in ((1, 0.0, False), (4, 15.0, False), (6, 20.0, True)):
+        s = simulate_subject(seed=seed, shape=(96, 112, 48), n_microbleeds=15, n_calcifications=4,
+                             oblique_deg=oblique, flip_lr=flip)
+        mask = brain_mask(s.acq.mag[0], s.acq.voxel_size)
+        got = assign_regions([les.centre_vox for les in s.truth.lesions], affine=s.acq.affine, mask=mask)
+        for les, region in zip(s.truth.lesions, got):
+            total += 1
+            agree += region == les.region
+            wrong += region not in (les.region, "unknown")
+    assert agree >= 0.8 * total and wrong <= 0.1 * total
