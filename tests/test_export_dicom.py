@@ -150,3 +150,35 @@ def test_key_images_reference_source_study(tmp_path):
         assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape[2] == 3
         assert sc.ReferencedImageSequence[0].ReferencedSOPInstanceUID in {s.SOPInstanceUID for s in source}
         assert f"candidate {c.id}" in sc.ImageComments
+
+
+def test_sr_point_is_the_dicom_patient_position_of_the_voxel(tmp_path):
+    """Through the project's DICOM reader: a candidate at voxel (i, j, k) of the loaded volume lands in
+    the SR at the patient position DICOM itself gives that pixel (IPP + i*dc*row_cos + j*dr*col_cos)."""
+    from cmbdetect.physics.geometry import oblique_affine
+    from cmbdetect.pipeline.io_dicom import load_dicom_acquisition, write_dicom_series
+
+    shape = (12, 10, 5)
+    affine = oblique_affine(shape, (0.9, 1.1, 2.0), angles_deg=(12.0, -7.0, 20.0))
+    vol = np.random.default_rng(0).uniform(1, 2, shape)
+    uids = dict(study_uid=generate_uid(), frame_of_reference_uid=generate_uid())
+    write_dicom_series(vol, affine, tmp_path / "mag", kind="M", echo_time_s=0.02, b0=3.0, series_number=1,
+                       **uids)
+    write_dicom_series(np.zeros(shape), affine, tmp_path / "pha", kind="P", echo_time_s=0.02, b0=3.0,
+                       series_number=2, **uids)
+    acq = load_dicom_acquisition([tmp_path / "mag", tmp_path / "pha"])
+    source = acq.source["dicom_datasets"]
+    ijk = (3.0, 7.0, 2.0)
+    (cand,) = _candidates(acq.affine, [ijk])
+    sr = pydicom.dcmread(write_dicom_sr([cand], source_datasets=source, path=tmp_path / "sr.dcm"))
+    (group,) = _points(sr)
+    files = sorted((tmp_path / "mag").iterdir())
+    slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    normal = np.cross(*np.reshape(np.asarray(slices[0].ImageOrientationPatient, float), (2, 3)))
+    slices.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
+    ds = slices[int(ijk[2])]
+    row_cos, col_cos = np.reshape(np.asarray(ds.ImageOrientationPatient, float), (2, 3))
+    d_row, d_col = (float(v) for v in ds.PixelSpacing)  # between rows, between columns
+    expected = np.asarray(ds.ImagePositionPatient, float) + ijk[0] * d_col * row_cos + ijk[1] * d_row * col_cos
+    assert np.allclose(group["xyz"], expected, atol=1e-3)
+    assert group["for"] == ds.FrameOfReferenceUID
