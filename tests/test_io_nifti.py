@@ -216,7 +216,7 @@ def test_real_three_echo_crop(shared_data):
 
 def test_bids_units_rad_sidecar_trusted_for_small_phase(tmp_path, oblique_affine, rng):
     aff = oblique_affine(SHAPE)
-    small = rng.uniform(-0.2, 0.2, SHAPE)  # too small a range for automatic recognition
+    small = rng.uniform(-0.1, 0.1, SHAPE)  # too small a range (< 0.05 pi) for automatic recognition
     m = _save(np.ones(SHAPE), aff, tmp_path / "m.nii.gz", {"EchoTime": 0.005, "MagneticFieldStrength": 3})
     p = _save(small, aff, tmp_path / "p.nii.gz")
     with pytest.raises(InputError, match="--phase-units"):
