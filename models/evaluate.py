@@ -39,6 +39,19 @@ from cmbdetect.pipeline.atomic import write_json, write_text
 #: Mean FP-per-subject rates at which sensitivity is reported.
 FP_RATES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
+#: One-line definitions written into ``metrics.json`` beside the numbers.
+DEFINITIONS: dict[str, str] = {
+    "hit": "prediction and true microbleed centres closer than hit_mm (world mm), one-to-one "
+           "(maximum matching, Hungarian)",
+    "operating_point": "tp/fp/fn, sensitivity, precision, f1, fp_per_subject use predictions labelled "
+                       "microbleed; counts pooled over subjects",
+    "count_error": "mean over subjects of |predicted microbleeds - true microbleeds|",
+    "mean_subject_f1": "mean of per-subject F1 over subjects where it is defined",
+    "froc": "all predictions ranked by score (microbleed probability); sensitivity vs mean FP per subject",
+    "sensitivity_at_fp": "best FROC sensitivity at a mean FP per subject no greater than the key",
+    "stage2_auc": "ROC AUC of score: candidates within hit_mm of a true microbleed vs the others",
+}
+
 
 @dataclass
 class EvaluationResult:
@@ -256,7 +269,7 @@ def write_evaluation(result: EvaluationResult, out_dir) -> dict[str, Path]:
     for t, s, f in zip(result.froc_threshold, result.froc_sensitivity, result.froc_fp_per_subject):
         rows.append("\t".join("n/a" if not math.isfinite(v) else f"{v:.6g}" for v in (t, s, f)))
     return {
-        "metrics": write_json(result.to_dict(), out / "metrics.json"),
+        "metrics": write_json({**result.to_dict(), "definitions": DEFINITIONS}, out / "metrics.json"),
         "froc_tsv": write_text("\n".join(rows) + "\n", out / "froc.tsv"),
         "froc_png": _write_bytes_atomic(froc_png(result), out / "froc.png"),
     }

@@ -82,6 +82,7 @@ def test_write_evaluation(case, tmp_path):
     paths = write_evaluation(evaluate_detections(*case), tmp_path / "ev")
     metrics = json.loads(paths["metrics"].read_text(), parse_constant=_reject)  # strict JSON (inf threshold -> null)
     assert metrics["tp"] == 2 and metrics["froc_threshold"][0] is None
+    assert "one-to-one" in metrics["definitions"]["hit"]
     rows = paths["froc_tsv"].read_text().splitlines()
     assert rows[0] == "threshold\tsensitivity\tfp_per_subject" and len(rows) == 8
     assert paths["froc_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
