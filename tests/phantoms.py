@@ -174,3 +174,37 @@ def make_head_phantom(
         chi_spheres=chi_sph, total_field_ppm=total, local_field_ppm=local, background_field_ppm=background,
         mag=np.stack(mags), phase=np.stack(phases), spheres=spheres,
     )
+
+
+#: Acquisition settings of the phantom test cases (B0 * TE kept at 0.03-0.035 T*s so that the field
+#: of the strongest spheres stays below one phase cycle per voxel at their surface).
+CONFIGS: dict[str, dict] = {
+    "3T": dict(b0=3.0, te=(0.010,)),
+    "3T-oblique15": dict(b0=3.0, te=(0.010,), angles_deg=(15.0, 0.0, 0.0)),
+    "1.5T": dict(b0=1.5, te=(0.020,)),
+    "7T": dict(b0=7.0, te=(0.005,)),
+}
+
+_CACHE: dict = {}
+
+
+def phantom_case(name: str, seed: int = 3):
+    """(phantom, PhysicsMaps from the full chain with the true brain mask), cached per process so
+    several test modules share one computation."""
+    key = (name, seed)
+    if key not in _CACHE:
+        from cmbdetect.physics.chain import compute_physics_maps
+
+        p = make_head_phantom(seed=seed, **CONFIGS[name])
+        maps = compute_physics_maps(mag=p.mag, phase=p.phase, te=p.te, b0=p.b0, affine=p.affine, mask=p.mask)
+        _CACHE[key] = (p, maps)
+    return _CACHE[key]
+
+
+def local_field_error_ratio(p: Phantom, local_est: np.ndarray, valid: np.ndarray) -> float:
+    """Background suppression factor: RMS of the true background field over ``valid`` divided by the
+    RMS of (estimated local - true local) there, both after removing their mean over ``valid`` (a
+    constant field offset is not measurable and irrelevant to QSM)."""
+    d = (local_est - p.local_field_ppm)[valid]
+    b = p.background_field_ppm[valid]
+    return float(np.std(b) / max(np.std(d), 1e-12))

@@ -1,0 +1,72 @@
+"""Forward model checks: FFT dipole field vs the closed-form sphere field and vs qsm-forward."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from cmbdetect.physics.forward import forward_field, sphere_field, voxel_offsets_mm
+from cmbdetect.physics.geometry import b0_direction, voxel_sizes
+from phantoms import _sphere_pv
+
+
+def _sphere_case(oblique_affine, voxel_size, angles_deg, radius):
+    shape = tuple(int(round(10 * radius / v)) for v in voxel_size)
+    affine = oblique_affine(shape, voxel_size, angles_deg)
+    vs = voxel_sizes(affine)
+    centre = (np.asarray(shape) - 1) / 2.0 + np.array([0.3, -0.2, 0.1])
+    chi = _sphere_pv(shape, vs, centre, radius, sub=4)  # partial volume, dchi = 1 ppm
+    field = forward_field(chi, vs, b0_direction(affine))
+    offs = voxel_offsets_mm(shape, affine, centre)  # world (RAS) frame, B0 along +z
+    truth = sphere_field(1.0, radius, offs, (0.0, 0.0, 1.0))
+    r = np.linalg.norm(offs, axis=-1)
+    return field, truth, offs, r
+
+
+def test_sphere_axial_isotropic_matches_closed_form(oblique_affine):
+    """Outside (2a <= r <= 4a) the FFT field of a partial-volume sphere equals
+    dchi/3 (a/r)^3 (3 cos^2 - 1) within 2% of the closed-form peak at r = 2a; inside it is ~0;
+    paramagnetic -> positive at the poles along B0, negative at the equator."""
+    a = 6.0
+    field, truth, offs, r = _sphere_case(oblique_affine, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), a)
+    peak_2a = 1.0 / 3.0 * (1 / 8) * 2.0
+    shell = (r >= 2 * a) & (r <= 4 * a)
+    err = np.abs(field - truth)[shell].max()
+    assert err <= 0.02 * peak_2a, f"max error {err:.5f} ppm vs 2% of {peak_2a:.4f}"
+    assert np.abs(field[r <= 0.5 * a]).max() < 0.02
+    cos = np.abs(offs[..., 2]) / np.maximum(r, 1e-9)
+    assert field[shell & (cos > 0.95)].min() > 0 and field[shell & (cos < 0.1)].max() < 0
+
+
+@pytest.mark.parametrize(
+    "voxel_size, angles_deg", [((1.0, 1.0, 1.0), (15.0, 0.0, 10.0)), ((0.8, 0.9, 1.5), (15.0, 0.0, 10.0))]
+)
+def test_sphere_oblique_anisotropic_matches_closed_form(oblique_affine, voxel_size, angles_deg):
+    """Tilted B0 and anisotropic voxels: within 2% of the r = 2a peak after a 2-voxel box average
+    of both fields.  The raw comparison carries a voxel-scale (Nyquist) oscillation of up to ~5%:
+    the sampled k-space kernel ``1/3 - (k.b)^2/k^2`` of ``forward.dipole_kernel`` is not periodic
+    across the k-space cube faces when B0 is oblique to the grid, so its real-space kernel rings at
+    the grid frequency (a real-space summation of point dipoles agrees with the closed form to 0.1%).
+    """
+    a = 6.0
+    field, truth, offs, r = _sphere_case(oblique_affine, voxel_size, angles_deg, a)
+    peak_2a = 1.0 / 3.0 * (1 / 8) * 2.0
+    shell = (r >= 2 * a) & (r <= 4 * a)
+    smooth_err = ndimage.uniform_filter(field - truth, 2)
+    assert np.abs(smooth_err[shell]).max() <= 0.02 * peak_2a
+    assert np.abs(field - truth)[shell].max() <= 0.06 * peak_2a
+    rel_rms = np.sqrt(np.mean((field - truth)[shell] ** 2) / np.mean(truth[shell] ** 2))
+    assert rel_rms < 0.03  # measured 1.1% (isotropic) and 2.1% (0.8x0.9x1.5 mm)
+
+
+def test_agrees_with_qsm_forward():
+    qf = pytest.importorskip("qsm_forward.qsm_forward")
+    rng = np.random.default_rng(0)
+    chi = np.zeros((32, 36, 28), dtype=np.float32)
+    chi[6:-6, 6:-6, 6:-6] = ndimage.gaussian_filter(rng.normal(size=(20, 24, 16)), 2.0) * 5.0
+    for b in [(0.0, 0.0, 1.0), (0.3, 0.1, 0.95)]:
+        b = np.asarray(b) / np.linalg.norm(b)
+        ref = qf.generate_field(chi.astype(float), voxel_size=[1, 1, 1], B0_dir=list(b))
+        ours = forward_field(chi, (1.0, 1.0, 1.0), b)
+        rel = np.sqrt(np.mean((ours - ref) ** 2)) / np.sqrt(np.mean(ref**2))
+        assert rel < 0.01, f"B0 {b}: relative RMS difference {rel:.4f}"
