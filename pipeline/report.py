@@ -202,7 +202,8 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-th{background:#eee}td.t{text-align:left;max-width:60em;overflow-wrap:anywhere}.warn{background:#fff4d6;border-left:4px solid #e0a000;padding:.3em .8em}
+th{background:#eee}td.t{text-align:left;max-width:60em;overflow-wrap:anywhere}
+.warn{background:#fff4d6;border-left:4px solid #e0a000;padding:.3em .8em}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;background:#111;padding:4px;color:#ddd}
 figcaption{font-size:.8em;padding-top:3px}.note{color:#666;font-size:.85em}
 """
