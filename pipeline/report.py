@@ -92,15 +92,19 @@ def _sample_plane(volume: np.ndarray, affine: np.ndarray, centre_ras: np.ndarray
 
 
 def render_candidate_tile(maps: PhysicsMaps, candidate: Candidate, *, windows: DisplayWindows,
-                          fov_mm: float = 20.0, panel_px: int = 96) -> np.ndarray:
-    """RGB uint8 tile of one candidate: rows axial/coronal/sagittal, columns magnitude, SWI, χ, local
-    field, a header line with the call and a 5 mm scale bar.  Yellow ticks point at the centre and
-    leave the lesion itself uncovered."""
-    sources = (("magnitude", maps.magnitude, windows.magnitude), ("SWI", maps.swi, windows.swi),
-               (f"chi ±{windows.chi_ppm[1]:g} ppm", maps.chi_ppm, windows.chi_ppm),
-               (f"field ±{windows.field_ppm[1]:g} ppm", maps.local_field_ppm, windows.field_ppm))
+                          fov_mm: float = 20.0, context_mm: float = 60.0, panel_px: int = 96) -> np.ndarray:
+    """RGB uint8 tile of one candidate: rows axial/coronal/sagittal; columns magnitude, SWI, χ, local
+    field (``fov_mm`` field of view) and a ``context_mm`` context view (axial: the minimum-intensity
+    projection, where veins show as tubes; coronal/sagittal: SWI); a header line with the call and a
+    5 mm scale bar.  Yellow ticks point at the centre and leave the lesion itself uncovered."""
+    columns = (("magnitude", maps.magnitude, maps.magnitude, windows.magnitude, fov_mm),
+               ("SWI", maps.swi, maps.swi, windows.swi, fov_mm),
+               (f"chi ±{windows.chi_ppm[1]:g} ppm", maps.chi_ppm, maps.chi_ppm, windows.chi_ppm, fov_mm),
+               (f"field ±{windows.field_ppm[1]:g} ppm", maps.local_field_ppm, maps.local_field_ppm,
+                windows.field_ppm, fov_mm),
+               (f"minIP/SWI {context_mm:g} mm", maps.mip, maps.swi, windows.swi, context_mm))
     label_w, head_h, title_h, gap = 58, 20, 14, 2
-    width = label_w + len(sources) * (panel_px + gap)
+    width = label_w + len(columns) * (panel_px + gap)
     height = head_h + title_h + len(PLANES) * (panel_px + gap)
     tile = Image.new("RGB", (width, height), (12, 12, 16))
     draw = ImageDraw.Draw(tile)
@@ -109,10 +113,9 @@ def render_candidate_tile(maps: PhysicsMaps, candidate: Candidate, *, windows: D
     draw.text((4, 3), f"#{candidate.id} {candidate.label} p={candidate.probability:.2f}  chi {chi}  "
                       f"{candidate.diameter_mm:.1f} mm  {candidate.region}  review {candidate.review_priority}",
               fill=LABEL_COLOURS.get(candidate.label, (255, 255, 255)), font=big)
-    px_mm = panel_px / fov_mm
-    gap_px = max(2.5, 0.75 * (candidate.diameter_mm if math.isfinite(candidate.diameter_mm) else 3.0)) * px_mm
+    diameter = candidate.diameter_mm if math.isfinite(candidate.diameter_mm) else 3.0
     mid = (panel_px - 1) / 2.0
-    for col, (title, _, _) in enumerate(sources):
+    for col, (title, *_) in enumerate(columns):
         draw.text((label_w + col * (panel_px + gap) + 2, head_h), title, fill=(200, 200, 200), font=small)
     for row, plane in enumerate(PLANES):
         y0 = head_h + title_h + row * (panel_px + gap)
@@ -120,19 +123,23 @@ def render_candidate_tile(maps: PhysicsMaps, candidate: Candidate, *, windows: D
         top, left = _EDGE_LETTERS[plane]
         draw.text((label_w - 10, y0 + panel_px // 2 - 6), left, fill=(120, 200, 255), font=small,
                   stroke_width=1, stroke_fill=(0, 0, 0))
-        for col, (_, volume, window) in enumerate(sources):
+        for col, (_, axial_volume, volume, window, fov) in enumerate(columns):
             x0 = label_w + col * (panel_px + gap)
-            plane_img = _sample_plane(volume, maps.affine, candidate.ras, plane, fov_mm=fov_mm, n=panel_px)
+            source = axial_volume if plane == "axial" else volume
+            plane_img = _sample_plane(source, maps.affine, candidate.ras, plane, fov_mm=fov, n=panel_px)
             tile.paste(Image.fromarray(_grey(plane_img, window), "L").convert("RGB"), (x0, y0))
             if col == 0:
                 draw.text((x0 + panel_px // 2 - 3, y0), top, fill=(120, 200, 255), font=small,
                           stroke_width=1, stroke_fill=(0, 0, 0))
+            px_mm = panel_px / fov
+            inner = max(2.5, 0.75 * diameter) * px_mm
+            outer = inner + max(2.0, 2.5 * px_mm)
             cx, cy = x0 + mid, y0 + mid
             for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-                draw.line([(cx + dx * gap_px, cy + dy * gap_px), (cx + dx * (gap_px + 2.5 * px_mm),
-                                                                  cy + dy * (gap_px + 2.5 * px_mm))],
+                draw.line([(cx + dx * inner, cy + dy * inner), (cx + dx * outer, cy + dy * outer)],
                           fill=(255, 220, 0), width=1)
         if row == 0:  # 5 mm scale bar in the first panel
+            px_mm = panel_px / fov_mm
             draw.line([(label_w + 4, y0 + panel_px - 5), (label_w + 4 + 5 * px_mm, y0 + panel_px - 5)],
                       fill=(255, 255, 255), width=2)
             draw.text((label_w + 6 + 5 * px_mm, y0 + panel_px - 12), "5 mm", fill=(255, 255, 255), font=small)
@@ -284,7 +291,8 @@ reader's confirmation; absence of a candidate does not exclude a microbleed.</p>
 <h2>Candidates</h2>{_candidate_table(candidates) if candidates else '<p>No candidates were found.</p>'}
 <h2>Gallery</h2>
 <p class="note">Rows axial, coronal, sagittal (radiological); columns magnitude, SWI, χ (white =
-paramagnetic), local field; {fov_mm:g} mm field of view; yellow ticks point at the candidate centre.</p>
+paramagnetic), local field ({fov_mm:g} mm field of view), then a 60 mm context view (axial: minimum-intensity
+projection, where veins run as tubes; coronal/sagittal: SWI); yellow ticks point at the candidate centre.</p>
 {cap_note}<div class="gallery">{''.join(tiles)}</div>
 <h2>Model</h2>{_kv_table(model)}
 <h2>Settings</h2>{_kv_table(settings)}
