@@ -136,33 +136,36 @@ def fit_r2star(mag, te, *, mask=None) -> np.ndarray:
     return out
 
 
-def _echo_difference(phase: np.ndarray, mag: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, float, str]:
-    """Wrapped phase advance per echo spacing and that spacing (s).
+def _echo_difference(phase, mag, t, sel) -> tuple[np.ndarray, float, str]:
+    """Wrapped phase advance per echo spacing (float32, 0 outside ``sel``) and that spacing (s).
 
     Uniform spacing: ``angle(sum_e z[e+1] * conj(z[e]))`` with ``z = mag*exp(i*phase)`` (all echoes,
     weights ``mag_e*mag_(e+1)``); otherwise the first two echoes only.  The receiver offset cancels."""
-    z = np.abs(mag).astype(np.float64) * np.exp(1j * phase.astype(np.float64))
+    z = np.abs(mag[:, sel]) * np.exp(1j * phase[:, sel]).astype(np.complex64)
     steps = np.diff(t)
+    out = np.zeros(phase.shape[1:], dtype=np.float32)
     if np.allclose(steps, steps[0], rtol=0.01):
-        s = np.sum(z[1:] * np.conj(z[:-1]), axis=0)
-        return np.angle(s).astype(np.float32), float(steps.mean()), "all consecutive echo pairs"
-    s = z[1] * np.conj(z[0])
-    return np.angle(s).astype(np.float32), float(steps[0]), "first echo pair (non-uniform spacing)"
+        out[sel] = np.angle(np.sum(z[1:] * np.conj(z[:-1]), axis=0))
+        return out, float(steps.mean()), "all consecutive echo pairs"
+    out[sel] = np.angle(z[1] * np.conj(z[0]))
+    return out, float(steps[0]), "first echo pair (non-uniform spacing)"
 
 
 def _laplacian_fit(phase, mag, t, sel, voxel_size) -> tuple[np.ndarray, np.ndarray, str]:
-    """Angular frequency (rad/s) and offset (rad) per voxel with one Laplacian unwrap (see
-    :func:`fit_multi_echo`)."""
+    """Angular frequency (rad/s) and offset (rad) inside ``sel`` (1D arrays) with one Laplacian
+    unwrap (see :func:`fit_multi_echo`)."""
     n_e = phase.shape[0]
     if n_e == 1:
-        unw = unwrap_laplacian(phase[0], voxel_size, mask=sel).astype(np.float64)
-        return unw / t[0], np.zeros(phase.shape[1:]), "Laplacian unwrapping, phase/TE"
-    diff, dte, pairs = _echo_difference(phase, mag, t)
-    unw = unwrap_laplacian(diff, voxel_size, mask=sel).astype(np.float64)
-    unw[sel] -= 2 * np.pi * np.round(np.median(unw[sel]) / (2 * np.pi))
+        unw = unwrap_laplacian(phase[0], voxel_size, mask=sel)[sel].astype(np.float64)
+        return unw / t[0], np.zeros(unw.shape), "Laplacian unwrapping, phase/TE"
+    diff, dte, pairs = _echo_difference(phase, mag, t, sel)
+    unw = unwrap_laplacian(diff, voxel_size, mask=sel)[sel].astype(np.float64)
+    unw -= 2 * np.pi * np.round(np.median(unw) / (2 * np.pi))
     omega = unw / dte
-    z = np.abs(mag).astype(np.float64) * np.exp(1j * (phase.astype(np.float64) - omega[None] * t.reshape(-1, 1, 1, 1)))
-    offset = np.angle(z.sum(0))
+    acc = np.zeros(omega.shape, dtype=np.complex128)
+    for e in range(n_e):  # offset = angle of sum_e mag_e * exp(i*(phase_e - omega*TE_e))
+        acc += np.abs(mag[e][sel]) * np.exp(1j * (phase[e][sel] - omega * t[e]))
+    offset = np.angle(acc)
     return omega, offset, f"Laplacian unwrapping of the echo-difference phase ({pairs})"
 
 
@@ -231,8 +234,7 @@ def fit_multi_echo(
     n_e = p4.shape[0]
 
     if unwrap == "laplacian":
-        omega_map, offset_map, how = _laplacian_fit(p4, m4, t, sel, vs)
-        omega, offset = omega_map[sel], offset_map[sel]
+        omega, offset, how = _laplacian_fit(p4, m4, t, sel, vs)
         model = "Laplacian-unwrapped echo-difference phase / echo spacing; offset = angle of the " \
                 "magnitude-weighted echo sum after removing the frequency" if n_e >= 2 else None
     else:
