@@ -1,5 +1,10 @@
 """Detection metrics in the VALDO (MICCAI 2021, task 2) style: per-lesion hits, never voxel accuracy.
 
+VALDO scores microbleed *detection* by F1 and the absolute count difference per case (its Dice and
+volume difference need segmentations, which point outputs do not have; its lesions are connected
+components of a mask, here they are centres matched within ``hit_mm``).  Both pooled F1 and the mean
+per-subject F1 are reported; FP per subject, FROC and a stage-2 AUC are added for tuning.
+
 Matching: a prediction *hits* a true lesion when their centres are less than ``hit_mm`` apart (world
 mm).  Matching is one-to-one: each lesion can be hit by at most one prediction and each prediction hits at
 most one lesion, so two predictions on one lesion count 1 TP + 1 FP.  Within each subject the matching is
