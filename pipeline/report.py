@@ -264,7 +264,8 @@ def write_report(path, *, maps: PhysicsMaps, candidates: list[Candidate], settin
         geometry = brain_geometry(maps.mask, maps.affine)
         mars += (f" (region unknown: {geometry.reason})" if not geometry.usable else
                  " (unknown = centre outside the brain mask or in the low part of a slab cut at both ends)")
-    shown = candidates[:max_gallery]
+    shown = sorted(candidates, key=lambda c: (-c.probability if math.isfinite(c.probability) else math.inf,
+                                              c.id))[:max_gallery]
     tiles = []
     for c in shown:
         tile = render_candidate_tile(maps, c, windows=windows, fov_mm=fov_mm)
