@@ -20,7 +20,7 @@ from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import b0_direction, oblique_affine, voxel_to_world
 from cmbdetect.pipeline.acquisition import Acquisition
 from cmbdetect.pipeline.simulate_anatomy import T, build_anatomy
-from cmbdetect.pipeline.simulate_geometry import HeadFrame, LatticeNoise, random_rotation
+from cmbdetect.pipeline.simulate_geometry import HeadFrame, random_rotation, smooth_grid_field
 from cmbdetect.pipeline.simulate_lesions import draw_lesions, lesion_samples
 from cmbdetect.pipeline.simulate_signal import (BLOOD_3T, add_noise, bias_field, dephasing_factor,
                                                 draw_tissue_table, fields_from_chi, phase_per_ppm,
@@ -114,7 +114,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     rt = rng[4]
     blood = [rt.uniform(*BLOOD_3T[0]), t1_at(rt.uniform(*BLOOD_3T[1]), b0), r2star_at(rt.uniform(*BLOOD_3T[2]), b0)]
     occ = np.where(anat.tissue != T["air"], veins.occupancy, 0).astype(np.float32)
-    tex = LatticeNoise(rt, 6.0)(*frame.coords())
+    tex = smooth_grid_field(rt, shape, voxel_size=voxel_size, corr_mm=5.0)
     pd = tab.pd[anat.tissue] * (1 + 0.03 * tex)
     r1 = 1.0 / tab.t1[anat.tissue]
     r2s = tab.r2s[anat.tissue] * (1 + 0.08 * tex)
@@ -185,8 +185,10 @@ def _lesion_fields(frame, specs, *, total, local, labels, chi, intracranial, rad
     for spec in specs:
         a = float(spec.radii_mm.max())
         reach = float(np.max(np.linalg.norm(spec.centres_head - spec.centres_head[0], axis=1))) + a
-        r_in = min(25.0, max(a + 1.5 * float(frame.voxel_size.max()),
-                             a * (rad_max * abs(spec.chi_ppm) * 0.67 / 0.3) ** (1 / 3)))
+        # sub-voxel integration where the lesion's phase changes by > 0.4 rad across a voxel; further out
+        # the voxel-centre field and the sinc dephasing of its gradient are accurate
+        h = float(frame.voxel_size.max())
+        r_in = min(25.0, max(a + 1.5 * h, a * (3 * rad_max * abs(spec.chi_ppm) * 0.67 * h / (0.4 * a)) ** 0.25))
         r_out = max(r_in, min(45.0, a * (abs(spec.chi_ppm) * 0.67 / 0.002) ** (1 / 3)))
         box = frame.box(spec.centres_head[0], margin_mm=r_out + reach - a)
         ibox = frame.box(spec.centres_head[0], margin_mm=r_in + reach - a)

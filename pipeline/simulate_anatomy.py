@@ -182,17 +182,19 @@ def build_anatomy(frame: HeadFrame, rng: np.random.Generator) -> Anatomy:
     gm[ib] = dist < ribbon[ib]
     gm &= paren & ~(brainstem & ~cerebellum)
     del dist, ribbon
-    # cerebellar folia: concentric lamellae, GM outside the arbor vitae
-    b, ucb = _box_sdf(frame, cb_cen, cb_axes * 0.55)
+    # cerebellar folia: thin transverse leaves (fissures radial in the sagittal plane, running left-right)
+    # with grey cortex, a thin white core per folium and the white arbor vitae inside
+    b = frame.box(cb_cen, margin_mm=float(cb_axes.max()) + 2.0)
     if b is not None:
-        b = frame.box(cb_cen, margin_mm=float(cb_axes.max()) + 2.0)
         x, y, z = frame.coords(b)
-        ucb = ellipsoid_sdf(x, y, z, cb_cen, cb_axes * 0.55)
-        lam = np.sin(2 * np.pi * (ucb / rng.uniform(2.6, 3.4)) + 2.0 * cells(x * 0.8, y * 0.8, z * 0.8))
+        core = ellipsoid_sdf(x, y, z, cb_cen, cb_axes * rng.uniform(0.45, 0.6))
+        ang = np.arctan2(z - cb_cen[2], y - cb_cen[1]) * np.float32(np.mean(cb_axes[1:]))  # arc length, mm
+        lam = np.sin(2 * np.pi * ang / rng.uniform(3.2, 4.2) + 1.6 * cells(x * 0.5, y * 0.7, z * 0.7))
         cbl = cerebellum[b]
-        gm[b] |= cbl & (ucb > 0) & ((lam > -0.2) | (sdf_brain[b] > -3.0))
-        paren[b] &= ~(cbl & (lam < -0.75) & (ucb > 2))  # thin CSF between folia
-        del ucb, lam, x, y, z
+        depth = -sdf_brain[b]
+        gm[b] |= cbl & (core > 0) & ~((np.abs(lam - 0.55) < 0.22) & (depth > 2.0))
+        paren[b] &= ~(cbl & (lam < -0.82) & (core > 1.0))  # CSF in the fissures between folia
+        del core, ang, lam, depth, x, y, z
     tissue[paren] = T["wm"]
     tissue[gm & paren] = T["gm"]
     tissue[vmask & intracranial] = T["csf"]

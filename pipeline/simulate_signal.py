@@ -112,9 +112,10 @@ def fields_from_chi(chi_vs_air: np.ndarray, chi_local: np.ndarray, voxel_size, b
                     pad_fraction: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """Fields (ppm) of two susceptibility maps with one complex64 FFT pair on a padded grid.
 
-    ``chi_vs_air`` (ppm relative to air, so the air outside the field of view is the zero padding) is
-    edge-padded along the third (slab) axis so the head continues beyond the slab instead of ending in
-    a cut; ``chi_local`` (sources inside the intracranial mask) is zero padded.  The dipole kernel is
+    ``chi_vs_air`` (ppm relative to air, so that air around the head is zero) and ``chi_local``
+    (sources inside the intracranial mask) are edge-padded: a head cut by the slab (or a crop of a
+    brain) continues beyond the field of view instead of ending in an artificial susceptibility step,
+    and air at the edges stays air.  The dipole kernel is
     real and even, so ``ifft(D * fft(a + i b)) = D*a + i D*b`` gives both fields at once.  The padded
     grid is rounded up to fast FFT sizes.  Returns float32 ``(total_field, local_field)``.
     """
@@ -124,10 +125,16 @@ def fields_from_chi(chi_vs_air: np.ndarray, chi_local: np.ndarray, voxel_size, b
     sl = tuple(slice(a, a + s) for a, s in zip(lo, shape))
     buf = np.zeros(tgt, np.complex64)
     buf.real[sl] = chi_vs_air
-    ib, jb = sl[0], sl[1]
-    buf.real[ib, jb, : lo[2]] = chi_vs_air[:, :, :1]
-    buf.real[ib, jb, lo[2] + shape[2]:] = chi_vs_air[:, :, -1:]
     buf.imag[sl] = chi_local
+    for ax in range(3):  # edge padding: the outermost plane continues (air stays air)
+        idx = [slice(None)] * 3
+        idx[ax] = slice(0, lo[ax])
+        src = [slice(None)] * 3
+        src[ax] = slice(lo[ax], lo[ax] + 1)
+        buf[tuple(idx)] = buf[tuple(src)]
+        idx[ax] = slice(lo[ax] + shape[ax], None)
+        src[ax] = slice(lo[ax] + shape[ax] - 1, lo[ax] + shape[ax])
+        buf[tuple(idx)] = buf[tuple(src)]
     buf = sfft.fftn(buf, workers=-1, overwrite_x=True)
     buf *= _even_part(dipole_kernel_f32(tgt, voxel_size, b0_dir))
     buf = sfft.ifftn(buf, workers=-1, overwrite_x=True)
