@@ -92,6 +92,12 @@ def main() -> int:
         print(f"[single] cmbdetect run {'x'.join(map(str, opts.shape))}: wall {wall:.1f} s "
               f"(target <= 45 s: {'PASS' if wall <= 45 else 'FAIL'}), peak RSS {peak:.2f} GB "
               f"(target <= 4 GB: {'PASS' if peak <= 4 else 'FAIL'}), exit {code}")
+        if code == 0:
+            import json
+
+            timings = json.loads((tmp / "big_out" / "provenance.json").read_text())["timings_s"]
+            print("  stages (s): " + ", ".join(f"{k.removeprefix('node:cmb_wf.')} {v:.1f}"
+                                               for k, v in timings.items()))
         if opts.skip_batch:
             return 0 if code == 0 else 1
 

@@ -120,12 +120,14 @@ def init_cmb_wf(*, output_dir: str | Path, output_names: dict[str, str] | None =
 
 
 def configure_execution(wf: pe.Workflow, *, crash_dir: str | Path, stop_on_first_crash: bool) -> None:
-    """Per-workflow Nipype settings (never the global config): text crash files in ``crash_dir``,
-    content hashing (so a rerun over the same work directory resumes from the cache)."""
+    """Per-workflow Nipype settings (never the global config): text crash files in ``crash_dir``;
+    timestamp hashing (inputs are rewritten only when their content changes, see
+    ``interfaces.save_acquisition``), so a rerun over the same work directory resumes from the cache
+    without re-reading hundreds of MB of intermediate files."""
     wf.config["execution"] = {
         "crashfile_format": "txt",
         "crashdump_dir": str(crash_dir),
-        "hash_method": "content",
+        "hash_method": "timestamp",
         "stop_on_first_crash": "true" if stop_on_first_crash else "false",
         "remove_unnecessary_outputs": "false",
         "create_report": "false",

@@ -59,19 +59,36 @@ class CmbInterface(SimpleInterface):
 def save_acquisition(acq: Acquisition, out_dir: Path) -> dict[str, Path]:
     """Write ``acq`` as ``mag.nii`` and ``phase.nii`` (4D, echoes last, phase in radians, project sign
     convention) and ``acquisition.json`` (``te`` s, ``b0`` T, JSON-able ``source`` entries) in
-    ``out_dir``.  Content is deterministic so that Nipype's content hashing can reuse cached results."""
+    ``out_dir``; returns absolute paths.  A file whose content is unchanged is left untouched (same
+    modification time), so Nipype's timestamp hashing reuses the cache when a run is repeated."""
     from cmbdetect.pipeline.atomic import save_nifti, write_json
 
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"mag_file": out_dir / "mag.nii", "phase_file": out_dir / "phase.nii",
              "acq_json": out_dir / "acquisition.json"}
-    save_nifti(np.moveaxis(acq.mag, 0, -1), acq.affine, paths["mag_file"])
-    save_nifti(np.moveaxis(acq.phase, 0, -1), acq.affine, paths["phase_file"])
     source = {k: v for k, v in acq.source.items() if _jsonable(v)}
-    write_json({"te": [float(t) for t in acq.te], "b0": float(acq.b0), "source": source},
-               paths["acq_json"])
+    writers = {
+        "mag_file": lambda p: save_nifti(np.moveaxis(acq.mag, 0, -1), acq.affine, p),
+        "phase_file": lambda p: save_nifti(np.moveaxis(acq.phase, 0, -1), acq.affine, p),
+        "acq_json": lambda p: write_json({"te": [float(t) for t in acq.te], "b0": float(acq.b0),
+                                          "source": source}, p),
+    }
+    for key, write in writers.items():
+        _write_if_changed(paths[key], write)
     return paths
+
+
+def _write_if_changed(path: Path, write) -> None:
+    """``write(tmp)`` then replace ``path`` only if the bytes differ."""
+    import filecmp
+
+    tmp = path.with_name(f".new-{path.name}")
+    write(tmp)
+    if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+        tmp.unlink()
+    else:
+        os.replace(tmp, path)
 
 
 def _jsonable(value) -> bool:

@@ -8,8 +8,8 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, TraitedSpec, i
 from cmbdetect.workflows.interfaces import (CmbInterface, load_acquisition, load_mask, progress,
                                             save_maps_bundle)
 
-#: NIfTI maps written by :func:`cmbdetect.pipeline.maps_io.write_physics_maps` (``<name>.nii.gz``).
-MAP_NAMES = ("chimap", "localfield", "brainmask", "swi", "mip", "chipos", "chineg", "r2star")
+#: NIfTI maps written by :func:`write_output_maps` (``<name>.nii.gz``, as ``pipeline.maps_io`` names them).
+MAP_NAMES = ("chimap", "localfield", "brainmask", "swi", "mip", "r2star")
 
 
 class _ComputeMapsInputSpec(BaseInterfaceInputSpec):
@@ -32,8 +32,6 @@ class _ComputeMapsOutputSpec(TraitedSpec):
     brainmask = File(exists=True, desc="brain mask used (uint8)")
     swi = File(exists=True, desc="susceptibility-weighted image")
     mip = File(exists=True, desc="minimum-intensity projection of the SWI")
-    chipos = File(exists=True, desc="paramagnetic part of chi (ppm, >= 0)")
-    chineg = File(exists=True, desc="diamagnetic part of chi (ppm, magnitude, >= 0)")
     r2star = File(exists=True, desc="R2* (1/s), multi-echo only")
 
 
@@ -55,7 +53,6 @@ class ComputeMaps(CmbInterface):
             mask = load_mask(inputs.mask_file, shape=acq.shape, affine=acq.affine)
 
         from cmbdetect.physics.chain import compute_physics_maps
-        from cmbdetect.pipeline.maps_io import write_physics_maps
 
         progress(inputs.label, f"computing physics maps ({acq.n_echoes} echo(es), "
                                f"{'x'.join(map(str, acq.shape))} voxels)")
@@ -64,10 +61,21 @@ class ComputeMaps(CmbInterface):
                                     background=inputs.background, inversion=inputs.inversion,
                                     swi_slab_mm=inputs.swi_slab_mm)
         self._results["maps_bundle"] = str(save_maps_bundle(maps, cwd / "maps.npz"))
-        write_physics_maps(maps, cwd)
-        for name in MAP_NAMES:
-            path = cwd / f"{name}.nii.gz"
-            if path.exists():
-                self._results[name] = str(path)
-            elif name != "r2star":
-                raise RuntimeError(f"physics map {name}.nii.gz was not written")
+        for name, path in write_output_maps(maps, cwd).items():
+            self._results[name] = str(path)
+
+
+def write_output_maps(maps, out_dir: Path, *, threads: int = 4) -> dict[str, Path]:
+    """The NIfTI maps handed on (``<name>.nii.gz``, names as :data:`MAP_NAMES`; ``r2star`` only for
+    multi-echo), compressed in parallel threads (zlib releases the GIL).  The other arrays (chi+/chi-,
+    magnitude, total field) travel in the maps bundle only."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cmbdetect.pipeline.atomic import save_nifti
+
+    arrays = {"chimap": maps.chi_ppm, "localfield": maps.local_field_ppm, "brainmask": maps.mask,
+              "swi": maps.swi, "mip": maps.mip, "r2star": maps.r2star}
+    jobs = {name: (arr, out_dir / f"{name}.nii.gz") for name, arr in arrays.items() if arr is not None}
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = {name: pool.submit(save_nifti, arr, maps.affine, path) for name, (arr, path) in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}

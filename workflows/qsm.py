@@ -7,8 +7,7 @@ from nipype.pipeline import engine as pe
 from cmbdetect.workflows.interfaces_physics import ComputeMaps
 
 #: Fields of the QSM workflow's outputnode (files).
-QSM_OUTPUTS = ("maps_bundle", "chimap", "localfield", "brainmask", "swi", "mip", "chipos", "chineg",
-               "r2star")
+QSM_OUTPUTS = ("maps_bundle", "chimap", "localfield", "brainmask", "swi", "mip", "r2star")
 
 
 def init_qsm_wf(*, unwrap: str = "laplacian", background: str = "vsharp", inversion: str = "default",
