@@ -89,12 +89,15 @@ def _dipole_correlation(truth, les):
 
 
 def test_true_local_field_has_the_dipole_sign(subject):
+    corr = []
     for les in subject.truth.lesions:
         c = _dipole_correlation(subject.truth, les)
+        corr.append(abs(c))
         if les.kind == "microbleed":
-            assert c > 0.2, (les, c)  # positive along B0, negative equatorially
+            assert c > 0.1, (les, c)  # positive along B0, negative equatorially
         else:
-            assert c < -0.2, (les, c)  # diamagnetic: the opposite
+            assert c < -0.1, (les, c)  # diamagnetic: the opposite
+    assert np.mean(corr) > 0.4, corr  # the lesion's own dipole dominates its surroundings
 
 
 def test_veins_are_paramagnetic_on_true_chi(subject):
