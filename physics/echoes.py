@@ -170,30 +170,30 @@ def _laplacian_fit(phase, mag, t, sel, voxel_size) -> tuple[np.ndarray, np.ndarr
 
 
 def _unwrap_echoes(phase, mag, t, sel, voxel_size, method: str) -> tuple[np.ndarray, str]:
-    """Unwrapped echo phases ``[E, i, j, k]`` (radians, exact methods or "none") and a note of how."""
+    """Unwrapped echo phases inside ``sel`` as ``[E, N]`` float64 radians (exact methods or
+    "none") and a note of how."""
     n_e = phase.shape[0]
+    ph = phase[:, sel].astype(np.float64)
     if method == "none":
-        return phase.astype(np.float64), "phase used as given (already unwrapped)"
+        return ph, "phase used as given (already unwrapped)"
     exact = "quality" if method == "exact" else "skimage"
-    mag_sum = np.sqrt((mag.astype(np.float64) ** 2).sum(0)).astype(np.float32)
+    mag_sum = np.sqrt((mag.astype(np.float32) ** 2).sum(0))
     if n_e == 1:
-        out = unwrap_exact(phase[0], mask=sel, magnitude=mag_sum, method=exact)[None]
+        out = unwrap_exact(phase[0], mask=sel, magnitude=mag_sum, method=exact)[sel][None]
         return out.astype(np.float64), f"exact ({exact}) spatial unwrapping"
     # temporal: spatially unwrap the first echo difference (no receiver offset, fewer wraps than a
     # late echo), then give each later echo the 2*pi multiple closest to the prediction of the
     # weighted line fitted to the echoes before it
-    z = np.exp(1j * phase.astype(np.float64))
-    diff = np.angle(z[1] * np.conj(z[0])).astype(np.float32)
-    d_unw = unwrap_exact(diff, mask=sel, magnitude=mag_sum, method=exact).astype(np.float64)
-    ph = phase.astype(np.float64)
+    diff = np.zeros(phase.shape[1:], dtype=np.float32)
+    diff[sel] = np.angle(np.exp(1j * (ph[1] - ph[0])))
+    d_unw = unwrap_exact(diff, mask=sel, magnitude=mag_sum, method=exact)[sel].astype(np.float64)
     out = np.empty_like(ph)
     out[0] = ph[0]
     out[1] = ph[0] + d_unw  # = phase[1] + 2*pi*k
-    w = np.maximum(mag.astype(np.float64), 0.0) ** 2 + 1e-30
+    w = np.abs(mag[:, sel]).astype(np.float64) ** 2 + 1e-30
     for e in range(2, n_e):  # predict each later echo from the fit of the earlier ones
-        a, b = weighted_line_fit(out[:e, sel], t[:e], w[:e, sel], offset=True)
-        pred = np.zeros(ph.shape[1:])
-        pred[sel] = a + b * t[e]
+        a, b = weighted_line_fit(out[:e], t[:e], w[:e], offset=True)
+        pred = a + b * t[e]
         out[e] = ph[e] + 2 * np.pi * np.round((pred - ph[e]) / (2 * np.pi))
     return out, f"exact ({exact}) unwrapping of the echo-1/echo-2 difference, then temporal unwrapping"
 
@@ -238,8 +238,7 @@ def fit_multi_echo(
         model = "Laplacian-unwrapped echo-difference phase / echo spacing; offset = angle of the " \
                 "magnitude-weighted echo sum after removing the frequency" if n_e >= 2 else None
     else:
-        unwrapped, how = _unwrap_echoes(p4, m4, t, sel, vs, unwrap)
-        y = unwrapped[:, sel]
+        y, how = _unwrap_echoes(p4, m4, t, sel, vs, unwrap)
         w = np.abs(m4[:, sel]).astype(np.float64) ** 2
         w[:, w.sum(0) <= 0] = 1.0  # zero magnitude everywhere: unweighted
         offset, omega = weighted_line_fit(y, t, w, offset=n_e >= 2)

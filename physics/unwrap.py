@@ -318,7 +318,8 @@ def _quality_guided_k(p: np.ndarray, m: np.ndarray | None, magnitude) -> np.ndar
     del graph
     ncomp, labels = connected_components(tree, directed=False)
     # a virtual root (node n) joined to one voxel of every component makes a single tree
-    _, first = np.unique(labels, return_index=True)
+    first = np.zeros(ncomp, dtype=np.int64)
+    first[labels] = np.arange(n)  # any one voxel per component (repeated indices: one wins)
     r = np.concatenate([tree.row, np.full(ncomp, n, dtype=tree.row.dtype)])
     c = np.concatenate([tree.col, first.astype(tree.col.dtype)])
     joined = csr_matrix((np.ones(r.size, np.float32), (r, c)), shape=(n + 1, n + 1))
