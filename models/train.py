@@ -184,6 +184,8 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
                  "voxel_sizes_mm": sorted({tuple(np.round(voxel_sizes(s.maps.affine), 2).tolist())
                                            for s in subjects})},
     }
+    meta["metrics"] = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                       for k, v in meta["metrics"].items()}
     meta["name"] = out.name
     save_model(out, detector=det, classifier=cls, metadata=meta)
     ck_path.unlink(missing_ok=True)

@@ -103,7 +103,7 @@ def train_detector(net: CentreNet3D, vols: list[Stage1Volume], *, steps: int, st
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-        running.append(float(total))
+        running.append(total.item())
         if (step + 1) % 25 == 0 or step + 1 == steps:
             log(f"[stage 1] step {step + 1}/{steps} loss {np.mean(running):.4f}")
             running = []

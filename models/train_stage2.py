@@ -108,7 +108,7 @@ def train_classifier(net: PatchClassifier, data: Stage2Set, fv: np.ndarray, *, e
             opt.zero_grad()
             lsum.backward()
             opt.step()
-            total += float(lsum) * len(idx)
+            total += lsum.item() * len(idx)
         if (epoch + 1) % 5 == 0 or epoch + 1 == epochs:
             log(f"[stage 2] epoch {epoch + 1}/{epochs} loss {total / len(data):.4f}")
     net.eval()
