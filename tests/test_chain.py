@@ -1,0 +1,98 @@
+"""The physics chain end to end: real 3-echo data, the phantom, local-field input, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmbdetect.physics.chain import compute_physics_maps, invert_local_field
+from cmbdetect.physics.errors import InputError
+from cmbdetect.physics.maps import PhysicsMaps
+from phantoms import make_head_phantom
+
+MAP_NAMES = ("magnitude", "field_ppm", "local_field_ppm", "chi_ppm", "chi_pos", "chi_neg", "swi", "mip")
+
+
+def _check_maps(maps: PhysicsMaps, shape, multi_echo: bool, chain: bool = True):
+    assert isinstance(maps, PhysicsMaps) and maps.mask.shape == shape and maps.mask.dtype == bool
+    assert maps.mask.any()
+    for name in MAP_NAMES:
+        a = getattr(maps, name)
+        assert a.shape == shape and a.dtype == np.float32 and np.isfinite(a).all(), name
+    assert np.all(maps.chi_pos >= 0) and np.all(maps.chi_neg >= 0)
+    np.testing.assert_allclose(maps.chi_pos - maps.chi_neg, maps.chi_ppm, atol=1e-6)
+    assert abs(float(maps.chi_ppm[maps.mask].mean())) < 1e-4
+    assert np.all(maps.chi_ppm[~maps.mask] == 0) and np.all(maps.local_field_ppm[~maps.mask] == 0)
+    assert np.all(maps.mip <= maps.swi + 1e-6)
+    if multi_echo:
+        assert maps.r2star is not None and maps.r2star.shape == shape and np.isfinite(maps.r2star).all()
+    else:
+        assert maps.r2star is None
+    keys = ("background", "inversion", "swi", "warnings", "timings_s") if chain else ("inversion", "warnings")
+    for key in keys:
+        assert key in maps.meta
+
+
+def test_real_three_echo_crop(shared_data):
+    nib = pytest.importorskip("nibabel")
+    d = shared_data / "real" / "gre-3echo-crop"
+    mag_img = nib.load(d / "Mag.nii.gz")
+    mag = np.moveaxis(np.asarray(mag_img.dataobj, dtype=np.float32), -1, 0)
+    phase = np.moveaxis(np.asarray(nib.load(d / "Phase.nii.gz").dataobj, dtype=np.float32), -1, 0)
+    phase = phase * np.float32(np.pi / 0.0036744)
+    maps = compute_physics_maps(mag=mag, phase=phase, te=[0.004, 0.008, 0.012], b0=3.0, affine=mag_img.affine)
+    _check_maps(maps, mag.shape[1:], multi_echo=True)
+    assert maps.meta["swi"]["echo_index"] == 2  # 12 ms is the echo closest to 20 ms
+    # in vivo brain: local field of a few hundredths of a ppm, chi of a few tenths
+    assert 0.003 < float(np.std(maps.local_field_ppm[maps.mask])) < 0.1
+    assert 0.01 < float(np.std(maps.chi_ppm[maps.mask])) < 0.3
+    assert 5 < float(np.median(maps.r2star[maps.mask])) < 100
+
+
+def test_phantom_multi_echo_chain_and_pdf():
+    p = make_head_phantom(seed=5, shape=(64, 64, 56), n_para=4, n_dia=4, te=(0.004, 0.008, 0.012, 0.016, 0.024))
+    maps = compute_physics_maps(mag=p.mag, phase=p.phase, te=p.te, b0=p.b0, affine=p.affine, mask=p.mask)
+    _check_maps(maps, p.mask.shape, multi_echo=True)
+    assert maps.meta["swi"]["echo_index"] == 3 or maps.meta["swi"]["te_s"] in (0.016, 0.024)
+    assert maps.meta["inversion"]["method"] in ("tv", "tkd")
+    assert 10 < float(np.median(maps.r2star[maps.mask])) < 40  # phantom R2* = 25 1/s
+    single = compute_physics_maps(mag=p.mag[0], phase=p.phase[0], te=p.te[:1], b0=p.b0, affine=p.affine,
+                                  mask=p.mask, background="pdf", inversion="tkd")
+    _check_maps(single, p.mask.shape, multi_echo=False)
+    corr = np.corrcoef(single.local_field_ppm[maps.mask], p.local_field_ppm[maps.mask])[0, 1]
+    assert corr > 0.8
+
+
+def test_invert_local_field(oblique_affine):
+    p = make_head_phantom(seed=6, shape=(64, 64, 56), n_para=3, n_dia=3)
+    maps = invert_local_field(local_field_ppm=p.local_field_ppm, mask=p.mask, affine=p.affine, b0=3.0)
+    _check_maps(maps, p.mask.shape, multi_echo=False, chain=False)
+    corr = np.corrcoef(maps.chi_ppm[p.mask], p.chi_spheres[p.mask])[0, 1]
+    assert corr > 0.8
+    with pytest.raises(InputError):
+        invert_local_field(local_field_ppm=p.local_field_ppm, mask=p.mask[:-1], affine=p.affine, b0=3.0)
+
+
+def test_bad_input_raises_input_error():
+    rng = np.random.default_rng(0)
+    mag = rng.random((1, 8, 8, 8)).astype(np.float32) + 0.5
+    ph = rng.random((1, 8, 8, 8)).astype(np.float32)
+    aff = np.eye(4)
+    with pytest.raises(InputError, match="milliseconds"):
+        compute_physics_maps(mag=mag, phase=ph, te=[20.0], b0=3.0, affine=aff)
+    with pytest.raises(InputError):
+        compute_physics_maps(mag=mag, phase=ph, te=[0.01, 0.02], b0=3.0, affine=aff)
+    with pytest.raises(InputError):
+        compute_physics_maps(mag=mag, phase=ph[:, :4], te=[0.02], b0=3.0, affine=aff)
+    with pytest.raises(InputError):
+        compute_physics_maps(mag=mag[:, :, :, :1], phase=ph[:, :, :, :1], te=[0.02], b0=3.0, affine=aff)
+    with pytest.raises(InputError):
+        compute_physics_maps(mag=mag, phase=ph, te=[0.02], b0=3000.0, affine=aff)
+    with pytest.raises(InputError):
+        compute_physics_maps(mag=mag, phase=ph, te=[0.02], b0=3.0, affine=aff, mask=np.zeros((8, 8, 8), bool))
+    bad = ph.copy()
+    bad[0, 1, 1, 1] = np.nan
+    with pytest.raises(InputError):
+        compute_physics_maps(mag=mag, phase=bad, te=[0.02], b0=3.0, affine=aff)
+    with pytest.raises(InputError):
+        compute_physics_maps(mag=mag, phase=ph, te=[0.02], b0=3.0, affine=aff, mask=np.ones((8, 8, 8), bool),
+                             background="magic")
