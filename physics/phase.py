@@ -51,7 +51,8 @@ def detect_phase_units(phase) -> str:
 
     Rules: values within [-pi, pi] reaching at least 0.05*pi (or within [0, 2*pi]) -> radians, except
     a range of exactly +-1 (phase normalised to +-1 is common and would be read pi times too small);
-    integer-valued data within -4096..4095 with negative values -> Siemens (x*pi/4096); integer-valued
+    integer-valued data within -4096..4095 with negative values -> Siemens (x*pi/4096), unless the
+    extreme is 3100..3142 (milliradians? refused as ambiguous); integer-valued
     data within 0..4095 -> 12-bit unsigned (x*2*pi/4096 - pi).  Anything else (e.g. a tiny range
     such as +-0.0037, or 0..65535) raises :class:`InputError` naming ``--phase-units``.
     """
@@ -72,6 +73,9 @@ def detect_phase_units(phase) -> str:
     if lo >= 0.0 and hi <= 2 * _PI_TOL and hi >= 0.4 * np.pi:
         return "rad"
     if _is_integer_valued(a) and hi > 2 * _PI_TOL:
+        if lo < 0 and 3100 <= amax <= 1000 * np.pi + 0.6:
+            raise InputError(f"phase values {lo:.6g}..{hi:.6g} look like milliradians (+-3142, e.g. Philips) "
+                             "or a partial Siemens range; give --phase-units (scale:3141.59 or siemens)")
         if lo >= -4096 and hi <= 4095 and lo < 0:
             return "siemens"
         if lo >= 0 and hi <= 4095:

@@ -37,6 +37,8 @@ def test_radians_auto_and_explicit(true_phase):
 
 
 def test_siemens_integer_range(true_phase):
+    true_phase = true_phase.copy()
+    true_phase.flat[0] = -np.pi  # raw Siemens phase (noise outside the head) spans the whole range
     raw = np.clip(np.round(true_phase / np.pi * 4096), -4096, 4095).astype(np.int16)
     assert detect_phase_units(raw) == "siemens"
     assert _close_mod_2pi(rescale_phase(raw), true_phase, np.pi / 4096 * 1.01)
@@ -129,3 +131,11 @@ def test_smooth_small_radian_phase_is_radians():
     """Simulated phase without wraps (|phase| < pi, no noise) is still recognised as radians."""
     x = np.linspace(-0.6, 0.9, 64, dtype=np.float32).reshape(4, 4, 4)
     np.testing.assert_allclose(rescale_phase(x), x, atol=1e-7)
+
+
+def test_milliradian_range_is_ambiguous(true_phase):
+    raw = np.round(true_phase * 1000).astype(np.int16)
+    raw.flat[0] = 3141
+    with pytest.raises(InputError, match="--phase-units"):
+        rescale_phase(raw)
+    assert _close_mod_2pi(rescale_phase(raw, units="scale:3141.59"), raw / 1000.0, 1e-3)
