@@ -70,6 +70,8 @@ def _is_verbose(argv: list[str]) -> bool:
 
 def _configure_logging(verbose: bool) -> None:
     """Nipype's own log lines only with ``-v`` (our progress lines go to stderr regardless)."""
+    import nipype  # noqa: F401  (nipype sets its loggers' levels when first imported: import it first)
+
     level = logging.INFO if verbose else logging.CRITICAL
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(level)

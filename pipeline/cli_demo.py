@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--hit-mm must be positive")
     from cmbdetect.pipeline.cli_run import check_model
 
-    options = options_from_args(args)
+    options = options_from_args(args, single_subject=True)
     model_info = check_model(options.model)
     out = Path(args.out).absolute()
     progress("demo", f"simulating a subject ({'x'.join(map(str, args.shape))} voxels, seed {args.seed})")

@@ -36,7 +36,8 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     p.add_argument("--background", default="vsharp", help="background field removal (default: vsharp)")
     p.add_argument("--inversion", default="default", help="dipole inversion method (default: default)")
     e = parser.add_argument_group("execution")
-    e.add_argument("--nprocs", type=int, default=1, help="parallel processes (MultiProc when > 1)")
+    e.add_argument("--nprocs", type=int, default=1,
+                   help="CPUs to use: subjects in parallel (MultiProc) for BIDS, threads for one subject")
     e.add_argument("--mem-gb", type=float, metavar="GB", help="memory limit for MultiProc scheduling")
     e.add_argument("-w", "--work-dir", metavar="WORKDIR",
                    help="Nipype work folder (kept: a rerun resumes from its cache)")
@@ -84,13 +85,19 @@ class PipelineOptions:
         return d
 
 
-def options_from_args(args: argparse.Namespace) -> PipelineOptions:
-    """Validate the shared options (one-line InputError on bad values) into :class:`PipelineOptions`."""
+def options_from_args(args: argparse.Namespace, *, single_subject: bool = False) -> PipelineOptions:
+    """Validate the shared options (one-line InputError on bad values) into :class:`PipelineOptions`.
+
+    ``single_subject``: without ``--plugin`` the nodes run in-process one after the other (``Linear``)
+    and ``--nprocs`` becomes the thread count of each node -- one subject's chain is sequential, so a
+    process pool would only add start-up and polling time; ``--plugin multiproc`` still forces it.
+    """
     from cmbdetect.workflows.plugins import parse_plugin_args, plugin_settings
 
     if args.prevalence is not None and not 0.0 < args.prevalence < 1.0:
         raise InputError(f"--prevalence must be between 0 and 1, got {args.prevalence}")
-    name, pargs = plugin_settings(plugin=args.plugin, nprocs=args.nprocs, mem_gb=args.mem_gb,
+    plugin = "linear" if single_subject and args.plugin is None else args.plugin
+    name, pargs = plugin_settings(plugin=plugin, nprocs=args.nprocs, mem_gb=args.mem_gb,
                                   plugin_args=parse_plugin_args(args.plugin_args))
     model = str(args.model)
     if Path(model).expanduser().exists():  # a model folder: absolute, since nodes run elsewhere
@@ -232,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     from cmbdetect.pipeline.cli_common import acquisition_from_args, load_user_mask
     from cmbdetect.workflows.interfaces import progress
 
-    options = options_from_args(args)
+    options = options_from_args(args, single_subject=True)
     out = Path(args.out).absolute()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")

@@ -112,7 +112,7 @@ def test_run_dicom_input_writes_sr_and_key_images(tmp_path, subject, random_mode
                        **common)
     out = tmp_path / "out"
     assert main(["run", "--dicom", str(tmp_path / "dcm" / "mag"), "--dicom", str(tmp_path / "dcm" / "phase"),
-                 "--out", str(out), "--model", random_model]) == 0
+                 "--out", str(out), "--model", random_model, "--plugin", "multiproc", "--nprocs", "2"]) == 0
     sr = dcmread(out / "dicom" / "sr.dcm")
     assert sr.StudyInstanceUID == "1.2.3.4.5" and sr.Modality == "SR"
     n_candidates = len((out / "candidates.tsv").read_text().strip().splitlines()) - 1
