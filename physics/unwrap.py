@@ -225,19 +225,18 @@ def _linearity(jumps: list[np.ndarray], sel: np.ndarray) -> np.ndarray:
     return np.clip(np.float32(1.0) - np.sqrt(d2) * np.float32(1 / np.pi), 0.0, 1.0)
 
 
-def _edge_quality(dw, lin, mag, med, sa, sb, both) -> np.ndarray:
-    """ROMEO-style reliability in [0, 1] of the edges ``sa -> sb`` selected by ``both``: the
-    phase linearity of both voxels times a mild phase-coherence term ``1 - |jump|/(2*pi)``
-    and, with a magnitude, magnitude coherence ``(min/max)^2`` and a magnitude weight
-    ``min(1, min(m_a, m_b)/(2*median in the mask))``."""
-    q = lin[sa][both] * lin[sb][both]
-    q *= np.float32(1.0) - np.float32(0.5 / np.pi) * np.abs(dw[both])
-    if mag is not None:
-        ma, mb = mag[sa][both], mag[sb][both]
-        lo, hi = np.minimum(ma, mb), np.maximum(ma, mb)
+def _edge_quality(dw, lin_a, lin_b, mag_a, mag_b) -> np.ndarray:
+    """ROMEO-style reliability in [0, 1] of edges with wrapped jumps ``dw`` between voxels a and b:
+    the phase linearity of both voxels times a mild phase-coherence term ``1 - |jump|/(2*pi)`` and,
+    with magnitudes (normalised to 1 at their median in the mask), the magnitude coherence
+    ``(min/max)^2`` and a magnitude weight ``min(1, min(m_a, m_b)/2)``."""
+    q = lin_a * lin_b
+    q *= np.float32(1.0) - np.float32(0.5 / np.pi) * np.abs(dw)
+    if mag_a is not None:
+        lo, hi = np.minimum(mag_a, mag_b), np.maximum(mag_a, mag_b)
         with np.errstate(divide="ignore", invalid="ignore"):
             coh = np.where(hi > 0, lo / hi, 0).astype(np.float32)
-        q *= coh * coh * np.minimum(np.float32(1.0), lo / (2 * med))
+        q *= coh * coh * np.minimum(np.float32(1.0), lo * np.float32(0.5))
     return q
 
 
@@ -254,8 +253,9 @@ def unwrap_exact(
     ``method="quality"`` (default): quality-guided region growing in the ROMEO sense -- the phase is
     integrated along the maximum-reliability spanning tree of the voxel graph (Kruskal's order, the
     same order a quality-guided flood fill with a priority queue visits the edges).  Edge reliability
-    is the phase linearity (wrapped second differences) of both voxels and the coherence of the wrapped
-    jump, weighted by magnitude coherence and strength when ``magnitude`` is given (so noisy, dark voxels are reached last and cannot derail good regions).
+    is the phase linearity (wrapped second differences) of both voxels and the coherence of the
+    wrapped jump, weighted by magnitude coherence and strength when ``magnitude`` is given (so noisy,
+    dark voxels are reached last and cannot derail good regions).
     ``method="skimage"``: ``skimage.restoration.unwrap_phase`` (Herraez reliability sorting, no
     magnitude).  Only voxels in ``mask`` (bool) are unwrapped; outside it the input is returned.  Each
     connected part of the mask is unwrapped separately; the global 2*pi multiple is chosen so that
@@ -270,7 +270,15 @@ def unwrap_exact(
         out = np.asarray(np.ma.getdata(unwrap_phase(data)), dtype=np.float64)
         k = np.round((out - p) / (2 * np.pi))
     elif method == "quality":
-        k = _quality_guided_k(p, m, magnitude)
+        mag = None
+        if magnitude is not None:
+            mag = np.asarray(magnitude, dtype=np.float32)
+            if mag.shape != p.shape:
+                raise InputError(f"magnitude shape {mag.shape} does not match phase shape {p.shape}")
+        k = np.zeros(p.shape, dtype=np.float64)
+        box = _mask_box(m) if m is not None else (slice(None),) * 3
+        k[box] = _quality_guided_k(np.ascontiguousarray(p[box]), None if m is None else m[box],
+                                   None if mag is None else mag[box])
     else:
         raise InputError(f"unknown unwrapping method {method!r}; use 'quality' or 'skimage'")
     sel = m if m is not None else np.ones(p.shape, bool)
@@ -280,35 +288,33 @@ def unwrap_exact(
     return (p + np.float32(2 * np.pi) * k.astype(np.float32)).astype(np.float32)
 
 
-def _quality_guided_k(p: np.ndarray, m: np.ndarray | None, magnitude) -> np.ndarray:
+def _quality_guided_k(p: np.ndarray, m: np.ndarray | None, mag: np.ndarray | None) -> np.ndarray:
     """Integer 2*pi multiples from integrating wrapped jumps along the maximum-reliability
     spanning forest (scipy Kruskal MST on cost ``1.001 - quality``) of the masked 6-neighbour graph."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
 
     sel = np.ones(p.shape, bool) if m is None else m
-    mag = None
-    med = np.float32(1.0)
-    if magnitude is not None:
-        mag = np.asarray(magnitude, dtype=np.float32)
-        if mag.shape != p.shape:
-            raise InputError(f"magnitude shape {mag.shape} does not match phase shape {p.shape}")
-        inside = mag[sel]
-        if np.any(inside > 0):
-            med = np.float32(np.median(inside[inside > 0]))
     n = int(sel.sum())
     idx_dtype = np.int32 if n < 2**31 - 2 else np.int64
     node = np.full(p.shape, -1, dtype=idx_dtype)
     node[sel] = np.arange(n, dtype=idx_dtype)
     jumps = [_wrap(np.diff(p, axis=axis)) for axis in range(3)]
-    lin = _linearity(jumps, sel)
+    lin = _linearity(jumps, sel)[sel]
+    mag_f = None
+    if mag is not None:
+        mag_f = np.abs(mag[sel])
+        med = float(np.median(mag_f[mag_f > 0])) if np.any(mag_f > 0) else 1.0
+        mag_f /= np.float32(med)
     rows, cols, cost = [], [], []
     for axis in range(3):
         sa, sb = _axis_slices(axis, 0, -1), _axis_slices(axis, 1, None)
         both = sel[sa] & sel[sb]
-        q = _edge_quality(jumps[axis], lin, mag, med, sa, sb, both)
-        rows.append(node[sa][both])
-        cols.append(node[sb][both])
+        ra, rb = node[sa][both], node[sb][both]
+        q = _edge_quality(jumps[axis][both], lin[ra], lin[rb],
+                          None if mag_f is None else mag_f[ra], None if mag_f is None else mag_f[rb])
+        rows.append(ra)
+        cols.append(rb)
         cost.append(np.float32(1.001) - q)  # > 0: zero weights would be read as missing edges
     del jumps, lin
     rows, cols, cost = np.concatenate(rows), np.concatenate(cols), np.concatenate(cost)
