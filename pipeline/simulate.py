@@ -22,10 +22,10 @@ from cmbdetect.pipeline.acquisition import Acquisition
 from cmbdetect.pipeline.simulate_anatomy import T, build_anatomy
 from cmbdetect.pipeline.simulate_geometry import HeadFrame, random_rotation, smooth_grid_field
 from cmbdetect.pipeline.simulate_lesions import draw_lesions, lesion_samples
-from cmbdetect.pipeline.simulate_signal import (BLOOD_3T, add_noise, bias_field, dephasing_factor,
+from cmbdetect.pipeline.simulate_signal import (BLOOD_3T, add_noise, bias_field, dephasing_factor, kspace_truncate,
                                                 draw_tissue_table, fields_from_chi, phase_per_ppm,
                                                 r2star_at, receiver_phase, shim, spoiled_gre, t1_at)
-from cmbdetect.pipeline.simulate_vessels import build_veins
+from cmbdetect.pipeline.simulate_vessels import build_arteries, build_veins
 from cmbdetect.pipeline.truth import LABELS, Lesion, Truth
 
 
@@ -74,7 +74,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     """Simulate one subject.
 
     ``seed`` int or :class:`numpy.random.SeedSequence`; ``shape`` voxels; ``voxel_size`` mm (None: a
-    random field of view of 180-230 mm in-plane and 110-170 mm slab); ``b0`` T; ``te`` echo times s;
+    random field of view of 170-240 mm in-plane and 110-200 mm slab); ``b0`` T; ``te`` echo times s;
     ``oblique_deg`` slab angulation about the left-right axis (or three angles about x, y, z), B0 stays
     along scanner z; ``n_microbleeds`` / ``n_calcifications`` None draws 0-15 / 0-4; ``snr`` white
     matter signal / noise sigma at the first echo (None: 10-50); ``tr`` s and ``flip_deg`` (None:
@@ -85,8 +85,8 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     rng = [child_rng(seed, n) for n in range(6)]  # protocol, anatomy, veins, lesions, tissue, noise
     r = rng[0]
     if voxel_size is None:
-        vx = r.uniform(180.0, 230.0) / shape[0]
-        voxel_size = (vx, vx, max(vx, r.uniform(110.0, 170.0) / shape[2]))
+        vx = r.uniform(170.0, 240.0) / shape[0]
+        voxel_size = (vx, vx, max(vx, r.uniform(110.0, 200.0) / shape[2]))
     voxel_size = tuple(float(v) for v in voxel_size)
     angles = tuple(float(a) for a in np.broadcast_to(np.asarray(oblique_deg, float), (3,))) \
         if np.ndim(oblique_deg) else (float(oblique_deg), 0.0, 0.0)
@@ -107,6 +107,10 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
 
     anat = build_anatomy(frame, rng[1])
     veins = build_veins(anat, rng[2])
+    arteries, flow_tag = build_arteries(anat, rng[2])
+    arteries = np.where(anat.tissue != T["air"], arteries, 0).astype(np.float32)
+    inflow = rng[2].uniform(1.3, 2.5) if rng[2].random() < 0.6 else rng[2].uniform(0.05, 0.3)  # bright or void
+    flow_phase = np.float32(0.0 if inflow > 1 else rng[2].uniform(0.5, 3.0))
     specs = draw_lesions(anat, rng[3], n_microbleeds=n_microbleeds, n_calcifications=n_calcifications)
 
     # tissue property maps, veins mixed in by partial volume, mild texture
@@ -142,16 +146,22 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     inner, lesions_out = _lesion_fields(frame, specs, total=total, local=local, labels=labels, chi=truth_chi,
                                         intracranial=anat.intracranial, rad_max=phase_per_ppm(b0, float(te[-1])))
     phi0 = receiver_phase(rng[5], shape)
+    # acquired resolution below the grid's (zero-filled k-space): blur and Gibbs ringing, in 70% of subjects
+    kfrac = tuple(r.uniform(0.7, 1.0, 3)) if r.random() < 0.7 else None
     bias = bias_field(rng[5], shape, b0=b0)
     wm_mask = anat.tissue == T["wm"]
     mags, phases = [], []
     sigma = None
-    for t_e in te:
+    for e, t_e in enumerate(te):
         k = np.float32(phase_per_ppm(b0, float(t_e)))
         m = spoiled_gre(pd, 1 / r1, r2s, te=float(t_e), tr=tr, flip_deg=flip_deg) * bias
         if sigma is None:
             sigma = float(np.median(m[wm_mask]) / snr) if wm_mask.any() else float(m.mean() / snr)
-        s = (m * dephasing_factor(total, k)) * np.exp(1j * (total * k + phi0)).astype(np.complex64)
+        if e == 0:
+            m_ref = float(np.median(m[wm_mask])) if wm_mask.any() else float(m.mean())
+        m += arteries * (np.float32(inflow * m_ref) - m)
+        s = (m * dephasing_factor(total, k)) * np.exp(1j * (total * k + phi0 + flow_phase * flow_tag * arteries))\
+            .astype(np.complex64)
         for ibox, fsum, owner, near in inner:
             mag_les = np.array([spoiled_gre(o.pd, t1_at(o.t1, b0), r2star_at(o.r2s_3t, b0), te=float(t_e), tr=tr,
                                             flip_deg=flip_deg) for o in near] + [0.0], np.float32)
@@ -160,6 +170,8 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
             integral = (mm * np.cos(ph)).mean(-1) + 1j * (mm * np.sin(ph)).mean(-1)
             deph = dephasing_factor(bg_total[ibox], k) if min(integral.shape) >= 2 else np.float32(1)
             s[ibox] = (deph * integral * np.exp(1j * (bg_total[ibox] * k + phi0[ibox]))).astype(np.complex64)
+        if kfrac is not None:
+            s = kspace_truncate(s, kfrac)
         s = add_noise(rng[5], s, sigma)
         mags.append(np.abs(s).astype(np.float32))
         ph = np.angle(s).astype(np.float32)
@@ -170,7 +182,8 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     truth = Truth(lesions=lesions_out, labels=labels, chi_ppm=truth_chi, local_field_ppm=local, affine=affine)
     params = {"voxel_size_mm": list(voxel_size), "oblique_deg": list(angles), "b0_t": float(b0),
               "te_s": te.tolist(), "tr_s": tr, "flip_deg": flip_deg, "snr_wm": snr, "noise_sigma": sigma,
-              "flip_lr": bool(flip_lr), "n_microbleeds": sum(l.kind == "microbleed" for l in lesions_out),
+              "flip_lr": bool(flip_lr),
+              "kspace_fraction": None if kfrac is None else [float(v) for v in kfrac], "n_microbleeds": sum(l.kind == "microbleed" for l in lesions_out),
               "n_calcifications": sum(l.kind == "calcification" for l in lesions_out)}
     return SimulatedSubject(acq=acq, truth=truth, params=params, total_field_ppm=total)
 

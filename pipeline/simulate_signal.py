@@ -182,6 +182,20 @@ def bias_field(rng: np.random.Generator, shape, *, b0: float) -> np.ndarray:
     return np.exp(amp * smooth_grid_field(rng, shape, n_coarse=5)).astype(np.float32)
 
 
+def kspace_truncate(signal: np.ndarray, fractions) -> np.ndarray:
+    """Keep the central ``fractions`` (per axis, 0-1] of k-space of a complex image and zero the rest:
+    the finite acquired resolution, with its blur and Gibbs ringing at sharp edges (complex64)."""
+    f = sfft.fftn(signal.astype(np.complex64), workers=-1)
+    for ax, (n, frac) in enumerate(zip(signal.shape, fractions)):
+        if frac >= 1.0:
+            continue
+        k = np.abs(np.fft.fftfreq(n)) <= 0.5 * frac
+        sh = [1, 1, 1]
+        sh[ax] = n
+        f *= k.reshape(sh)
+    return sfft.ifftn(f, workers=-1, overwrite_x=True).astype(np.complex64)
+
+
 def add_noise(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.ndarray:
     """Complex Gaussian noise of standard deviation ``sigma`` per channel (complex64)."""
     n = rng.standard_normal((2, *signal.shape), dtype=np.float32) * np.float32(sigma)

@@ -23,6 +23,33 @@ class Veins:
     chi_ppm: np.ndarray
 
 
+def build_arteries(anatomy: Anatomy, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Main cerebral arteries (carotids, basilar, circle of Willis, middle/anterior/posterior cerebral
+    arteries and Sylvian branches): oxygenated blood, chi ~ 0, bright with inflow or dark flow voids
+    with a flow phase -- round dark or bright spots that are *not* lesions.  Returns the occupancy
+    (float32) and a per-voxel tag in [-1, 1] (the vessel's flow-phase factor)."""
+    fr, s = anatomy.frame, anatomy.landmarks["scale"]
+    occ = np.zeros(fr.shape, np.float32)
+    tag = np.zeros(fr.shape, np.float32)
+
+    def tube(points, radii):
+        paint_tube(fr, occ, np.asarray(points, float) * s + rng.normal(0, 1.0, 3), radii, soft=True, value=tag,
+                   tag=rng.uniform(-1, 1))
+
+    tube([[0, -14, -60], [0, -12, -38], [0, -10, -24]], 1.6)  # basilar
+    for side in (1, -1):
+        tube([[side * 16, 6, -60], [side * 14, 10, -40], [side * 13, 8, -22]], 2.2)  # internal carotid
+        tube([[side * 13, 8, -21], [side * 26, 9, -19], [side * 37, 8, -15]], 1.4)  # MCA M1
+        for _ in range(int(rng.integers(2, 5))):  # M2/M3 branches up the insula and out of the fissure
+            y0 = rng.uniform(-15, 25)
+            tube([[side * 37, 8, -15], [side * 38, y0, -5], [side * rng.uniform(40, 50), y0 + rng.normal(0, 8), 15]],
+                 [1.0, 0.8, 0.6])
+        tube([[side * 10, 10, -20], [side * 3, 14, -18], [side * 2, 28, 0], [side * 2, 22, 26], [side * 2, -5, 34],
+              [side * 2, -40, 30]], [1.2, 1.0, 1.0, 0.9, 0.8, 0.6])  # ACA over the corpus callosum
+        tube([[0, -10, -24], [side * 8, -16, -21], [side * 20, -32, -12], [side * 18, -60, 0]], [1.3, 1.2, 1.0, 0.8])
+    return occ, tag
+
+
 def _surface_point(centre, axes, d, lift_mm):
     """Point on the ellipsoid (centre, axes) along unit direction ``d`` pushed out by ``lift_mm``."""
     d = d / np.linalg.norm(d)
