@@ -26,6 +26,37 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between))])
 
 
+#: The automatic threshold sits this far from the background level towards the tissue level.
+TISSUE_FRACTION = 0.45
+#: Without background in the field of view (a crop inside the brain): this fraction of tissue.
+NO_BACKGROUND_FRACTION = 0.3
+
+
+def _auto_threshold(sm: np.ndarray) -> float:
+    """Threshold between background and tissue of a smoothed magnitude.
+
+    Tissue level: median of the bright Otsu class of the voxels above a 2 % noise floor.
+    Background level: median over the six faces of the volume (noise, zeros of a skull-stripped
+    image, or tissue for a crop inside the brain), capped at the tissue level.  The threshold is
+    ``background + 0.45 * (tissue - background)`` when the faces are dark (< 60 % of tissue), else
+    ``0.3 * tissue`` (the field of view holds no background).  Unlike a plain Otsu threshold this
+    stays right at low SNR (a bright noise floor), without background, and for skull-stripped input.
+    """
+    robust_max = float(np.percentile(sm, 99.5))
+    if robust_max <= 0:
+        raise InputError("magnitude image is empty (all zero); cannot compute a brain mask")
+    sample = np.clip(sm[sm > 0.02 * robust_max], None, robust_max)
+    if sample.size < 10:
+        return 0.5 * robust_max
+    bright = sample[sample > _otsu(sample)]
+    tissue = float(np.median(bright)) if bright.size else robust_max
+    faces = np.concatenate([np.ravel(np.take(sm, [0, -1], axis=a)) for a in range(3)])
+    background = min(float(np.median(faces)), tissue)
+    if background < 0.6 * tissue:
+        return background + TISSUE_FRACTION * (tissue - background)
+    return NO_BACKGROUND_FRACTION * tissue
+
+
 def _erode(mask: np.ndarray, radius_mm: float, sampling) -> np.ndarray:
     if radius_mm <= 0:
         return mask.copy()
@@ -72,12 +103,13 @@ def brain_mask(
     """Brain mask (bool, same shape) from a 3D magnitude image (arbitrary units).
 
     Steps: Gaussian smoothing (``smooth_mm``, true voxel sizes) -> threshold (``threshold`` in the
-    magnitude's units; default Otsu on the voxels above a noise floor; when the dark
-    class is not background-dark (a crop inside the brain), 30 % of the median bright level) -> morphological opening by
+    magnitude's units; default 45 % of the way from the background level, read on the faces of
+    the volume, to the tissue level, see :func:`_auto_threshold`) -> morphological opening by
     ``open_mm`` (erode, keep the largest connected component, geodesic dilation back inside the
     thresholded mask) which cuts thin bridges to the scalp and drops background specks -> hole
     filling (3D and slice-wise, so dark veins/CSF inside stay) -> erosion of the noisy rim by
-    ``erode_mm`` mm from the mask boundary (the field-of-view edge is not eroded).  Raises :class:`InputError` when the result is empty.
+    ``erode_mm`` mm from the mask boundary (the field-of-view edge is not eroded).  Raises
+    :class:`InputError` when the result is empty.
     """
     mag = np.asarray(mag3d, dtype=np.float32)
     if mag.ndim != 3:
@@ -88,21 +120,7 @@ def brain_mask(
     if np.any(vs <= 0):
         raise InputError(f"voxel sizes must be positive mm, got {vs.tolist()}")
     sm = ndimage.gaussian_filter(mag, sigma=smooth_mm / vs, mode="nearest") if smooth_mm > 0 else mag
-    if threshold is None:
-        robust_max = float(np.percentile(sm, 99.5))
-        if robust_max <= 0:
-            raise InputError("magnitude image is empty (all zero); cannot compute a brain mask")
-        sample = sm[sm > 0.02 * robust_max]
-        sample = np.clip(sample, None, robust_max)
-        thr = _otsu(sample) if sample.size > 10 else 0.5 * robust_max
-        bright, dark = sample[sample > thr], sample[sample <= thr]
-        if bright.size and dark.size and dark.mean() > 0.25 * bright.mean():
-            # the dark class is not background (a crop inside the brain, or a skull-stripped
-            # image whose zeros fall below the noise floor): Otsu split tissue
-            # from tissue, so cut at 30 % of the typical bright-tissue level instead
-            thr = min(thr, 0.3 * float(np.median(bright)))
-    else:
-        thr = float(threshold)
+    thr = float(threshold) if threshold is not None else _auto_threshold(sm)
     fg = sm > thr
     if not fg.any():
         raise InputError("brain mask is empty: no voxel above the magnitude threshold")

