@@ -52,6 +52,7 @@ class TrainOptions:
     target_recall: float = 0.98
     min_distance_mm: float = 3.0
     threads: int = 2
+    init_classifier: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -100,6 +101,9 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
         base = load_model(init)
         meta = {k: v for k, v in base.metadata.items()}
         det, cls = base.detector, base.classifier
+        if not opts.init_classifier:  # stage 2 from scratch (ablations that change only stage 2)
+            torch.manual_seed(opts.seed)
+            cls = build_networks(meta)[1]
     else:
         meta = _new_metadata([subjects[i] for i in train_idx], opts)
         det, cls = build_networks(meta)
@@ -147,7 +151,7 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     tr = concat_sets(ex_train)
     log(f"[stage 2] {len(tr)} training examples: " +
         ", ".join(f"{c} {int((tr.labels == k).sum())}" for k, c in enumerate(CLASSES)))
-    fmean, fstd = (meta["features"]["mean"], meta["features"]["std"]) if init is not None \
+    fmean, fstd = (meta["features"]["mean"], meta["features"]["std"]) if init is not None and opts.init_classifier \
         else feature_statistics(tr.features, FEATURE_NAMES)
     meta["features"] = {"names": list(FEATURE_NAMES), "mean": fmean, "std": fstd}
     fv = features_vector(tr.features, FEATURE_NAMES, fmean, fstd)

@@ -54,7 +54,7 @@ def options_from_args(args):
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     kw.update({"none": {}, "no-balancing": {"balanced": False, "class_weighting": False},
-               "no-hard-negatives": {"hard_negatives": False},
+               "no-hard-negatives": {"hard_negatives": False, "init_classifier": False},
                "no-physics-channels": {"channels": APPEARANCE_CHANNELS},
                "bce-heatmap": {"heatmap_loss": "bce"},
                "dice-bce-heatmap": {"heatmap_loss": "dice_bce"}}[args.ablation])
