@@ -106,7 +106,8 @@ def rescale_phase(phase, *, units: str = "auto") -> np.ndarray:
         return wrap_phase(x)
     if u == "siemens":
         if lo < -4096.5 or hi > 4096.5:
-            raise InputError(f"phase values {lo:.6g}..{hi:.6g} exceed the Siemens range -4096..4095; check --phase-units")
+            raise InputError(f"phase values {lo:.6g}..{hi:.6g} exceed the Siemens range -4096..4095; "
+                             "check --phase-units")
         return wrap_phase(x * (np.pi / 4096.0))
     if u == "uint12":
         if lo < -0.5 or hi > 4095.5:
