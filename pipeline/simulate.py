@@ -77,7 +77,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     random field of view of 170-240 mm in-plane and 110-200 mm slab); ``b0`` T; ``te`` echo times s;
     ``oblique_deg`` slab angulation about the left-right axis (or three angles about x, y, z), B0 stays
     along scanner z; ``n_microbleeds`` / ``n_calcifications`` None draws 0-15 / 0-4; ``snr`` white
-    matter signal / noise sigma at the first echo (None: 10-50); ``tr`` s and ``flip_deg`` (None:
+    matter signal / noise sigma at the first echo (None: 8-80); ``tr`` s and ``flip_deg`` (None:
     random); ``head_tilt_deg`` limit of the random head rotation in the scanner (None: 8 deg pitch,
     4 deg roll/yaw); ``flip_lr`` stores the first axis right-to-left (negative affine column).
     """
@@ -102,7 +102,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     pose[:3, 3] = -rot @ slab_centre_head
     tr = float(tr) if tr is not None else float(te[-1] + r.uniform(0.006, 0.015))
     flip_deg = float(flip_deg) if flip_deg is not None else float(r.uniform(8.0, 25.0))
-    snr = float(snr) if snr is not None else float(np.exp(r.uniform(np.log(10.0), np.log(50.0))))
+    snr = float(snr) if snr is not None else float(np.exp(r.uniform(np.log(8.0), np.log(80.0))))
     frame = HeadFrame(shape, affine, pose)
 
     anat = build_anatomy(frame, rng[1])

@@ -23,7 +23,9 @@ _PAREN = [T[n] for n in ("gm", "wm", "caudate", "putamen", "pallidum", "thalamus
 @dataclass
 class LesionSpec:
     """A lesion to render: spheres (head mm centres, radii mm), chi (ppm vs tissue) and tissue values
-    at 3 T (proton density, T1 s, R2* 1/s)."""
+    at 3 T (proton density, T1 s, R2* 1/s): microbleeds (hemosiderin) very high R2*, calcifications low
+    proton density and moderately raised R2*; the ranges overlap so darkness alone does not tell them
+    apart (the sign of the dipole field does)."""
 
     kind: str
     centres_head: np.ndarray  # (n, 3)
@@ -80,7 +82,8 @@ def draw_lesions(anatomy: Anatomy, rng: np.random.Generator, *, n_microbleeds: i
             continue
         cs, rs = _blob(rng, c, r)
         out.append(LesionSpec("microbleed", cs, rs, float(rng.uniform(0.3, 2.0)), REGIONS[code],
-                              pd=rng.uniform(0.15, 0.7), t1=rng.uniform(0.5, 1.3), r2s_3t=rng.uniform(150, 700)))
+                              pd=rng.uniform(0.1, 0.75), t1=rng.uniform(0.5, 1.3),
+                              r2s_3t=float(np.exp(rng.uniform(np.log(150.0), np.log(800.0))))))
     tries = 0
     while sum(o.kind == "calcification" for o in out) < n_calcifications and tries < 400:
         tries += 1
@@ -103,7 +106,8 @@ def draw_lesions(anatomy: Anatomy, rng: np.random.Generator, *, n_microbleeds: i
             continue
         cs, rs = _blob(rng, c, r, irregular_p=0.5)
         out.append(LesionSpec("calcification", cs, rs, -float(rng.uniform(0.3, 2.0)), region,
-                              pd=rng.uniform(0.02, 0.35), t1=rng.uniform(0.4, 1.0), r2s_3t=rng.uniform(80, 350)))
+                              pd=rng.uniform(0.02, 0.5), t1=rng.uniform(0.4, 1.0),
+                              r2s_3t=float(np.exp(rng.uniform(np.log(60.0), np.log(350.0))))))
     return out
 
 

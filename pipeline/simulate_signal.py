@@ -171,9 +171,14 @@ def dephasing_factor(field_ppm: np.ndarray, rad_per_ppm: float) -> np.ndarray:
 
 
 def receiver_phase(rng: np.random.Generator, shape) -> np.ndarray:
-    """Echo-independent receiver/coil phase offset (rad): a constant plus a smooth spatial term."""
-    return (rng.uniform(-np.pi, np.pi) + rng.uniform(0.0, 1.5) * smooth_grid_field(rng, shape, n_coarse=4))\
-        .astype(np.float32)
+    """Echo-independent receiver/coil phase offset (rad): a constant, a smooth random term and, in half
+    of the subjects, a centred quadratic term of up to pi (as after some coil combinations)."""
+    out = rng.uniform(-np.pi, np.pi) + rng.uniform(0.0, 2.5) * smooth_grid_field(rng, shape, n_coarse=4)
+    if rng.random() < 0.5:
+        r2 = sum(((np.arange(n, dtype=np.float32) - (n - 1) / 2) / (n / 2)).reshape(
+            [n if a == ax else 1 for a in range(3)]) ** 2 for ax, n in enumerate(shape))
+        out = out - rng.uniform(0.3, 1.0) * np.pi * r2 / 3.0
+    return np.asarray(out, np.float32)
 
 
 def bias_field(rng: np.random.Generator, shape, *, b0: float) -> np.ndarray:
