@@ -33,7 +33,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--ablation", choices=("none", "no-balancing", "no-hard-negatives", "no-physics-channels",
                                           "bce-heatmap", "dice-bce-heatmap"), default="none",
-                   help="train a baseline variant for the ablation table")
+                   help="train a baseline variant for the ablation table: no-balancing = uniform patches, "
+                   "plain BCE heatmap, unweighted CE; no-hard-negatives = stage 2 without stage-1 false "
+                   "positives (use with --init and --steps 0); no-physics-channels = magnitude + SWI inputs; "
+                   "bce-heatmap / dice-bce-heatmap = other heatmap losses")
     return p
 
 
@@ -53,7 +56,7 @@ def options_from_args(args):
         kw["stage2_epochs"] = args.epochs
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
-    kw.update({"none": {}, "no-balancing": {"balanced": False, "class_weighting": False},
+    kw.update({"none": {}, "no-balancing": {"balanced": False, "class_weighting": False, "heatmap_loss": "bce"},
                "no-hard-negatives": {"hard_negatives": False, "init_classifier": False},
                "no-physics-channels": {"channels": APPEARANCE_CHANNELS},
                "bce-heatmap": {"heatmap_loss": "bce"},
