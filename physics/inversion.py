@@ -26,7 +26,7 @@ from .forward import dipole_kernel, kspace_grid
 #: TV-ADMM defaults, tuned on tests/phantoms.py (1 mm, 3 T, SNR 60, V-SHARP local field; see
 #: DEFAULT_METHOD).  lam multiplies ||grad chi||_1 with the gradient in ppm/mm and the field in ppm.
 TV_LAMBDA = 3e-4
-TV_ITERATIONS = 30
+TV_ITERATIONS = 15
 
 #: Methods :func:`invert_dipole` accepts.
 METHODS = ("default", "tkd", "tv")
@@ -77,7 +77,7 @@ def _unpad(chi_big, m, crop, inner) -> np.ndarray:
     return out
 
 
-def tkd(local_field_ppm, mask, voxel_size, b0_dir, *, threshold: float = 0.19, pad_mm: float = 16.0) -> np.ndarray:
+def tkd(local_field_ppm, mask, voxel_size, b0_dir, *, threshold: float = 0.19, pad_mm: float = 8.0) -> np.ndarray:
     """Thresholded k-space division.
 
     Parameters: local field (ppm), bool mask, voxel size (mm), B0 direction in voxel axes,
@@ -137,7 +137,7 @@ def tv_admm(
     lam: float | None = None,
     rho: float | None = None,
     n_iter: int | None = None,
-    pad_mm: float = 16.0,
+    pad_mm: float = 8.0,
 ) -> np.ndarray:
     """Total-variation regularised dipole inversion by ADMM (closed-form k-space chi update).
 
