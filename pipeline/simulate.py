@@ -131,8 +131,11 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     chi = tab.chi[anat.tissue] + occ * (veins.chi_ppm - np.minimum(tab.chi[anat.tissue], 1.0))
     chi = np.where(anat.tissue == T["air"], tab.chi[T["air"]], chi).astype(np.float32)
     chi_local = np.where(anat.intracranial, chi, 0).astype(np.float32)
-    total, local = fields_from_chi(chi - np.float32(CHI_AIR_VS_TISSUE_PPM), chi_local, voxel_size,
-                                   b0_direction(affine))
+    # the air/tissue step (9.4 ppm) is given a partial-volume edge (0.7 voxel): a voxel-sharp step makes
+    # the discrete dipole kernel ring through the whole brain (concentric ripples of ~0.01 ppm)
+    chi_vs_air = ndimage.gaussian_filter(chi - np.float32(CHI_AIR_VS_TISSUE_PPM), 0.7, mode="nearest")
+    total, local = fields_from_chi(chi_vs_air, chi_local, voxel_size, b0_direction(affine))
+    del chi_vs_air
     del chi
     total = shim(total, anat.intracranial, fraction=r.uniform(0.5, 1.0)) + np.float32(r.normal(0, 0.05))
     local = np.where(anat.intracranial, local, 0).astype(np.float32)
@@ -148,6 +151,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     phi0 = receiver_phase(rng[5], shape)
     # acquired resolution below the grid's (zero-filled k-space): blur and Gibbs ringing, in 70% of subjects
     kfrac = tuple(r.uniform(0.7, 1.0, 3)) if r.random() < 0.7 else None
+    fermi = float(r.uniform(0.0, 0.12))
     bias = bias_field(rng[5], shape, b0=b0)
     wm_mask = anat.tissue == T["wm"]
     mags, phases = [], []
@@ -171,7 +175,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
             deph = dephasing_factor(bg_total[ibox], k) if min(integral.shape) >= 2 else np.float32(1)
             s[ibox] = (deph * integral * np.exp(1j * (bg_total[ibox] * k + phi0[ibox]))).astype(np.complex64)
         if kfrac is not None:
-            s = kspace_truncate(s, kfrac)
+            s = kspace_truncate(s, kfrac, fermi_width=fermi)
         s = add_noise(rng[5], s, sigma)
         mags.append(np.abs(s).astype(np.float32))
         ph = np.angle(s).astype(np.float32)
@@ -183,7 +187,8 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     params = {"voxel_size_mm": list(voxel_size), "oblique_deg": list(angles), "b0_t": float(b0),
               "te_s": te.tolist(), "tr_s": tr, "flip_deg": flip_deg, "snr_wm": snr, "noise_sigma": sigma,
               "flip_lr": bool(flip_lr),
-              "kspace_fraction": None if kfrac is None else [float(v) for v in kfrac], "n_microbleeds": sum(l.kind == "microbleed" for l in lesions_out),
+              "kspace_fraction": None if kfrac is None else [float(v) for v in kfrac], "kspace_fermi_width": fermi,
+              "n_microbleeds": sum(l.kind == "microbleed" for l in lesions_out),
               "n_calcifications": sum(l.kind == "calcification" for l in lesions_out)}
     return SimulatedSubject(acq=acq, truth=truth, params=params, total_field_ppm=total)
 

@@ -187,17 +187,20 @@ def bias_field(rng: np.random.Generator, shape, *, b0: float) -> np.ndarray:
     return np.exp(amp * smooth_grid_field(rng, shape, n_coarse=5)).astype(np.float32)
 
 
-def kspace_truncate(signal: np.ndarray, fractions) -> np.ndarray:
-    """Keep the central ``fractions`` (per axis, 0-1] of k-space of a complex image and zero the rest:
-    the finite acquired resolution, with its blur and Gibbs ringing at sharp edges (complex64)."""
+def kspace_truncate(signal: np.ndarray, fractions, *, fermi_width: float = 0.0) -> np.ndarray:
+    """Keep the central ``fractions`` (per axis, 0-1] of k-space of a complex image: the finite acquired
+    resolution, with its blur and Gibbs ringing at sharp edges (complex64).  ``fermi_width`` > 0
+    rounds the edge of the kept region with a Fermi filter (as scanners do), which damps the ringing."""
     f = sfft.fftn(signal.astype(np.complex64), workers=-1)
     for ax, (n, frac) in enumerate(zip(signal.shape, fractions)):
-        if frac >= 1.0:
-            continue
-        k = np.abs(np.fft.fftfreq(n)) <= 0.5 * frac
+        u = np.abs(np.fft.fftfreq(n)) / (0.5 * min(float(frac), 1.0))
+        if fermi_width > 0:
+            w = 1.0 / (1.0 + np.exp(np.clip((u - 1.0) / fermi_width, -50, 50)))
+        else:
+            w = (u <= 1.0).astype(float)
         sh = [1, 1, 1]
         sh[ax] = n
-        f *= k.reshape(sh)
+        f *= w.astype(np.float32).reshape(sh)
     return sfft.ifftn(f, workers=-1, overwrite_x=True).astype(np.complex64)
 
 
