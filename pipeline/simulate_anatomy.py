@@ -18,7 +18,7 @@ from cmbdetect.pipeline.simulate_geometry import (HeadFrame, LatticeNoise, ellip
 
 #: Tissue codes of :attr:`Anatomy.tissue` (index = code).
 TISSUES: tuple[str, ...] = ("air", "soft", "scalp", "skull", "csf", "gm", "wm", "caudate", "putamen",
-                            "pallidum", "thalamus", "nigra", "red_nucleus", "dentate", "eye")
+                            "pallidum", "thalamus", "nigra", "red_nucleus", "dentate", "eye", "marrow")
 T = {name: n for n, name in enumerate(TISSUES)}
 #: Region codes of :attr:`Anatomy.region` (0 = not brain parenchyma).
 REGIONS: tuple[str, ...] = ("none", "lobar", "deep", "infratentorial")
@@ -105,17 +105,19 @@ def build_anatomy(frame: HeadFrame, rng: np.random.Generator) -> Anatomy:
     scalp_t = rng.uniform(4.0, 7.0)
     intracranial = sdf_brain < csf_mm
     inner_skull = sdf_brain < csf_mm + skull_t
-    del skull_t
     tissue = np.zeros(frame.shape, np.uint8)
     tissue[sdf_brain < csf_mm + 5.0 + scalp_t] = T["scalp"]
     tissue[inner_skull] = T["skull"]
+    rel = (sdf_brain - csf_mm) / skull_t  # fatty marrow (diploe) between the two tables of a thick skull
+    tissue[inner_skull & (rel > 0.3) & (rel < 0.7) & (skull_t > rng.uniform(4.5, 6.0))] = T["marrow"]
+    del rel
     for c, ax in (([0, -5, -100.0], [52, 62, 80.0]), ([0, 38, -60.0], [55, 48, 42.0])):  # neck, face
         b, sd = _box_sdf(frame, np.asarray(c) * s, np.asarray(ax) * s)
         if b is not None:
             t = tissue[b]
             t[(sd < 0) & (t == T["air"])] = T["soft"]
             t[(sd < 0) & (t == T["scalp"]) & (sdf_brain[b] > csf_mm + 8.0)] = T["soft"]
-    del inner_skull
+    del inner_skull, skull_t
     for side in (1, -1):  # eyes
         b, sd = _box_sdf(frame, _mirror([32, 60, -32], side) * s + jit(1), np.full(3, 11.5 * s))
         if b is not None:
@@ -133,7 +135,7 @@ def build_anatomy(frame: HeadFrame, rng: np.random.Generator) -> Anatomy:
         b, sd = _box_sdf(frame, np.asarray(c) * s + jit(2), np.asarray(ax) * s * f)
         if b is None:
             continue
-        inside = (sd < 0) & (sdf_brain[b] > 1.5)
+        inside = (sd < 0) & (sdf_brain[b] > csf_mm + 1.5)  # bone between sinus and dura
         if spongy:
             inside &= cells(*frame.coords(b)) > -0.2
         tissue[b][inside] = T["air"]
