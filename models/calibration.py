@@ -3,7 +3,10 @@
 1. Logit adjustment: a classifier trained with class weights ``w_c`` learns scores shifted by ``log w_c``;
    :func:`undo_class_weights` subtracts it so the outputs reflect the training class frequencies again.
 2. Temperature scaling (Guo et al. 2017): one scalar ``T`` minimising the validation negative
-   log-likelihood of ``softmax(logits / T)`` (:func:`fit_temperature`).
+   log-likelihood of ``softmax(logits / T)`` (:func:`fit_temperature`); with a per-class bias
+   (bias-corrected temperature scaling, Alexandari et al. 2020: ``softmax(logits / T + b)``,
+   :func:`fit_bias_temperature`) it also absorbs the difference between the classifier's training-set
+   class mix and the validation candidates' natural one.
 3. Prevalence (Bayes' rule, Saerens et al. 2002): with training prior ``pi_train`` of the microbleed class
    among candidates and a deployment prior ``pi_deploy``,
    ``odds' = odds * (pi_deploy / (1 - pi_deploy)) / (pi_train / (1 - pi_train))``; the other classes keep
@@ -47,6 +50,28 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds=(0.05, 20.
     res = minimize_scalar(lambda lt: negative_log_likelihood(logits, labels, temperature=float(np.exp(lt))),
                           bounds=tuple(np.log(bounds)), method="bounded")
     return float(np.exp(res.x))
+
+
+def fit_bias_temperature(logits: np.ndarray, labels: np.ndarray, *, l2: float = 1e-2) -> tuple[float, np.ndarray]:
+    """``(T, b)`` minimising the NLL of ``softmax(logits / T + b)`` (+ ``l2 * |b|^2``, which keeps the bias
+    of a class absent from the validation set finite).  ``(1, 0)`` with fewer than 2 samples."""
+    from scipy.optimize import minimize
+
+    z = np.asarray(logits, dtype=float)
+    lab = np.asarray(labels, dtype=int)
+    c = z.shape[-1]
+    if len(z) < 2:
+        return 1.0, np.zeros(c)
+
+    def nll(params):
+        t, b = np.exp(params[0]), params[1:]
+        p = softmax(z / t + b)
+        return -np.mean(np.log(np.clip(p[np.arange(len(lab)), lab], 1e-12, 1.0))) + l2 * float(b @ b)
+
+    res = minimize(nll, np.zeros(c + 1), method="L-BFGS-B",
+                   bounds=[(np.log(0.05), np.log(20.0))] + [(-10.0, 10.0)] * c)
+    b = res.x[1:] - res.x[1:].mean()
+    return float(np.exp(res.x[0])), b
 
 
 def adjust_prevalence(probs: np.ndarray, *, pi_train: float, pi_deploy: float, index: int = 0) -> np.ndarray:

@@ -85,9 +85,11 @@ def committee_logits(net: PatchClassifier, patches: np.ndarray, feats: np.ndarra
 
 def calibrated_probabilities(logits: np.ndarray, calibration: dict, *,
                              prevalence: float | None = None) -> np.ndarray:
-    """Per-head probabilities ``[N, H, C]`` after logit adjustment, temperature and prevalence."""
+    """Per-head probabilities ``[N, H, C]``: ``softmax((logits - log w) / T + b)`` (class weights ``w``,
+    temperature ``T``, bias ``b`` from ``calibration``), then the prevalence re-weighting."""
     z = undo_class_weights(logits, calibration.get("class_weights", [1.0] * logits.shape[-1]))
-    p = softmax(z, temperature=float(calibration.get("temperature", 1.0)))
+    z = z / float(calibration.get("temperature", 1.0)) + np.asarray(calibration.get("bias", 0.0), dtype=float)
+    p = softmax(z)
     if prevalence is not None:
         p = adjust_prevalence(p, pi_train=float(calibration["training_prevalence"]), pi_deploy=float(prevalence),
                               index=_MB)

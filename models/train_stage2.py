@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cmbdetect.models.calibration import fit_temperature, softmax, undo_class_weights
+from cmbdetect.models.calibration import fit_bias_temperature, softmax, undo_class_weights
 from cmbdetect.models.classifier import extract_patches, features_vector
 from cmbdetect.models.detection import CLASSES
 from cmbdetect.models.features import candidate_features
@@ -121,11 +121,13 @@ def mean_logits(logits: np.ndarray, class_weights) -> np.ndarray:
 
 
 def calibrate(logits: np.ndarray, labels: np.ndarray, class_weights) -> dict:
-    """Temperature on validation candidates and the training prevalence of microbleeds among them."""
+    """Bias-corrected temperature scaling on the validation candidates (their natural class mix), and the
+    prevalence of microbleeds among them (the prior the calibrated probabilities then reflect)."""
     z = mean_logits(logits, class_weights)
-    t = fit_temperature(z, labels)
+    t, bias = fit_bias_temperature(z, labels)
     prev = float(np.clip(np.mean(labels == CLASSES.index("microbleed")), 0.01, 0.99)) if len(labels) else 0.5
-    return {"method": "logit adjustment (class weights) + temperature", "temperature": t,
+    return {"method": "logit adjustment (class weights) + bias-corrected temperature scaling",
+            "temperature": t, "bias": [float(v) for v in bias],
             "class_weights": [float(w) for w in class_weights], "training_prevalence": prev}
 
 

@@ -38,3 +38,20 @@ def test_temperature_recovers_overconfidence():
     assert negative_log_likelihood(true_logits * 3, labels, temperature=t) < \
         negative_log_likelihood(true_logits * 3, labels)
     assert fit_temperature(np.zeros((1, 3)), np.array([0])) == 1.0
+
+
+def test_bias_temperature_absorbs_prior_shift():
+    from cmbdetect.models.calibration import fit_bias_temperature
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    true_logits = rng.normal(0, 1.5, size=(n, 3))
+    p = softmax(true_logits)
+    labels = np.array([rng.choice(3, p=row) for row in p])
+    shifted = 2.0 * true_logits + np.array([2.0, 0.0, -1.0])   # overconfident and prior-shifted
+    t, b = fit_bias_temperature(shifted, labels)
+    assert 1.7 < t < 2.3
+    rec = softmax(shifted / t + b)
+    assert np.abs(rec - p).mean() < 0.03
+    assert negative_log_likelihood(shifted / t + b, labels) < negative_log_likelihood(
+        shifted, labels, temperature=fit_temperature(shifted, labels))
