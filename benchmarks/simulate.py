@@ -34,6 +34,19 @@ def main() -> None:
           f"{sub.params['n_microbleeds']} microbleeds, {sub.params['n_calcifications']} calcifications: "
           f"wall {wall:.2f} s, peak RSS {rss_gb:.2f} GB (targets 30 s, 4 GB)")
 
+    import tempfile
+
+    from cmbdetect.pipeline.simulate import simulate_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        simulate_dataset(f"{tmp}/ds", subjects=1, seed=args.seed, b0=[args.b0],
+                         echoes=list(te) if len(te) > 1 else 1, shape=shape)
+        wall_ds = time.perf_counter() - t0
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    print(f"simulate_dataset, 1 subject written as BIDS (NIfTI gz + truth): wall {wall_ds:.2f} s, "
+          f"peak RSS so far {rss_gb:.2f} GB")
+
     padded = [sfft.next_fast_len(int(s + 2 * np.ceil(0.25 * s))) for s in shape]
     buf = np.random.default_rng(0).standard_normal(padded).astype(np.complex64)
     times = []

@@ -19,6 +19,7 @@ from cmbdetect.physics.constants import CHI_AIR_VS_TISSUE_PPM
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import b0_direction, oblique_affine, voxel_to_world
 from cmbdetect.pipeline.acquisition import Acquisition
+from cmbdetect.pipeline.bids import bids_name
 from cmbdetect.pipeline.simulate_anatomy import T, build_anatomy
 from cmbdetect.pipeline.simulate_geometry import HeadFrame, random_rotation, smooth_grid_field
 from cmbdetect.pipeline.simulate_lesions import draw_lesions, lesion_samples
@@ -299,7 +300,8 @@ def simulate_dataset(out_dir, *, subjects: int, seed: int, b0=None, echoes="rand
             if preview:
                 from cmbdetect.pipeline.preview import write_preview
 
-                write_preview(sub, tmp / "derivatives" / "preview" / f"sub-{label}_preview.png")
+                write_preview(sub, tmp / "derivatives" / "preview" / bids_name(sub=label, suffix="preview",
+                                                                               extension=".png"))
             if progress is not None:
                 progress(label, sub.params)
     return labels
