@@ -153,6 +153,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     # acquired resolution below the grid's (zero-filled k-space): blur and Gibbs ringing, in 70% of subjects
     kfrac = tuple(r.uniform(0.7, 1.0, 3)) if r.random() < 0.7 else None
     fermi = float(r.uniform(0.0, 0.12))
+    filter_noise = bool(r.random() < 0.35)
     bias = bias_field(rng[5], shape, b0=b0)
     wm_mask = anat.tissue == T["wm"]
     mags, phases = [], []
@@ -175,9 +176,11 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
             integral = (mm * np.cos(ph)).mean(-1) + 1j * (mm * np.sin(ph)).mean(-1)
             deph = dephasing_factor(bg_total[ibox], k) if min(integral.shape) >= 2 else np.float32(1)
             s[ibox] = (deph * integral * np.exp(1j * (bg_total[ibox] * k + phi0[ibox]))).astype(np.complex64)
-        if kfrac is not None:
+        if kfrac is not None and not filter_noise:
             s = kspace_truncate(s, kfrac, fermi_width=fermi)
         s = add_noise(rng[5], s, sigma)
+        if kfrac is not None and filter_noise:  # k-space filter after the noise: spatially correlated noise
+            s = kspace_truncate(s, kfrac, fermi_width=fermi)
         mags.append(np.abs(s).astype(np.float32))
         ph = np.angle(s).astype(np.float32)
         ph[ph >= np.float32(np.pi)] -= np.float32(2 * np.pi)
@@ -189,6 +192,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
               "te_s": te.tolist(), "tr_s": tr, "flip_deg": flip_deg, "snr_wm": snr, "noise_sigma": sigma,
               "flip_lr": bool(flip_lr),
               "kspace_fraction": None if kfrac is None else [float(v) for v in kfrac], "kspace_fermi_width": fermi,
+              "noise_filtered": filter_noise and kfrac is not None,
               "n_microbleeds": sum(l.kind == "microbleed" for l in lesions_out),
               "n_calcifications": sum(l.kind == "calcification" for l in lesions_out)}
     return SimulatedSubject(acq=acq, truth=truth, params=params, total_field_ppm=total)

@@ -149,7 +149,7 @@ def build_anatomy(frame: HeadFrame, rng: np.random.Generator) -> Anatomy:
     u = [((A[shell] - c_cen[n]) / c_axes[n]).astype(np.float32) for n, A in enumerate((X, Y, Z))]
     rho = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2) + 1e-6
     q = (0.7 + 0.3 * rho) / rho * 75.0  # radially compressed sampling -> mostly radial sulcal sheets
-    nf = fold(u[0] * q, u[1] * q, u[2] * q)
+    nf = fold(u[0] * q, u[1] * q, u[2] * q) + 0.45 * fold(u[0] * q * 2.1 + 40, u[1] * q * 2.1, u[2] * q * 2.1)
     sulcus = np.zeros(frame.shape, bool)
     sulcus[shell] = np.abs(nf) < rng.uniform(0.1, 0.17) * (1 + 0.4 * (vent - 1))
     del u, rho, q, shell, nf
