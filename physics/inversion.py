@@ -26,7 +26,7 @@ from .forward import dipole_kernel, kspace_grid
 #: TV-ADMM defaults, tuned on tests/phantoms.py (1 mm, 3 T, SNR 60, V-SHARP local field; see
 #: DEFAULT_METHOD).  lam multiplies ||grad chi||_1 with the gradient in ppm/mm and the field in ppm.
 TV_LAMBDA = 3e-4
-TV_ITERATIONS = 15
+TV_ITERATIONS = 10
 
 #: Methods :func:`invert_dipole` accepts.
 METHODS = ("default", "tkd", "tv")
@@ -40,7 +40,7 @@ METHODS = ("default", "tkd", "tv")
 #:   1.5 T (TE 20 ms):    TKD 15.5% / 48.7%    TV-ADMM 2.3% / 8.8%
 #:   7 T (TE 5 ms):       TKD 16.6% / 45.8%    TV-ADMM 2.5% / 10.5%
 #: TV lam 1e-4 / 1e-3 gave 2.2-5.4% / 8.7-18.8% and 4.6-6.3% / 14-15% (3e-4 is the best compromise);
-#: 10-30 iterations change the moments by < 1% (15 is the default for speed).
+#: 10-30 iterations change the moments by < 1% (10 is the default, for speed).
 DEFAULT_METHOD = "tv"
 
 
