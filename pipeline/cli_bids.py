@@ -217,7 +217,8 @@ def run_participant(args: argparse.Namespace) -> int:
                 _progress(f"error: {label} failed: {message}")
                 continue
             prov = build_provenance(command_line=command_line_of(args),
-                                    parameters={**options.parameters(), "subject": label}, model=model,
+                                    parameters={**options.parameters(), "subject": label,
+                                                "execution": options.execution()}, model=model,
                                     timings={k: v for k, v in node_seconds.items()
                                              if f".{wf_name}." in f".{k}."},
                                     inputs={"sources": _sources(acq, bids_dir)},

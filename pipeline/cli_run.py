@@ -9,6 +9,7 @@ rerun resumes; without it a temporary work folder is used and removed.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -36,8 +37,9 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     p.add_argument("--background", default="vsharp", help="background field removal (default: vsharp)")
     p.add_argument("--inversion", default="default", help="dipole inversion method (default: default)")
     e = parser.add_argument_group("execution")
-    e.add_argument("--nprocs", type=int, default=1,
-                   help="CPUs to use: subjects in parallel (MultiProc) for BIDS, threads for one subject")
+    e.add_argument("--nprocs", type=int, default=None,
+                   help="CPUs to use (default: all): subjects in parallel (MultiProc) for BIDS, "
+                        "threads for one subject")
     e.add_argument("--mem-gb", type=float, metavar="GB", help="memory limit for MultiProc scheduling")
     e.add_argument("-w", "--work-dir", metavar="WORKDIR",
                    help="Nipype work folder (kept: a rerun resumes from its cache)")
@@ -80,9 +82,15 @@ class PipelineOptions:
     def parameters(self) -> dict:
         """JSON-able record for provenance/report (no execution details that do not change results)."""
         d = asdict(self)
-        for k in ("work_dir", "verbose", "plugin_args", "mem_gb"):
+        for k in ("work_dir", "verbose", "plugin_args", "mem_gb", "nprocs", "plugin_name"):
             d.pop(k)
         return d
+
+    def execution(self) -> dict:
+        """How the run was executed (recorded in provenance; does not change the results)."""
+        return {"nprocs": self.nprocs, "mem_gb": self.mem_gb, "plugin": self.plugin_name,
+                "plugin_args": dict(self.plugin_args),
+                "work_dir": str(self.work_dir) if self.work_dir else None}
 
 
 def options_from_args(args: argparse.Namespace, *, single_subject: bool = False) -> PipelineOptions:
@@ -97,13 +105,14 @@ def options_from_args(args: argparse.Namespace, *, single_subject: bool = False)
     if args.prevalence is not None and not 0.0 < args.prevalence < 1.0:
         raise InputError(f"--prevalence must be between 0 and 1, got {args.prevalence}")
     plugin = "linear" if single_subject and args.plugin is None else args.plugin
-    name, pargs = plugin_settings(plugin=plugin, nprocs=args.nprocs, mem_gb=args.mem_gb,
+    nprocs = args.nprocs if args.nprocs is not None else (os.cpu_count() or 1)
+    name, pargs = plugin_settings(plugin=plugin, nprocs=nprocs, mem_gb=args.mem_gb,
                                   plugin_args=parse_plugin_args(args.plugin_args))
     model = str(args.model)
     if Path(model).expanduser().exists():  # a model folder: absolute, since nodes run elsewhere
         model = str(Path(model).expanduser().absolute())
     return PipelineOptions(model=model, prevalence=args.prevalence, unwrap=args.unwrap,
-                           background=args.background, inversion=args.inversion, nprocs=args.nprocs,
+                           background=args.background, inversion=args.inversion, nprocs=nprocs,
                            mem_gb=args.mem_gb, plugin_name=name, plugin_args=pargs,
                            work_dir=Path(args.work_dir).absolute() if args.work_dir else None,
                            verbose=args.verbose)
@@ -203,7 +212,8 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
             outputs = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
             timings = {**timer.seconds, "total": timer.total(),
                        **{f"node:{k}": v for k, v in outcome.node_seconds.items()}}
-            write_json(build_provenance(command_line=command_line or sys.argv, parameters=settings,
+            write_json(build_provenance(command_line=command_line or sys.argv,
+                                        parameters={**settings, "execution": options.execution()},
                                         model=model_info, timings=timings, inputs=_input_record(acq),
                                         outputs=outputs + ["provenance.json"]),
                        tmp / "provenance.json")

@@ -100,6 +100,7 @@ def test_plugin_settings():
     assert plugin_settings() == ("Linear", {})
     name, args = plugin_settings(nprocs=4, mem_gb=8)
     assert name == "MultiProc" and args["n_procs"] == 4 and args["memory_gb"] == 8.0
+    assert args["mp_context"] == "forkserver"
     assert plugin_settings(plugin="slurm", plugin_args={"sbatch_args": "-p short"}) == \
         ("SLURM", {"sbatch_args": "-p short"})
     assert plugin_settings(plugin="SGE")[0] == "SGE" and plugin_settings(plugin="pbs")[0] == "PBS"

@@ -46,6 +46,9 @@ def plugin_settings(*, plugin: str | None = None, nprocs: int = 1, mem_gb: float
         if mem_gb is not None:
             args.setdefault("memory_gb", float(mem_gb))
         args.setdefault("raise_insufficient", False)
+        # workers must not be forked from a process whose OpenMP/torch thread pools are running
+        # (a forked child can hang on them): fork them from a clean server process instead
+        args.setdefault("mp_context", "forkserver")
     elif name in _SUBMIT_ARGS:
         key = _SUBMIT_ARGS[name]
         if key in args and not isinstance(args[key], str):
