@@ -155,6 +155,7 @@ def compute_physics_maps(
     meta["inversion"] = {"method": DEFAULT_METHOD if inversion == "default" else inversion,
                          "reference": "mean 0 inside mask"}
     chi_pos, chi_neg = split_by_sign(chi)
+    meta["sources"] = "chi_pos/chi_neg: positive/negative part of chi (split by sign)"
     lap("inversion")
 
     e_swi = int(np.argmin(np.abs(t - SWI_TE_S)))
