@@ -116,19 +116,11 @@ def load_acquisition(mag_file: str, phase_file: str, acq_json: str) -> Acquisiti
 
 
 def load_mask(mask_file: str, *, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
-    """A user brain mask as bool; its grid must be the acquisition's (shape and affine), else InputError."""
-    img = nib.load(mask_file)
-    data = np.asarray(img.dataobj)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.shape != tuple(shape):
-        raise InputError(f"mask shape {data.shape} does not match the image shape {tuple(shape)}")
-    if not np.allclose(img.affine, affine, atol=1e-3):
-        raise InputError("mask affine (orientation/position) does not match the image")
-    mask = data > 0
-    if not mask.any():
-        raise InputError(f"mask {mask_file} is empty")
-    return mask
+    """A brain mask as bool; its grid must be the acquisition's (shape and affine), else InputError
+    (the same rules as the CLI's ``--mask``: ``pipeline.cli_common.load_user_mask``)."""
+    from cmbdetect.pipeline.cli_common import load_user_mask
+
+    return load_user_mask(mask_file, affine, shape=tuple(shape))
 
 
 def save_maps_bundle(maps: PhysicsMaps, path: Path) -> Path:
