@@ -98,7 +98,10 @@ class ExportDicom(CmbInterface):
         datasets = [pydicom.dcmread(f) for f in self.inputs.reference_files]
         out = cwd / "dicom"
         out.mkdir(exist_ok=True)
-        write_dicom_sr(candidates, source_datasets=datasets, path=out / "sr.dcm")
+        from cmbdetect.pipeline.provenance import cmbdetect_version
+
+        write_dicom_sr(candidates, source_datasets=datasets, path=out / "sr.dcm",
+                       algorithm_version=cmbdetect_version())
         maps = load_maps_bundle(self.inputs.maps_bundle)
         write_key_images(candidates, maps=maps, source_datasets=datasets, out_dir=out / "keyimages")
         self._results["dicom_dir"] = str(out)
