@@ -48,6 +48,11 @@ def _write_bids_subject(root: Path, label: str, acq) -> None:
         write_json({**meta, "Units": "rad"} if part == "phase" else meta, f"{stem}.json")
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _cmbdetect(args: list[str]) -> tuple[float, float, int]:
     """Run the console script in a child process: (wall s, peak RSS GB of the children, exit code).
 
@@ -88,7 +93,11 @@ def main() -> int:
         print(f"model: {model}; CPUs: {os.cpu_count()}")
 
         run_args, _ = _write_subject(tmp / "big", seed=1, shape=opts.shape)
+        cpu0 = _children_cpu_s()
         wall, peak, code = _cmbdetect(["run", *run_args, "--out", str(tmp / "big_out"), "--model", model])
+        cpu = _children_cpu_s() - cpu0
+        print(f"load average before/after: {os.getloadavg()[0]:.1f} (CPU time of the run {cpu:.1f} s; "
+              "on a shared machine wall time exceeds it)")
         print(f"[single] cmbdetect run {'x'.join(map(str, opts.shape))}: wall {wall:.1f} s "
               f"(target <= 45 s: {'PASS' if wall <= 45 else 'FAIL'}), peak RSS {peak:.2f} GB "
               f"(target <= 4 GB: {'PASS' if peak <= 4 else 'FAIL'}), exit {code}")
