@@ -96,7 +96,7 @@ def main() -> int:
         cpu0 = _children_cpu_s()
         wall, peak, code = _cmbdetect(["run", *run_args, "--out", str(tmp / "big_out"), "--model", model])
         cpu = _children_cpu_s() - cpu0
-        print(f"load average before/after: {os.getloadavg()[0]:.1f} (CPU time of the run {cpu:.1f} s; "
+        print(f"load average (1 min): {os.getloadavg()[0]:.1f} (CPU time of the run {cpu:.1f} s; "
               "on a shared machine wall time exceeds it)")
         print(f"[single] cmbdetect run {'x'.join(map(str, opts.shape))}: wall {wall:.1f} s "
               f"(target <= 45 s: {'PASS' if wall <= 45 else 'FAIL'}), peak RSS {peak:.2f} GB "
