@@ -103,7 +103,8 @@ def vsharp(
     mask : bool brain mask where the field is reliable.
     voxel_size : voxel edges (mm); kernels are spheres in mm, so anisotropic voxels are exact.
     radii_mm : SMV radii in mm; sorted largest first; radii smaller than the largest voxel edge are
-        dropped (a kernel must reach the neighbours along every axis).  Each voxel takes the
+        dropped (a kernel must reach the neighbours along every axis) and, when some were dropped,
+        the largest voxel edge itself becomes the smallest radius.  Each voxel takes the
         high-pass ``(delta - S_r) * f`` of the largest radius whose sphere fits in the mask.
     threshold : TSVD threshold on ``|1 - S(k)|`` of the largest kernel for the deconvolution.
     refine_iter : conjugate-gradient iterations that refine the TSVD deconvolution into the
@@ -124,6 +125,8 @@ def vsharp(
     radii = sorted({float(r) for r in radii_mm if float(r) >= vs.max() - 1e-6}, reverse=True)
     if not radii:
         raise InputError(f"V-SHARP radii {tuple(radii_mm)} mm are all below the voxel size {tuple(vs)} mm")
+    if len(radii) < len(set(radii_mm)) and radii[-1] > vs.max() + 1e-6:
+        radii.append(float(vs.max()))  # thick slices: the smallest usable sphere keeps the erosion small
     # Work on the mask's bounding box plus the largest radius (the field is zero outside the mask).
     crop = _bbox(m)
     pad = [int(np.ceil(radii[0] / d)) + 1 for d in vs]

@@ -54,7 +54,8 @@ def _check_geometry(affine, b0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _remove_background(field, mask, vs, b0_dir, method, weights):
     if method == "vsharp":
         local, valid = bg.vsharp(field, mask, vs)
-        return local, valid, {"method": "vsharp", "radii_mm": list(bg.DEFAULT_VSHARP_RADII_MM)}
+        return local, valid, {"method": "vsharp", "radii_mm": list(bg.DEFAULT_VSHARP_RADII_MM),
+                              "refine_iter": 3, "threshold": 0.05}
     if method == "pdf":
         local = bg.pdf(field, mask, vs, b0_dir, weights=weights)
         return local, mask.copy(), {"method": "pdf"}

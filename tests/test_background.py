@@ -81,3 +81,18 @@ def test_phantom_background_suppressed_20x(case):
     assert np.std(p.background_field_ppm[maps.mask]) > 0.1  # a realistic, strong background
     assert ratio >= 20, f"{case}: background suppression only {ratio:.1f}x"
     assert maps.mask.sum() > 0.8 * p.mask.sum()
+
+
+def test_vsharp_thick_slices_use_voxel_edge_radius(oblique_affine):
+    """3 mm slices: radii below 3 mm are dropped and 3 mm becomes the smallest radius, so the mask
+    is eroded by ~3 mm rather than 4 mm; a harmonic field is still removed."""
+    shape, vs = (48, 48, 20), (1.0, 1.0, 3.0)
+    aff = oblique_affine(shape, vs, (0.0, 0.0, 0.0))
+    c = (np.asarray(shape) - 1) / 2 * np.asarray(vs)
+    mask = _ellipsoid(shape, vs, c, np.array([20.0, 20.0, 26.0]))
+    g = np.indices(shape).astype(float) * np.asarray(vs)[:, None, None, None] - c[:, None, None, None]
+    harmonic = (0.02 * g[0] + 0.003 * (g[0] ** 2 - g[2] ** 2) / 10).astype(np.float32)
+    local, eroded = vsharp(harmonic, mask, vs)
+    _, eroded_4mm = vsharp(harmonic, mask, vs, radii_mm=(6.0, 4.0))
+    assert eroded.sum() > eroded_4mm.sum() and not (eroded_4mm & ~eroded).any()
+    assert np.std(local[eroded]) < 0.05 * np.std(harmonic[eroded])
