@@ -35,10 +35,10 @@ METHODS = ("default", "tkd", "tv")
 #: at 1 mm, 40 spheres of 2-8 mm, +-0.3..1.5 ppm; noisy wrapped phase -> Laplacian unwrapping ->
 #: V-SHARP), integrated moment (2 mm dilated region) of the 33 spheres >= 3 voxels across,
 #: |relative error| median / worst (signs were right for all 40 spheres with both methods):
-#:   3 T axial:           TKD 15.4% / 48.5%    TV-ADMM 2.4% / 8.2%
-#:   3 T 15 deg oblique:  TKD 17.0% / 65.5%    TV-ADMM 2.2% / 6.3%
-#:   1.5 T (TE 20 ms):    TKD 15.5% / 48.7%    TV-ADMM 2.3% / 8.8%
-#:   7 T (TE 5 ms):       TKD 16.6% / 45.8%    TV-ADMM 2.5% / 10.5%
+#:   3 T axial:           TKD 15.4% / 48.5%    TV-ADMM 2.3% / 8.1%
+#:   3 T 15 deg oblique:  TKD 17.0% / 65.5%    TV-ADMM 1.8% / 6.1%
+#:   1.5 T (TE 20 ms):    TKD 15.5% / 48.7%    TV-ADMM 2.3% / 9.1%
+#:   7 T (TE 5 ms):       TKD 16.6% / 45.8%    TV-ADMM 2.2% / 10.4%
 #: TV lam 1e-4 / 1e-3 gave 2.2-5.4% / 8.7-18.8% and 4.6-6.3% / 14-15% (3e-4 is the best compromise);
 #: 10-30 iterations change the moments by < 1% (10 is the default, for speed).
 DEFAULT_METHOD = "tv"
