@@ -21,14 +21,22 @@ def random_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def bids_dir(tmp_path_factory) -> Path:
-    """Three subjects from the simulator's BIDS writer; sub-03's phase is then truncated (corrupt)."""
+    """Four subjects from the simulator's BIDS writer; then sub-03's phase is truncated (unreadable)
+    and sub-04's magnitude zeroed (readable, but the workflow fails: no brain to mask)."""
+    import nibabel as nib
+    import numpy as np
+
+    from cmbdetect.pipeline.atomic import save_nifti
     from cmbdetect.pipeline.simulate import simulate_dataset
 
     root = tmp_path_factory.mktemp("data") / "bids"
-    labels = simulate_dataset(root, subjects=3, seed=5, echoes="random", shape=SHAPE, n_microbleeds=3)
-    assert labels == ["01", "02", "03"]
+    labels = simulate_dataset(root, subjects=4, seed=5, echoes="random", shape=SHAPE, n_microbleeds=3)
+    assert labels == ["01", "02", "03", "04"]
     for corrupt in (root / "sub-03" / "anat").glob("*part-phase*.nii*"):
         corrupt.write_bytes(corrupt.read_bytes()[:300])
+    for mag in (root / "sub-04" / "anat").glob("*part-mag*.nii*"):
+        img = nib.load(mag)
+        save_nifti(np.zeros(img.shape, np.float32), img.affine, mag)
     return root
 
 
@@ -39,13 +47,14 @@ def test_participant_and_group(tmp_path, bids_dir, random_model, capsys):
     assert code == 1  # one acquisition failed
     assert "Traceback" not in err
     assert [ln for ln in err.splitlines() if "error" in ln and "sub-03" in ln]
-    assert "[1/3] sub-01" in err and "sub-02: done" in err and "2 of 3 acquisitions done" in err
+    assert [ln for ln in err.splitlines() if "error" in ln and "sub-04" in ln and "InputError" in ln]
+    assert "[1/4] sub-01" in err and "sub-02: done" in err and "2 of 4 acquisitions done" in err
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "cmbdetect"
     with open(out / "logs" / "failures.tsv") as fh:
         failures = list(csv.DictReader(fh, delimiter="\t"))
-    assert [f["label"] for f in failures] == ["sub-03"] and failures[0]["stage"] == "input"
-    assert not (out / "sub-03").exists()
+    assert [(f["label"], f["stage"]) for f in failures] == [("sub-03", "input"), ("sub-04", "workflow")]
+    assert not (out / "sub-03").exists() and not (out / "sub-04").exists()
     for label in ("01", "02"):
         anat = out / f"sub-{label}" / "anat"
         tsv = anat / f"sub-{label}_desc-cmb_candidates.tsv"
@@ -63,8 +72,9 @@ def test_participant_and_group(tmp_path, bids_dir, random_model, capsys):
     assert main([str(bids_dir), str(out), "group"]) == 0
     with open(out / "group" / "cmb_study_table.tsv") as fh:
         rows = {r["label"]: r for r in csv.DictReader(fh, delimiter="\t")}
-    assert set(rows) == {"sub-01", "sub-02", "sub-03"}
-    assert rows["sub-03"]["status"] == "failed" and rows["sub-01"]["status"] == "done"
+    assert set(rows) == {"sub-01", "sub-02", "sub-03", "sub-04"}
+    assert rows["sub-03"]["status"] == rows["sub-04"]["status"] == "failed"
+    assert rows["sub-01"]["status"] == "done"
     n01 = len((out / "sub-01/anat/sub-01_desc-cmb_candidates.tsv").read_text().strip().splitlines()) - 1
     assert int(rows["sub-01"]["n_candidates"]) == n01
     assert sum(int(rows["sub-01"][f"n_{k}"]) for k in ("microbleed", "calcification", "vein", "other")) == n01
@@ -77,7 +87,7 @@ def test_participant_and_group(tmp_path, bids_dir, random_model, capsys):
 def test_participant_label_selects_and_unknown_label_is_an_error(tmp_path, bids_dir, random_model, capsys):
     out = tmp_path / "out"
     assert main([str(bids_dir), str(out), "participant", "--participant-label", "sub-01",
-                 "--model", random_model]) == 0
+                 "--model", random_model, "--nprocs", "1"]) == 0
     assert (out / "sub-01").is_dir() and not (out / "sub-02").exists()
     capsys.readouterr()
     assert main([str(bids_dir), str(out), "participant", "--participant-label", "99",
