@@ -211,8 +211,8 @@ def run_participant(args: argparse.Namespace) -> int:
             missing = [rel for kind, rel in names.items()
                        if kind != "r2star" and not (sub_staging / rel).is_file()]
             if failed or missing:
-                message = (f"{failed[0].kind}: {failed[0].message} ({failed[0].crashfile})" if failed
-                           else f"outputs missing: {', '.join(missing)}")
+                message = _failure_message(failed[0], out_dir, label) if failed \
+                    else f"outputs missing: {', '.join(missing)}"
                 failures.append({"label": label, "stage": "workflow", "message": message})
                 _progress(f"error: {label} failed: {message}")
                 continue
@@ -241,6 +241,17 @@ def run_participant(args: argparse.Namespace) -> int:
     _progress(f"participant level: {n_all - len(failures)} of {n_all} acquisitions done"
               + (f", {len(failures)} failed (see {out_dir / FAILURES_FILE})" if failures else ""))
     return 1 if failures else 0
+
+
+def _failure_message(failure, out_dir: Path, label: str) -> str:
+    """One line for the failures table; an unexpected error's crash file is kept in ``logs/`` (the
+    work folder may be temporary)."""
+    if failure.kind == "InputError":
+        return f"InputError: {failure.message}"
+    kept = out_dir / "logs" / f"crash-{label}.txt"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(failure.crashfile, kept)
+    return f"{failure.kind}: {failure.message} (step {failure.node}; details: {kept})"
 
 
 def _one_line(exc: BaseException) -> str:
