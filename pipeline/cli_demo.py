@@ -1,8 +1,9 @@
 """``cmbdetect demo OUT``: simulate one subject and run the whole pipeline on it.
 
 Prints where the report is and how many microbleeds were found against the simulated truth (a found
-microbleed matches a true one within ``--hit-mm`` of its centre, one-to-one, nearest first).  The
-truth lesion table is written beside the outputs as ``truth_lesions.tsv``.
+microbleed matches a true one within ``--hit-mm`` of its centre, one-to-one: the project's evaluation
+``models.evaluate.match_count``).  The truth lesion table is written beside the outputs as
+``truth_lesions.tsv``.
 """
 from __future__ import annotations
 
@@ -30,24 +31,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def match_count(found_ras: np.ndarray, true_ras: np.ndarray, *, hit_mm: float) -> int:
-    """Number of one-to-one matches (greedy, closest pairs first) within ``hit_mm`` (mm, RAS)."""
-    found_ras, true_ras = np.reshape(found_ras, (-1, 3)), np.reshape(true_ras, (-1, 3))
-    if not len(found_ras) or not len(true_ras):
-        return 0
-    d = np.linalg.norm(found_ras[:, None, :] - true_ras[None, :, :], axis=-1)
-    pairs = sorted(zip(d.ravel(), *np.unravel_index(np.arange(d.size), d.shape)))
-    used_f, used_t, hits = set(), set(), 0
-    for dist, f, t in pairs:
-        if dist > hit_mm:
-            break
-        if f not in used_f and t not in used_t:
-            used_f.add(f)
-            used_t.add(t)
-            hits += 1
-    return hits
-
-
 def _write_truth_table(truth, path: Path) -> None:
     from cmbdetect.pipeline.atomic import write_text
 
@@ -62,6 +45,7 @@ def _write_truth_table(truth, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cmbdetect.models.evaluate import match_count
     from cmbdetect.pipeline.cli_run import command_line_of
     from cmbdetect.pipeline.simulate import simulate_subject
     from cmbdetect.workflows.interfaces import progress

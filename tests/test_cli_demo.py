@@ -3,18 +3,9 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pytest
 
 from cmbdetect.pipeline.cli import main
-from cmbdetect.pipeline.cli_demo import match_count
-
-
-def test_match_count_is_one_to_one_within_distance():
-    truth = np.array([[0.0, 0, 0], [10, 0, 0]])
-    assert match_count(np.array([[0.5, 0, 0], [0.2, 0, 0], [30, 0, 0]]), truth, hit_mm=5.0) == 1
-    assert match_count(np.array([[1.0, 0, 0], [9, 0, 0]]), truth, hit_mm=5.0) == 2
-    assert match_count(np.empty((0, 3)), truth, hit_mm=5.0) == 0
 
 
 def test_demo_small(tmp_path, capsys):
