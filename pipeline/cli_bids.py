@@ -190,6 +190,7 @@ def run_participant(args: argparse.Namespace) -> int:
             sub_staging = staging / label
             wf = init_cmb_wf(output_dir=sub_staging, output_names=names,
                              sidecars=_sidecars(_sources(acq, bids_dir), model), model=options.model,
+                             model_sha256=model["sha256"],
                              prevalence=options.prevalence, unwrap=options.unwrap,
                              background=options.background, inversion=options.inversion,
                              settings={**options.parameters(), "subject": label},

@@ -192,7 +192,8 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
                     "b0_t": float(acq.b0), "voxel_size_mm": [round(float(v), 4) for v in acq.voxel_size],
                     "shape": list(acq.shape)}
         with atomic_directory(out_dir) as tmp:
-            wf = init_cmb_wf(output_dir=tmp, model=options.model, prevalence=options.prevalence,
+            wf = init_cmb_wf(output_dir=tmp, model=options.model, model_sha256=model_info["sha256"],
+                             prevalence=options.prevalence,
                              unwrap=options.unwrap, background=options.background,
                              inversion=options.inversion, dicom=dicom, settings=settings,
                              mem_gb=node_memory_gb(acq), omp_nthreads=max(1, options.nprocs),

@@ -147,3 +147,20 @@ def test_run_through_slurm_plugin(tmp_path, subject, random_model, monkeypatch):
     assert all(s.is_file() and s.parent.name == "batch" and work in s.parents for s in scripts)
     for name in FIXED_OUTPUTS:
         assert (out / name).is_file(), name
+
+
+def test_model_replaced_in_place_is_not_served_from_cache(tmp_path, subject, capsys):
+    import shutil
+
+    from cmbdetect.models.registry import create_random_model
+
+    model, work = tmp_path / "model", tmp_path / "work"
+    create_random_model(model, seed=0)
+    args = ["run", *subject["args"], "--model", str(model), "-w", str(work)]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    shutil.rmtree(model)
+    create_random_model(model, seed=1)
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "computing physics maps" not in err and "detecting candidates" in err

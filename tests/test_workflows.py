@@ -128,6 +128,9 @@ def test_cmb_wf_structure(tmp_path):
     names = bids_output_names({"sub": "01", "ses": "A", "run": "2", "echo": "1"})
     assert names["chimap"] == "sub-01/ses-A/anat/sub-01_ses-A_run-2_Chimap.nii.gz"
     assert names["candidates_tsv"].endswith("sub-01_ses-A_run-2_desc-cmb_candidates.tsv")
+    assert not wf.get_node("detect_wf").get_node("detect").inputs.model_sha256
+    pinned = init_cmb_wf(output_dir=tmp_path, model_sha256="ab" * 32)
+    assert pinned.get_node("detect_wf").get_node("detect").inputs.model_sha256 == "ab" * 32
     with pytest.raises(ValueError):
         init_cmb_wf(output_dir=tmp_path, output_names={"nonsense": "x"})
 

@@ -61,8 +61,9 @@ def bids_output_names(entities: dict[str, str | None]) -> dict[str, str]:
 
 def init_cmb_wf(*, output_dir: str | Path, output_names: dict[str, str] | None = None,
                 sidecars: dict[str, dict] | None = None, model: str = "default",
-                prevalence: float | None = None, unwrap: str = "laplacian", background: str = "vsharp",
-                inversion: str = "default", swi_slab_mm: float = 8.0, dicom: bool = False,
+                model_sha256: str | None = None, prevalence: float | None = None,
+                unwrap: str = "laplacian", background: str = "vsharp", inversion: str = "default",
+                swi_slab_mm: float = 8.0, dicom: bool = False,
                 settings: dict | None = None, mem_gb: float = 2.0, omp_nthreads: int = 1,
                 label: str = "", name: str = "cmb_wf") -> pe.Workflow:
     """Full pipeline of one subject.
@@ -72,8 +73,9 @@ def init_cmb_wf(*, output_dir: str | Path, output_names: dict[str, str] | None =
     the source DICOM ``reference_files``.  Outputs (``outputnode``): the work-folder files of the QSM,
     detection and report sub-workflows (``n_candidates``, ``n_microbleeds`` included).
     Each output kind named in ``output_names`` is copied to ``output_dir/<name>``, with
-    ``sidecars[kind]`` (if any) written as a JSON sidecar.  ``mem_gb`` is the memory estimate of the
-    heavy nodes (GB), ``omp_nthreads`` the threads of the detection node.
+    ``sidecars[kind]`` (if any) written as a JSON sidecar.  ``model_sha256`` pins the model content.
+    ``mem_gb`` is the memory estimate of the heavy nodes (GB), ``omp_nthreads`` the threads of the
+    detection node.
     """
     names = plain_output_names() if output_names is None else dict(output_names)
     sidecars = dict(sidecars or {})
@@ -86,8 +88,8 @@ def init_cmb_wf(*, output_dir: str | Path, output_names: dict[str, str] | None =
     subs = {
         "qsm_wf": init_qsm_wf(unwrap=unwrap, background=background, inversion=inversion,
                               swi_slab_mm=swi_slab_mm, mem_gb=mem_gb, label=label),
-        "detect_wf": init_detect_wf(model=model, prevalence=prevalence, omp_nthreads=omp_nthreads,
-                                    mem_gb=mem_gb, label=label),
+        "detect_wf": init_detect_wf(model=model, model_sha256=model_sha256, prevalence=prevalence,
+                                    omp_nthreads=omp_nthreads, mem_gb=mem_gb, label=label),
         "report_wf": init_report_wf(settings=settings, dicom=dicom, mem_gb=mem_gb, label=label),
     }
     qsm_wf, detect_wf, report_wf = subs["qsm_wf"], subs["detect_wf"], subs["report_wf"]

@@ -5,12 +5,15 @@ from pathlib import Path
 
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, isdefined, traits
 
+from cmbdetect.physics.errors import InputError
 from cmbdetect.workflows.interfaces import CmbInterface, load_maps_bundle, progress
 
 
 class _DetectInputSpec(BaseInterfaceInputSpec):
     maps_bundle = File(exists=True, mandatory=True, desc="physics maps bundle (.npz) from ComputeMaps")
     model = traits.Str("default", usedefault=True, desc="shipped model name or model folder/file path")
+    model_sha256 = traits.Str(desc="SHA-256 the model must have (part of the cache key, so a model "
+                                   "replaced in place is not served from the cache); checked at run time")
     prevalence = traits.Float(desc="expected microbleed prevalence for probability calibration (0..1)")
     num_threads = traits.Int(0, usedefault=True, desc="torch CPU threads (0 = library default)")
     label = traits.Str("", usedefault=True, desc="subject label for progress lines")
@@ -59,6 +62,8 @@ class DetectCandidates(CmbInterface):
         candidates = candidates_from_detections(detections, affine=maps.affine, mask=maps.mask)
         write_candidates(candidates, cwd)
         info = model_description(inputs.model)
+        if isdefined(inputs.model_sha256) and inputs.model_sha256 and info["sha256"] != inputs.model_sha256:
+            raise InputError(f"model {inputs.model} changed while the pipeline ran (sha256 differs)")
         self._results["model_info"] = str(write_json(info, cwd / "model.json"))
         self._results["candidates_tsv"] = str(cwd / "candidates.tsv")
         self._results["candidates_json"] = str(cwd / "candidates.json")
