@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     verbose = _is_verbose(argv)
     try:
         if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+            if len(argv) < 3 or argv[2] not in ("participant", "group"):
+                print(f"cmbdetect: error: unknown command {argv[0]!r}: choose one of "
+                      f"{', '.join(SUBCOMMANDS)}, or BIDS_DIR OUT_DIR participant|group", file=sys.stderr)
+                return 2
             from cmbdetect.pipeline import cli_bids
 
             args = cli_bids.build_bids_parser().parse_args(argv)

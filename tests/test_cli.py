@@ -93,6 +93,13 @@ def test_bids_app_form_is_detected(tmp_path, capsys):
     assert cli.main([str(tmp_path), str(tmp_path / "out"), "group"]) == 2
     assert "participant level first" in capsys.readouterr().err
     assert cli.main([str(tmp_path), str(tmp_path / "out"), "sideways"]) == 2
+    capsys.readouterr()
+    assert cli.main(["rnu", "--mag", "m"]) == 2  # a mistyped subcommand is named as such
+    assert capsys.readouterr().err.strip() == ("cmbdetect: error: unknown command 'rnu': choose one of "
+                                               f"{', '.join(cli.SUBCOMMANDS)}, or BIDS_DIR OUT_DIR "
+                                               "participant|group")
+    assert cli.main([str(tmp_path), str(tmp_path / "out"), "participant", "--help"]) == 0
+    assert "--participant-label" in capsys.readouterr().out
 
 
 def test_console_script_subprocess(tmp_path, random_model):
