@@ -75,19 +75,22 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     """Simulate one subject.
 
     ``seed`` int or :class:`numpy.random.SeedSequence`; ``shape`` voxels; ``voxel_size`` mm (None: a
-    random field of view of 170-240 mm in-plane and 110-200 mm slab); ``b0`` T; ``te`` echo times s;
-    ``oblique_deg`` slab angulation about the left-right axis (or three angles about x, y, z), B0 stays
-    along scanner z; ``n_microbleeds`` / ``n_calcifications`` None draws 0-15 / 0-4; ``snr`` white
-    matter signal / noise sigma at the first echo (None: 8-80); ``tr`` s and ``flip_deg`` (None:
-    random); ``head_tilt_deg`` limit of the random head rotation in the scanner (None: 8 deg pitch,
-    4 deg roll/yaw); ``flip_lr`` stores the first axis right-to-left (negative affine column).
+    random field of view of 170-240 mm in-plane and 110-200 mm slab, voxels at most 4.5 x 4.5 x 5 mm);
+    ``b0`` T; ``te`` echo times s; ``oblique_deg`` slab angulation about the left-right axis (or three
+    angles about x, y, z), B0 stays along scanner z; ``n_microbleeds`` / ``n_calcifications`` None
+    draws 0-15 / 0-4; ``snr`` white matter signal / noise sigma at the first echo (None: 8-80); ``tr``
+    s and ``flip_deg`` (None: random); ``head_tilt_deg`` limit of the random head rotation in the
+    scanner (None: 8 deg pitch, 4 deg roll/yaw); ``flip_lr`` stores the first axis right-to-left
+    (negative affine column).  Also random per seed: anatomy, tissue values, veins, arteries, lesion
+    sites/sizes/chi, shim residual, receiver phase, bias field, acquired resolution (k-space
+    truncation, Gibbs ringing) and whether the noise is white or k-space filtered.
     """
     shape, te = _check(shape, te, b0, voxel_size)
     rng = [child_rng(seed, n) for n in range(6)]  # protocol, anatomy, veins, lesions, tissue, noise
     r = rng[0]
     if voxel_size is None:
-        vx = r.uniform(170.0, 240.0) / shape[0]
-        voxel_size = (vx, vx, max(vx, r.uniform(110.0, 200.0) / shape[2]))
+        vx = min(r.uniform(170.0, 240.0) / shape[0], 4.5)  # small test grids: at most 4.5 x 4.5 x 5 mm
+        voxel_size = (vx, vx, min(max(vx, r.uniform(110.0, 200.0) / shape[2]), 5.0))
     voxel_size = tuple(float(v) for v in voxel_size)
     angles = tuple(float(a) for a in np.broadcast_to(np.asarray(oblique_deg, float), (3,))) \
         if np.ndim(oblique_deg) else (float(oblique_deg), 0.0, 0.0)

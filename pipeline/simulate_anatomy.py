@@ -124,7 +124,8 @@ def build_anatomy(frame: HeadFrame, rng: np.random.Generator) -> Anatomy:
             tissue[b][(sd < 0) & ~intracranial[b]] = T["eye"]
     # air cavities (only outside the dura): frontal/sphenoid/ethmoid sinuses, nasal cavity,
     # maxillary sinuses, mastoid air cells (spongy), ear canals
-    cav = [([0, 66, -6], [16, 7, 12], rng.uniform(0.3, 1.3), False), ([0, 22, -40], [13, 11, 10], rng.uniform(0.6, 1.2), False),
+    cav = [([0, 66, -6], [16, 7, 12], rng.uniform(0.3, 1.3), False),
+           ([0, 22, -40], [13, 11, 10], rng.uniform(0.6, 1.2), False),
            ([0, 48, -34], [12, 14, 9], 1.0, False), ([0, 50, -60], [9, 24, 18], 1.0, False)]
     for side in (1, -1):
         cav += [(_mirror([30, 40, -62], side), [14, 17, 19], rng.uniform(0.7, 1.2), False),

@@ -47,8 +47,11 @@ def test_lesion_table_columns_and_empty(tmp_path):
     assert read_lesion_table(p) == []
 
 
-@pytest.mark.parametrize("text", ["kind\ti\tj\n", "\t".join(TABLE_COLUMNS) + "\nmicrobleed\t1\t2\tx\t4\t5\t6\t3\t1\tlobar\n",
-                                  "\t".join(TABLE_COLUMNS) + "\nmicrobleed\t1\t2\n"])
+_HEADER = "\t".join(TABLE_COLUMNS)
+
+
+@pytest.mark.parametrize("text", ["kind\ti\tj\n", _HEADER + "\nmicrobleed\t1\t2\tx\t4\t5\t6\t3\t1\tlobar\n",
+                                  _HEADER + "\nmicrobleed\t1\t2\n"])
 def test_malformed_table_is_input_error(tmp_path, text):
     p = tmp_path / "bad.tsv"
     p.write_text(text)
