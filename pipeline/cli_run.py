@@ -213,8 +213,10 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
             outputs = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
             timings = {**timer.seconds, "total": timer.total(),
                        **{f"node:{k}": v for k, v in outcome.node_seconds.items()}}
+            physics = _physics_meta(outcome.node_outputs)
             write_json(build_provenance(command_line=command_line or sys.argv,
-                                        parameters={**settings, "execution": options.execution()},
+                                        parameters={**settings, "execution": options.execution(),
+                                                    "physics": physics},
                                         model=model_info, timings=timings, inputs=_input_record(acq),
                                         outputs=outputs + ["provenance.json"]),
                        tmp / "provenance.json")
@@ -230,6 +232,19 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
                     f"report: {Path(out_dir) / 'report.html'}")
     return {"n_candidates": len(candidates), "n_microbleeds": n_mb, "model": model_info,
             "out_dir": str(out_dir), "candidates": candidates}
+
+
+def _physics_meta(node_outputs: dict | None) -> dict:
+    """The physics chain's own record (methods, parameters, warnings) from the maps node's bundle."""
+    from cmbdetect.workflows.interfaces import load_maps_meta
+
+    for name, outputs in (node_outputs or {}).items():
+        if name.endswith("compute_maps") and outputs.get("maps_bundle"):
+            try:
+                return load_maps_meta(outputs["maps_bundle"])
+            except (OSError, ValueError, KeyError):
+                return {}
+    return {}
 
 
 def command_line_of(args: argparse.Namespace) -> list[str]:

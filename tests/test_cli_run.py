@@ -60,6 +60,7 @@ def test_run_outputs_provenance_resume_and_determinism(tmp_path, subject, random
     assert prov["timings_s"]["total"] > 0 and "workflow" in prov["timings_s"]
     assert prov["timings_s"]["node:cmb_wf.qsm_wf.compute_maps"] > 0
     assert "candidates.tsv" in prov["outputs"]
+    assert prov["parameters"]["physics"] and prov["parameters"]["execution"]["plugin"] == "Linear"
     # rerun over the same work folder: the physics node is served from the cache
     maps_npz = next(work.rglob("compute_maps/maps.npz"))
     stamp = maps_npz.stat().st_mtime_ns

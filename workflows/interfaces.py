@@ -132,6 +132,12 @@ def save_maps_bundle(maps: PhysicsMaps, path: Path) -> Path:
     return Path(path)
 
 
+def load_maps_meta(path: str) -> dict:
+    """Only the ``meta`` record of a maps bundle (methods, parameters, timings, warnings)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"]))
+
+
 def load_maps_bundle(path: str) -> PhysicsMaps:
     """Inverse of :func:`save_maps_bundle`."""
     with np.load(path, allow_pickle=False) as z:

@@ -115,6 +115,7 @@ class RunOutcome:
 
     failures: list[NodeFailure]
     node_seconds: dict[str, float]
+    node_outputs: dict[str, dict] = None  # full node name -> its outputs (paths, values)
 
 
 def run_workflow(wf, *, plugin_name: str, plugin_args: dict, crash_dir: str | Path) -> RunOutcome:
@@ -128,22 +129,26 @@ def run_workflow(wf, *, plugin_name: str, plugin_args: dict, crash_dir: str | Pa
         failures = collect_failures(crash_dir)
         if not failures:
             raise
-        return RunOutcome(failures, {})
-    return RunOutcome(collect_failures(crash_dir), _node_seconds(graph))
+        return RunOutcome(failures, {}, {})
+    seconds, outputs = _node_results(graph)
+    return RunOutcome(collect_failures(crash_dir), seconds, outputs)
 
 
-def _node_seconds(graph) -> dict[str, float]:
-    out = {}
+def _node_results(graph) -> tuple[dict[str, float], dict[str, dict]]:
+    seconds, outputs = {}, {}
     for node in getattr(graph, "nodes", lambda: [])():
+        if node.name.startswith(("inputnode", "outputnode")):
+            continue
         try:
-            runtime = node.result.runtime
-            runtime = runtime[0] if isinstance(runtime, list) else runtime
-            if node.name.startswith(("inputnode", "outputnode")) or not getattr(runtime, "duration", None):
-                continue
-            out[node.fullname] = round(float(runtime.duration), 3)
+            result = node.result
+            runtime = result.runtime[0] if isinstance(result.runtime, list) else result.runtime
+            if getattr(runtime, "duration", None):
+                seconds[node.fullname] = round(float(runtime.duration), 3)
+            if result.outputs is not None:
+                outputs[node.fullname] = result.outputs.get()
         except Exception:  # a node without a readable result (e.g. on a cluster file system lag)
             continue
-    return out
+    return seconds, outputs
 
 
 def raise_for_failures(failures: list[NodeFailure]) -> None:
