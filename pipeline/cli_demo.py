@@ -31,23 +31,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _write_truth_table(truth, path: Path) -> None:
-    from cmbdetect.pipeline.atomic import write_text
-
-    cols = ("kind", "x", "y", "z", "diameter_mm", "chi_ppm", "region")
-    lines = ["\t".join(cols)]
-    for les in truth.lesions:
-        x, y, z = (float(v) for v in les.centre_ras)
-        lines.append("\t".join([str(les.kind), f"{x:.2f}", f"{y:.2f}", f"{z:.2f}",
-                                f"{float(les.diameter_mm):.2f}", f"{float(les.chi_ppm):.3f}",
-                                str(les.region)]))
-    write_text("\n".join(lines) + "\n", path)
-
-
 def run(args: argparse.Namespace) -> int:
     from cmbdetect.models.evaluate import match_count
     from cmbdetect.pipeline.cli_run import command_line_of
     from cmbdetect.pipeline.simulate import simulate_subject
+    from cmbdetect.pipeline.truth import write_lesion_table
     from cmbdetect.workflows.interfaces import progress
 
     if min(args.shape) < 16:
@@ -61,9 +49,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).absolute()
     progress("demo", f"simulating a subject ({'x'.join(map(str, args.shape))} voxels, seed {args.seed})")
     sim = simulate_subject(seed=args.seed, shape=tuple(args.shape))
-    summary = run_acquisition(sim.acq, out_dir=out, options=options, command_line=command_line_of(args),
-                              label="demo", model_info=model_info, extra_writer=lambda tmp: _write_truth_table(
-                                  sim.truth, tmp / "truth_lesions.tsv"))
+    summary = run_acquisition(
+        sim.acq, out_dir=out, options=options, command_line=command_line_of(args), label="demo",
+        model_info=model_info,
+        extra_writer=lambda tmp: write_lesion_table(sim.truth.lesions, tmp / "truth_lesions.tsv"))
     true_mb = [les for les in sim.truth.lesions if les.kind == "microbleed"]
     found = [c for c in summary["candidates"] if c.label == "microbleed"]
     hits = match_count(np.array([[c.x, c.y, c.z] for c in found]),
