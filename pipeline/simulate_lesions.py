@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from cmbdetect.pipeline.simulate_anatomy import REGIONS, T, Anatomy
 
@@ -68,7 +69,15 @@ def draw_lesions(anatomy: Anatomy, rng: np.random.Generator, *, n_microbleeds: i
         return all(np.linalg.norm(c - o.centres_head[0]) > r + o.radii_mm[0] + 3.0 for o in out)
 
     mix = rng.dirichlet([2.0, 1.5, 1.0])  # this subject's lobar/deep/infratentorial balance
-    cand = {code: np.argwhere((anatomy.region == code) & np.isin(anatomy.tissue, _PAREN)) for code in (1, 2, 3)}
+    paren = np.isin(anatomy.tissue, _PAREN)
+    cand = {code: np.argwhere((anatomy.region == code) & paren) for code in (1, 2, 3)}
+    # lobar microbleeds sit mostly in the cortex and the juxtacortical white matter (within ~4 mm)
+    near_cortex = ndimage.binary_dilation(anatomy.tissue == T["gm"],
+                                          iterations=max(1, int(round(4.0 / float(np.mean(fr.voxel_size))))))
+    juxta = np.argwhere((anatomy.region == 1) & paren & near_cortex)
+    del paren, near_cortex
+    if len(juxta):
+        cand[1] = juxta
     tries = 0
     while sum(o.kind == "microbleed" for o in out) < n_microbleeds and tries < 200 * max(n_microbleeds, 1):
         tries += 1
