@@ -37,17 +37,6 @@ def _write_subject(folder: Path, *, seed: int, shape) -> tuple[list[str], object
             str(float(acq.te[0])), "--b0", str(float(acq.b0)), "--phase-units", "rad"], acq
 
 
-def _write_bids_subject(root: Path, label: str, acq) -> None:
-    from cmbdetect.pipeline.atomic import save_nifti, write_json
-
-    anat = root / f"sub-{label}" / "anat"
-    for part, vol in (("mag", acq.mag[0]), ("phase", acq.phase[0])):
-        stem = anat / f"sub-{label}_part-{part}_T2starw"
-        save_nifti(vol, acq.affine, f"{stem}.nii.gz")
-        meta = {"EchoTime": float(acq.te[0]), "MagneticFieldStrength": float(acq.b0)}
-        write_json({**meta, "Units": "rad"} if part == "phase" else meta, f"{stem}.json")
-
-
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -110,13 +99,13 @@ def main() -> int:
         if opts.skip_batch:
             return 0 if code == 0 else 1
 
+        from cmbdetect.pipeline.simulate import simulate_dataset
+
         bids = tmp / "bids"
-        subjects = []
-        for n in range(1, 5):
-            args, acq = _write_subject(tmp / f"sub{n}", seed=100 + n, shape=opts.batch_shape)
-            _write_bids_subject(bids, f"{n:02d}", acq)
-            subjects.append(args)
-        (bids / "dataset_description.json").write_text('{"Name": "bench", "BIDSVersion": "1.9.0"}\n')
+        labels = simulate_dataset(bids, subjects=4, seed=100, echoes=1, shape=tuple(opts.batch_shape))
+        subjects = [["--mag", str(next((bids / f"sub-{lab}" / "anat").glob("*part-mag*.nii*"))),
+                     "--phase", str(next((bids / f"sub-{lab}" / "anat").glob("*part-phase*.nii*")))]
+                    for lab in labels]  # echo time, field strength and phase units from the sidecars
         t0 = time.perf_counter()
         codes = [_cmbdetect(["run", *a, "--out", str(tmp / f"seq{n}"), "--model", model])[2]
                  for n, a in enumerate(subjects)]
