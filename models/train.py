@@ -51,6 +51,8 @@ class TrainOptions:
     val_fraction: float = 0.2
     target_recall: float = 0.98
     min_distance_mm: float = 3.0
+    max_candidates: int = 200
+    max_hard_negatives: int = 48
     threads: int = 2
     init_classifier: bool = True
     extra: dict = field(default_factory=dict)
@@ -129,8 +131,8 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     det.eval()
     # recall-tuned threshold on validation subjects
     floor = 0.02
-    val_cands = {i: volume_candidates(det, vols[i], threshold=floor, min_distance_mm=opts.min_distance_mm)
-                 for i in val_idx}
+    val_cands = {i: volume_candidates(det, vols[i], threshold=floor, min_distance_mm=opts.min_distance_mm,
+                                      max_candidates=opts.max_candidates) for i in val_idx}
     best = np.concatenate([lesion_best_scores(c, s, vols[i]) for i, (c, s, _) in val_cands.items()])
     threshold = recall_threshold(best, target_recall=opts.target_recall, floor=floor)
     stage1_recall = float(np.mean(best >= threshold)) if best.size else float("nan")
@@ -138,8 +140,9 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     # stage-2 examples
     ex_train, ex_val = [], []
     for i in train_idx:
-        c = volume_candidates(det, vols[i], threshold=threshold, min_distance_mm=opts.min_distance_mm)[0] \
-            if opts.hard_negatives else np.zeros((0, 3))
+        # the highest-scoring stage-1 candidates: true hits and the hardest false positives
+        c = volume_candidates(det, vols[i], threshold=threshold, min_distance_mm=opts.min_distance_mm,
+                              max_candidates=opts.max_hard_negatives)[0] if opts.hard_negatives else np.zeros((0, 3))
         ex_train.append(subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c,
                                          patch=opts.classifier_patch, subject_index=i, seed=opts.seed))
     for i in val_idx:
@@ -160,7 +163,8 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     va = concat_sets(ex_val) if sum(len(e) for e in ex_val) >= 4 else tr
     va_logits = committee_logits(cls, va.patches, features_vector(va.features, FEATURE_NAMES, fmean, fstd))
     meta["calibration"] = calibrate(va_logits, va.labels, cw)
-    meta["thresholds"] = {"heatmap": threshold, "min_distance_mm": opts.min_distance_mm, "max_candidates": 200}
+    meta["thresholds"] = {"heatmap": threshold, "min_distance_mm": opts.min_distance_mm,
+                          "max_candidates": opts.max_candidates}
     head_p, _ = physics_gate(calibrated_probabilities(va_logits, meta["calibration"]), va.features)
     p_mb = head_p.mean(axis=1)[:, 0]
     is_mb = va.labels == CLASSES.index("microbleed")

@@ -1,5 +1,5 @@
-"""Training helpers: tiling invariance, patch targets under flips, recall threshold, AUC, CLI options,
-rank table; and (slow) a tiny end-to-end training run."""
+"""Training helpers: tiling invariance, patch targets under flips, recall threshold, AUC, CLI options;
+and (slow) a tiny end-to-end training run."""
 import argparse
 
 import numpy as np
@@ -69,21 +69,6 @@ def test_cli_train_options_and_bad_values():
     args = parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--steps", "-1"])
     with pytest.raises(InputError):
         cli_train.options_from_args(args)
-
-
-def test_rank_table_orders_by_summed_uncertainty():
-    from cmbdetect.models.detection import Detection
-    from cmbdetect.pipeline.cli_rank import format_ranking, subject_row
-
-    def det(u, label="microbleed"):
-        return Detection((1.0, 2.0, 3.0), 0.5, {"microbleed": 0.5}, label, 3.0, {"committee_disagreement": 0.1}, u)
-
-    rows = {"sub-a": subject_row([det(0.2), det(0.3, "vein")]), "sub-b": subject_row([det(0.9)]),
-            "sub-c": subject_row([])}
-    lines = format_ranking(rows).splitlines()
-    assert lines[0].split("\t")[:3] == ["rank", "subject", "summed_uncertainty"]
-    assert [l.split("\t")[1] for l in lines[1:]] == ["sub-b", "sub-a", "sub-c"]
-    assert lines[2].split("\t")[4:6] == ["2", "1"]
 
 
 @pytest.mark.slow
