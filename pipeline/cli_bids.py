@@ -180,6 +180,8 @@ def run_participant(args: argparse.Namespace) -> int:
             try:
                 acq = load_bids_acquisition(subject)
                 values = prepare_inputs(acq, work / "inputs" / label)
+                sources, mem_gb = _sources(acq, bids_dir), node_memory_gb(acq)
+                del acq  # the workflow reads its own input files: do not hold every subject's images
             except Exception as exc:  # one bad subject is reported and skipped
                 failures.append({"label": label, "stage": "input", "message": _one_line(exc)})
                 _progress(f"error: {label} skipped: {_one_line(exc)}")
@@ -189,25 +191,25 @@ def run_participant(args: argparse.Namespace) -> int:
             names = bids_output_names(entities)
             sub_staging = staging / label
             wf = init_cmb_wf(output_dir=sub_staging, output_names=names,
-                             sidecars=_sidecars(_sources(acq, bids_dir), model), model=options.model,
+                             sidecars=_sidecars(sources, model), model=options.model,
                              model_sha256=model["sha256"],
                              prevalence=options.prevalence, unwrap=options.unwrap,
                              background=options.background, inversion=options.inversion,
                              settings={**options.parameters(), "subject": label},
-                             mem_gb=node_memory_gb(acq), omp_nthreads=max(1, options.nprocs // n_parallel),
+                             mem_gb=mem_gb, omp_nthreads=max(1, options.nprocs // n_parallel),
                              label=label, name=_node_name(label))
             for key, value in values.items():
                 if key != "reference_files":
                     setattr(wf.inputs.inputnode, key, value)
             meta.add_nodes([wf])
-            planned[label] = (wf.name, names, acq, sub_staging)
+            planned[label] = (wf.name, names, sources, sub_staging)
         if planned:
             crash_dir = work / "crash" / uuid.uuid4().hex[:8]
             configure_execution(meta, crash_dir=crash_dir, stop_on_first_crash=False)
             outcome = run_workflow(meta, plugin_name=options.plugin_name,
                                    plugin_args=options.plugin_args, crash_dir=crash_dir)
             node_failures, node_seconds = outcome.failures, outcome.node_seconds
-        for label, (wf_name, names, acq, sub_staging) in planned.items():
+        for label, (wf_name, names, sources, sub_staging) in planned.items():
             failed = [f for f in node_failures if f".{wf_name}." in f".{f.node}."]
             missing = [rel for kind, rel in names.items()
                        if kind != "r2star" and not (sub_staging / rel).is_file()]
@@ -222,7 +224,7 @@ def run_participant(args: argparse.Namespace) -> int:
                                                 "execution": options.execution()}, model=model,
                                     timings={k: v for k, v in node_seconds.items()
                                              if f".{wf_name}." in f".{k}."},
-                                    inputs={"sources": _sources(acq, bids_dir)},
+                                    inputs={"sources": sources},
                                     outputs=list(names.values()))
             tsv = sub_staging / names["candidates_tsv"]
             write_json(prov, tsv.with_name(tsv.name.replace("_candidates.tsv", "_provenance.json")))
