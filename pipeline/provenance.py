@@ -1,7 +1,6 @@
 """Provenance record of a run: software versions, model hash, parameters, command line, timings."""
 from __future__ import annotations
 
-import hashlib
 import platform
 import sys
 import time
@@ -29,15 +28,6 @@ def cmbdetect_version() -> str:
         return metadata.version("cmbdetect")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class StageTimer:

@@ -65,17 +65,13 @@ class ComputeMaps(CmbInterface):
             self._results[name] = str(path)
 
 
-def write_output_maps(maps, out_dir: Path, *, threads: int = 4) -> dict[str, Path]:
+def write_output_maps(maps, out_dir: Path) -> dict[str, Path]:
     """The NIfTI maps handed on (``<name>.nii.gz``, names as :data:`MAP_NAMES`; ``r2star`` only for
-    multi-echo), compressed in parallel threads (zlib releases the GIL).  The other arrays (chi+/chi-,
-    magnitude, total field) travel in the maps bundle only."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    multi-echo).  The other arrays (chi+/chi-, magnitude, total field) travel in the maps bundle only
+    (writing all ten compressed maps took longer than the rest of the node's I/O together)."""
     from cmbdetect.pipeline.atomic import save_nifti
 
     arrays = {"chimap": maps.chi_ppm, "localfield": maps.local_field_ppm, "brainmask": maps.mask,
               "swi": maps.swi, "mip": maps.mip, "r2star": maps.r2star}
-    jobs = {name: (arr, out_dir / f"{name}.nii.gz") for name, arr in arrays.items() if arr is not None}
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        futures = {name: pool.submit(save_nifti, arr, maps.affine, path) for name, (arr, path) in jobs.items()}
-        return {name: f.result() for name, f in futures.items()}
+    return {name: save_nifti(arr, maps.affine, out_dir / f"{name}.nii.gz")
+            for name, arr in arrays.items() if arr is not None}
