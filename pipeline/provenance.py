@@ -6,7 +6,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
 
 _PACKAGES = ("cmbdetect", "numpy", "scipy", "torch", "nibabel", "nipype", "pydicom", "highdicom",
              "scikit-image")
