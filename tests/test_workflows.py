@@ -52,7 +52,7 @@ def test_load_acquisition_rejects_mismatched_grids(tmp_path, acquisition):
     shifted = acquisition.affine.copy()
     shifted[0, 3] += 5.0
     save_nifti(np.zeros((*SHAPE, 2)), shifted, tmp_path / "p3.nii")
-    with pytest.raises(InputError, match="affines differ"):
+    with pytest.raises(InputError, match="different affine"):
         load_acquisition(str(paths["mag_file"]), str(tmp_path / "p3.nii"), str(paths["acq_json"]))
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")
 
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from nipype.interfaces.base import SimpleInterface  # noqa: E402
 
@@ -100,19 +99,16 @@ def _jsonable(value) -> bool:
 
 
 def load_acquisition(mag_file: str, phase_file: str, acq_json: str) -> Acquisition:
-    """Read back what :func:`save_acquisition` wrote; shapes and affines of the two files must agree."""
-    mag_img, phase_img = nib.load(mag_file), nib.load(phase_file)
-    if mag_img.shape != phase_img.shape:
-        raise InputError(f"magnitude {mag_img.shape} and phase {phase_img.shape} shapes differ")
-    if not np.allclose(mag_img.affine, phase_img.affine, atol=1e-3):
-        raise InputError("magnitude and phase affines differ")
+    """Read back what :func:`save_acquisition` wrote, through the project's one NIfTI reader
+    (:func:`cmbdetect.pipeline.io_nifti.load_nifti_acquisition`: same shape/affine checks as user
+    input); phase is already radians in the project convention, so it is read as ``rad``, sign +1."""
+    from cmbdetect.pipeline.io_nifti import load_nifti_acquisition
+
     meta = json.loads(Path(acq_json).read_text())
-    mag = np.asarray(mag_img.dataobj, dtype=np.float32)
-    phase = np.asarray(phase_img.dataobj, dtype=np.float32)
-    if mag.ndim == 4:
-        mag, phase = np.moveaxis(mag, -1, 0), np.moveaxis(phase, -1, 0)
-    return Acquisition(mag=mag, phase=phase, te=meta["te"], b0=meta["b0"], affine=mag_img.affine,
-                       source=meta.get("source", {}))
+    acq = load_nifti_acquisition([mag_file], [phase_file], te=meta["te"], b0=meta["b0"], phase_sign=1,
+                                 phase_units="rad")
+    acq.source = meta.get("source", {})  # the original reader's provenance, not the node's temp files
+    return acq
 
 
 def load_mask(mask_file: str, *, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
