@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from cmbdetect.models.calibration import adjust_prevalence, softmax, undo_class_weights
 from cmbdetect.models.detection import CLASSES
@@ -40,8 +41,6 @@ def candidate_region(chi_ppm: np.ndarray, centre, voxel_size, *, chi_scale: floa
     of voxels with ``s * chi > max(3 * chi_scale, 0.3 * peak)`` containing it (a 1.5 mm ball if empty).
     Its shape (elongation, sphericity) is what separates veins from round bleeds.
     """
-    from scipy import ndimage
-
     vs = np.asarray(voxel_size, dtype=float)
     idx = np.indices(chi_ppm.shape, dtype=float)
     d2 = sum(((idx[a] - centre[a]) * vs[a]) ** 2 for a in range(3))

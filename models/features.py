@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from cmbdetect.models.channels import robust_centre_scale
 from cmbdetect.models.classifier import candidate_region
 from cmbdetect.physics.geometry import b0_direction, voxel_sizes
 from cmbdetect.physics.maps import PhysicsMaps
-
-
-def robust_scale(values: np.ndarray) -> float:
-    """1.4826 * MAD (ppm), floored at 1e-4."""
-    med = np.median(values)
-    return max(float(np.median(np.abs(values - med))) * 1.4826, 1e-4)
 
 
 def candidate_features(maps: PhysicsMaps, centres_vox, *, crop_mm: float = 8.0) -> list[dict[str, float]]:
@@ -27,7 +22,7 @@ def candidate_features(maps: PhysicsMaps, centres_vox, *, crop_mm: float = 8.0) 
     vs = voxel_sizes(maps.affine)
     b0_dir = b0_direction(maps.affine)
     mask = np.asarray(maps.mask, dtype=bool)
-    chi_scale = robust_scale(maps.chi_ppm[mask]) if mask.any() else 1e-3
+    chi_scale = max(robust_centre_scale(maps.chi_ppm[mask])[1], 1e-4) if mask.any() else 1e-3
     half = np.maximum(np.ceil(crop_mm / vs).astype(int), 2)
     shape = np.array(maps.shape)
     out: list[dict[str, float]] = []

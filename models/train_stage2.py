@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cmbdetect.models.calibration import fit_bias_temperature, softmax, undo_class_weights
+from cmbdetect.models.calibration import fit_bias_temperature, undo_class_weights
 from cmbdetect.models.classifier import extract_patches, features_vector
 from cmbdetect.models.detection import CLASSES
 from cmbdetect.models.features import candidate_features
@@ -144,6 +144,3 @@ def microbleed_auc(probs_mb: np.ndarray, is_mb: np.ndarray) -> float:
         ranks[sel] = ranks[sel].mean()
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
-
-__all__ = ["Stage2Set", "calibrate", "concat_sets", "feature_statistics", "mean_logits", "microbleed_auc",
-           "softmax", "subject_examples", "train_classifier"]
