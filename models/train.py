@@ -91,9 +91,9 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(opts.seed)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ck_path = out / "checkpoint.pt"
     subjects = load_training_subjects(bids_dir, cache_dir=cache_dir or out / "cache", labels=labels, log=log)
+    out.mkdir(parents=True, exist_ok=True)
     if len(subjects) < 2:
         raise InputError("training needs at least 2 subjects (one is held out for validation)")
     order = np.random.default_rng(opts.seed).permutation(len(subjects))
