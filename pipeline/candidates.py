@@ -119,7 +119,9 @@ def _susceptibility(features: dict) -> float:
 
 def candidates_from_detections(detections: list[Detection], *, affine: np.ndarray,
                                mask: np.ndarray | None) -> list[Candidate]:
-    """Candidate rows from the models' detections, sorted by decreasing probability of their label.
+    """Candidate rows from the models' detections: microbleeds first, then calcifications, veins and
+    "other" (rejected by stage 2), each group sorted by decreasing probability of its label, so the
+    top of the table is what a reader looks for.
 
     ``affine`` maps voxel indices to scanner RAS mm; ``mask`` (bool, may be None) is the brain mask used
     for the MARS region.  ids are 1..N in the returned order; ``review_priority`` ranks by decreasing
@@ -144,13 +146,26 @@ def candidates_from_detections(detections: list[Detection], *, affine: np.ndarra
             susceptibility_ppm=_susceptibility(det.features), diameter_mm=diameter, volume_mm3=volume,
             region=region_of(geometry, ijk), review_priority=0, score=float(det.score),
             uncertainty=float(det.uncertainty), **{f"p_{c}": probs[c] for c in CLASSES}))
-    rows.sort(key=lambda c: (-_key(c.probability), -_key(c.score), c.x, c.y, c.z))
+    rows.sort(key=lambda c: (CLASSES.index(c.label), -_key(c.probability), -_key(c.score), c.x, c.y, c.z))
     for n, cand in enumerate(rows, start=1):
         cand.id = n
     by_priority = sorted(rows, key=lambda c: (-_key(c.uncertainty), -_key(c.probability), c.id))
     for n, cand in enumerate(by_priority, start=1):
         cand.review_priority = n
     return rows
+
+
+#: An "other" candidate is still shown to the reader when its microbleed probability reaches this.
+UNCERTAIN_OTHER_P_MICROBLEED = 0.05
+
+
+def reportable(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates a reader is shown as points (overview markers, gallery, Slicer, DICOM SR): every
+    candidate not rejected by stage 2 (label microbleed, calcification or vein), plus rejected ("other")
+    ones whose microbleed probability is still >= :data:`UNCERTAIN_OTHER_P_MICROBLEED`.  The full list
+    stays in candidates.tsv/json for audit."""
+    return [c for c in candidates if c.label != "other"
+            or (math.isfinite(c.p_microbleed) and c.p_microbleed >= UNCERTAIN_OTHER_P_MICROBLEED)]
 
 
 def _key(value: float) -> float:

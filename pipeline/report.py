@@ -26,7 +26,7 @@ from scipy import ndimage
 from cmbdetect.physics.geometry import voxel_sizes, world_to_voxel
 from cmbdetect.physics.maps import PhysicsMaps
 from cmbdetect.pipeline.atomic import write_text
-from cmbdetect.pipeline.candidates import Candidate
+from cmbdetect.pipeline.candidates import Candidate, reportable
 from cmbdetect.pipeline.regions import REGIONS, brain_geometry
 
 #: Marker colour of each class (RGB).
@@ -251,9 +251,9 @@ def write_report(path, *, maps: PhysicsMaps, candidates: list[Candidate], settin
     """Write the HTML report to ``path`` atomically; returns the path.
 
     ``settings``: processing options shown as given; ``warnings``: lines shown prominently;
-    ``model_info``: at least ``name``, ``version``, ``sha256``.  The gallery shows the first
-    ``max_gallery`` candidates (by decreasing probability), each ``<img>`` carrying
-    ``data-candidate="<id>"``; the table lists all of them.
+    ``model_info``: at least ``name``, ``version``, ``sha256``.  The overview and the gallery show the
+    :func:`~cmbdetect.pipeline.candidates.reportable` candidates (the gallery at most ``max_gallery``, in
+    table order), each gallery ``<img>`` carrying ``data-candidate="<id>"``; the table lists all of them.
     """
     windows = display_windows(maps)
     counts = {label: sum(c.label == label for c in candidates) for label in LABEL_COLOURS}
@@ -264,8 +264,8 @@ def write_report(path, *, maps: PhysicsMaps, candidates: list[Candidate], settin
         geometry = brain_geometry(maps.mask, maps.affine)
         mars += (f" (region unknown: {geometry.reason})" if not geometry.usable else
                  " (unknown = centre outside the brain mask or in the low part of a slab cut at both ends)")
-    shown = sorted(candidates, key=lambda c: (-c.probability if math.isfinite(c.probability) else math.inf,
-                                              c.id))[:max_gallery]
+    shown_all = reportable(candidates)  # stage-2 rejects ("other") stay in the table only
+    shown = shown_all[:max_gallery]  # candidates come ordered: microbleeds first, by probability
     tiles = []
     for c in shown:
         tile = render_candidate_tile(maps, c, windows=windows, fov_mm=fov_mm)
@@ -273,8 +273,11 @@ def write_report(path, *, maps: PhysicsMaps, candidates: list[Candidate], settin
         tiles.append(f'<figure>{_img(tile, f"candidate {c.id}", attrs)}'
                      f"<figcaption>#{c.id} {html.escape(c.label)} p={c.probability:.2f}, "
                      f"{html.escape(c.region)}, review priority {c.review_priority}</figcaption></figure>")
-    cap_note = (f'<p class="note">Gallery limited to the {len(shown)} most probable of {len(candidates)} '
-                f"candidates; all are in the table and candidates.tsv.</p>" if len(shown) < len(candidates) else "")
+    rejected = len(candidates) - len(shown_all)
+    cap_note = (f'<p class="note">Gallery and overview show the {len(shown)} candidates not rejected by the '
+                f"false-positive classifier (microbleeds first){'' if len(shown) == len(shown_all) else f', limited to {len(shown)} of {len(shown_all)}'}; "
+                f"{rejected} candidates labelled 'other' are in the table and candidates.tsv only.</p>"
+                if len(shown) < len(candidates) else "")
     warn = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in warnings) or '<p class="note">none</p>'
     legend = " ".join(f'<span style="color:rgb{col}">●</span> {label}' for label, col in LABEL_COLOURS.items())
     model = {k: model_info.get(k, "n/a") for k in ("name", "version", "sha256")}
@@ -288,7 +291,7 @@ reader's confirmation; absence of a candidate does not exclude a microbleed.</p>
 <h2>Warnings</h2>{warn}
 <h2>Overview (minimum-intensity projection of SWI, axial slabs)</h2>
 <p class="note">{legend}. Numbers are candidate ids; patient right on the viewer's left.</p>
-{_img(render_overview(maps, candidates), "overview")}
+{_img(render_overview(maps, shown_all), "overview")}
 <h2>Candidates</h2>{_candidate_table(candidates) if candidates else '<p>No candidates were found.</p>'}
 <h2>Gallery</h2>
 <p class="note">Rows axial, coronal, sagittal (radiological); columns magnitude, SWI, χ (white =

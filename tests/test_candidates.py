@@ -11,7 +11,7 @@ from cmbdetect.models.detection import Detection
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import voxel_to_world
 from cmbdetect.pipeline.candidates import (COLUMNS, candidates_from_detections, read_candidates_tsv,
-                                           write_candidates)
+                                           reportable, write_candidates)
 
 
 def _reject(name):
@@ -38,16 +38,16 @@ def detections():
 def test_rows_geometry_order_priority(detections, oblique_affine):
     affine = oblique_affine()
     rows = candidates_from_detections(detections, affine=affine, mask=None)
-    assert [c.label for c in rows] == ["calcification", "vein", "microbleed"]  # 0.95, 0.7, 0.6
+    assert [c.label for c in rows] == ["microbleed", "calcification", "vein"]  # label groups, reader order
     assert [c.id for c in rows] == [1, 2, 3]
-    assert [c.review_priority for c in rows] == [3, 2, 1]  # most uncertain first
-    mb = rows[2]
+    assert [c.review_priority for c in rows] == [1, 3, 2]  # most uncertain first
+    mb = rows[0]
     ras = voxel_to_world(affine, [10.0, 12.5, 8.0])
     assert np.allclose(mb.ras, ras) and np.allclose(mb.lps, ras * [-1, -1, 1])
     assert mb.susceptibility_ppm == pytest.approx(0.42) and mb.volume_mm3 == 12.0
-    assert rows[0].susceptibility_ppm == pytest.approx(-0.3)  # integrated / volume
-    assert math.isnan(rows[1].susceptibility_ppm)
-    assert rows[1].volume_mm3 == pytest.approx(math.pi / 6 * 27)  # sphere of the diameter
+    assert rows[1].susceptibility_ppm == pytest.approx(-0.3)  # integrated / volume
+    assert math.isnan(rows[2].susceptibility_ppm)
+    assert rows[2].volume_mm3 == pytest.approx(math.pi / 6 * 27)  # sphere of the diameter
     assert {c.region for c in rows} == {"unknown"}  # no mask
 
 
@@ -71,7 +71,7 @@ def test_tsv_json_round_trip(detections, oblique_affine, tmp_path):
             a.susceptibility_ppm == pytest.approx(b.susceptibility_ppm, rel=1e-5)
     doc = json.loads(js.read_text(), parse_constant=_reject)  # strict JSON: NaN must have become null
     assert doc["count"] == 3 and doc["columns"]["susceptibility_ppm"]["units"] == "ppm"
-    assert doc["candidates"][1]["susceptibility_ppm"] is None
+    assert doc["candidates"][2]["susceptibility_ppm"] is None
     assert "RAS" in doc["coordinate_system"]["world"]
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files
 
@@ -92,3 +92,17 @@ def test_empty_table_and_bad_tables(tmp_path):
     minimal.write_text("\ufefflabel\tprobability\tx\ty\tz\nmicrobleed\t0.5\t1\t2\t3\n")  # with a BOM
     (row,) = read_candidates_tsv(minimal)
     assert row.id == 1 and row.region == "unknown" and np.allclose(row.lps, [-1, -2, 3])
+
+
+def test_within_label_group_sorted_by_probability_and_reportable(oblique_affine):
+    dets = [_det((1, 1, 1), "other", (0.01, 0.0, 0.0, 0.99)),
+            _det((2, 2, 2), "other", (0.2, 0.0, 0.0, 0.8)),
+            _det((3, 3, 3), "microbleed", (0.55, 0.0, 0.0, 0.45)),
+            _det((4, 4, 4), "microbleed", (0.9, 0.0, 0.1, 0.0)),
+            _det((5, 5, 5), "vein", (0.1, 0.0, 0.9, 0.0))]
+    rows = candidates_from_detections(dets, affine=oblique_affine(), mask=None)
+    assert [(c.label, c.probability) for c in rows] == [("microbleed", 0.9), ("microbleed", 0.55), ("vein", 0.9),
+                                                        ("other", 0.99), ("other", 0.8)]
+    shown = reportable(rows)
+    # stage-2 rejects are hidden unless their microbleed probability is still notable (0.2 >= 0.05)
+    assert [c.id for c in shown] == [1, 2, 3, 5]

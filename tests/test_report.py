@@ -87,7 +87,7 @@ def test_report_without_candidates_and_gallery_cap(maps, tmp_path):
     cands = synthetic_candidates(maps.affine, maps.mask)
     text = write_report(tmp_path / "cap.html", maps=maps, candidates=cands, settings={}, warnings=[],
                         model_info={}, max_gallery=2).read_text()
-    assert len(re.findall(r"<img data-candidate=", text)) == 2 and "limited to the 2 most probable" in text
+    assert len(re.findall(r"<img data-candidate=", text)) == 2 and "limited to 2 of" in text
 
 
 def test_report_from_a_minimal_table(maps, tmp_path):

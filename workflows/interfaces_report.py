@@ -22,17 +22,18 @@ class _MarkupsOutputSpec(TraitedSpec):
 
 
 class ExportMarkups(CmbInterface):
-    """Candidate table -> 3D Slicer point list (``pipeline.export_slicer.write_slicer_markups``)."""
+    """Candidate table -> 3D Slicer point list (``pipeline.export_slicer.write_slicer_markups``) of the
+    reportable candidates (``pipeline.candidates.reportable``: stage-2 rejects stay in the table only)."""
 
     input_spec = _MarkupsInputSpec
     output_spec = _MarkupsOutputSpec
 
     def _run(self, cwd: Path) -> None:
-        from cmbdetect.pipeline.candidates import read_candidates_tsv
+        from cmbdetect.pipeline.candidates import read_candidates_tsv, reportable
         from cmbdetect.pipeline.export_slicer import write_slicer_markups
 
         path = cwd / "candidates.mrk.json"
-        write_slicer_markups(read_candidates_tsv(self.inputs.candidates_tsv), path)
+        write_slicer_markups(reportable(read_candidates_tsv(self.inputs.candidates_tsv)), path)
         self._results["markups"] = str(path)
 
 
@@ -82,7 +83,7 @@ class _DicomOutputSpec(TraitedSpec):
 
 
 class ExportDicom(CmbInterface):
-    """DICOM Structured Report + key images referencing the source series
+    """DICOM Structured Report + key images of the reportable candidates, referencing the source series
     (``pipeline.export_dicom.write_dicom_sr`` / ``write_key_images``)."""
 
     input_spec = _DicomInputSpec
@@ -91,10 +92,10 @@ class ExportDicom(CmbInterface):
     def _run(self, cwd: Path) -> None:
         import pydicom
 
-        from cmbdetect.pipeline.candidates import read_candidates_tsv
+        from cmbdetect.pipeline.candidates import read_candidates_tsv, reportable
         from cmbdetect.pipeline.export_dicom import write_dicom_sr, write_key_images
 
-        candidates = read_candidates_tsv(self.inputs.candidates_tsv)
+        candidates = reportable(read_candidates_tsv(self.inputs.candidates_tsv))
         datasets = [pydicom.dcmread(f) for f in self.inputs.reference_files]
         out = cwd / "dicom"
         out.mkdir(exist_ok=True)
