@@ -59,7 +59,10 @@ def robust_centre_scale(values: np.ndarray) -> tuple[float, float]:
 def _raw(maps: PhysicsMaps, name: str) -> np.ndarray:
     table = {
         "magnitude": maps.magnitude, "swi": maps.swi, "local_field": maps.local_field_ppm,
-        "chi": maps.chi_ppm, "chi_pos": maps.chi_pos, "chi_neg": maps.chi_neg,
+        "chi": maps.chi_ppm,
+        # the sign split of chi, always: the maps' chi_pos/chi_neg come from chi-separation (R2') for
+        # multi-echo data, which would give the network differently defined inputs per protocol
+        "chi_pos": np.maximum(maps.chi_ppm, 0.0), "chi_neg": np.maximum(-maps.chi_ppm, 0.0),
     }
     if name not in table:
         raise InputError(f"unknown model channel {name!r}; known: {', '.join(table)}")

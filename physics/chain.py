@@ -1,6 +1,7 @@
 """The physics chain: GRE magnitude + phase -> :class:`~cmbdetect.physics.maps.PhysicsMaps`.
 
-mask -> multi-echo field fit (unwrapping) -> background removal -> dipole inversion -> chi+/chi- ->
+mask -> multi-echo field fit (unwrapping) -> background removal -> dipole inversion -> chi+/chi- (sign split for one
+echo; chi-separation with R' = R2* - R2 for multi-echo) ->
 SWI (echo closest to 20 ms) and its minimum-intensity projection; R2* for multi-echo data.  Everything
 stays on the input grid; units: chi ppm (mean 0 inside the mask), fields ppm, R2* 1/s, TE s, B0 T.
 Sign: phase in the project convention (paramagnetic -> positive frequency -> chi > 0).
@@ -16,7 +17,7 @@ from .errors import InputError
 from .geometry import b0_direction, voxel_sizes
 from .inversion import DEFAULT_METHOD, invert_dipole
 from .maps import PhysicsMaps
-from .sources import split_by_sign
+from .sources import assumed_r2, chi_separation, relaxometric_constant, split_by_sign
 from .swi import minimum_intensity_projection, swi_from_phase, through_slice_axis
 
 #: Background removal methods of :func:`compute_physics_maps`.
@@ -155,8 +156,14 @@ def compute_physics_maps(
     chi = _invert(local, valid, vs, b0_dir, inversion, fit.magnitude)
     meta["inversion"] = {"method": DEFAULT_METHOD if inversion == "default" else inversion,
                          "reference": "mean 0 inside mask"}
-    chi_pos, chi_neg = split_by_sign(chi)
-    meta["sources"] = "chi_pos/chi_neg: positive/negative part of chi (split by sign)"
+    if fit.r2star is None:
+        chi_pos, chi_neg = split_by_sign(chi)
+        meta["sources"] = {"method": "sign", "note": "single echo: chi_pos/chi_neg = positive/negative part of chi"}
+    else:
+        chi_pos, chi_neg = chi_separation(chi_ppm=chi, r2star=fit.r2star, mask=valid, b0=float(b0))
+        meta["sources"] = {"method": "chi-separation (R2' = R2* - R2, after Shin et al. 2021)",
+                           "assumed_r2_per_s": float(assumed_r2(float(b0))),
+                           "relaxometric_constant_hz_per_ppm": float(relaxometric_constant(float(b0)))}
     lap("inversion")
 
     e_swi = int(np.argmin(np.abs(t - SWI_TE_S)))

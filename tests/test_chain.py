@@ -55,9 +55,17 @@ def test_phantom_multi_echo_chain_and_pdf():
     assert maps.meta["swi"]["echo_index"] == 3 or maps.meta["swi"]["te_s"] in (0.016, 0.024)
     assert maps.meta["inversion"]["method"] in ("tv", "tkd")
     assert 10 < float(np.median(maps.r2star[maps.mask])) < 40  # phantom R2* = 25 1/s
+    # multi-echo: chi+/chi- from chi-separation, both >= 0 and consistent with the QSM chi
+    assert maps.meta["sources"]["method"].startswith("chi-separation")
+    assert maps.chi_pos.min() >= 0 and maps.chi_neg.min() >= 0
+    np.testing.assert_allclose((maps.chi_pos - maps.chi_neg)[maps.mask], maps.chi_ppm[maps.mask], atol=1e-4)
+    # R2' > 0 everywhere in this phantom (R2* 25 > assumed R2), so both sources coexist in tissue
+    assert ((maps.chi_pos > 0) & (maps.chi_neg > 0))[maps.mask].mean() > 0.3
     single = compute_physics_maps(mag=p.mag[0], phase=p.phase[0], te=p.te[:1], b0=p.b0, affine=p.affine,
                                   mask=p.mask, background="pdf", inversion="tkd")
     _check_maps(single, p.mask.shape, multi_echo=False)
+    assert single.meta["sources"]["method"] == "sign"
+    np.testing.assert_array_equal(single.chi_pos, np.maximum(single.chi_ppm, 0))
     corr = np.corrcoef(single.local_field_ppm[maps.mask], p.local_field_ppm[maps.mask])[0, 1]
     assert corr > 0.8
 
