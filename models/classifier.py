@@ -38,7 +38,8 @@ def candidate_region(chi_ppm: np.ndarray, centre, voxel_size, *, chi_scale: floa
     """Bool region of the source around ``centre`` (voxel coords) inside ``chi_ppm`` (a crop).
 
     The strongest |chi| voxel within ``search_mm`` gives the sign ``s``; the region is the connected set
-    of voxels with ``s * chi > max(3 * chi_scale, 0.3 * peak)`` containing it (a 1.5 mm ball if empty).
+    of voxels with ``s * chi > max(3 * chi_scale, 0.3 * peak)`` containing it (else a 1.5 mm ball, or the nearest voxel
+    on coarse grids).
     Its shape (elongation, sphericity) is what separates veins from round bleeds.
     """
     vs = np.asarray(voxel_size, dtype=float)
@@ -57,7 +58,7 @@ def candidate_region(chi_ppm: np.ndarray, centre, voxel_size, *, chi_scale: floa
         region = lab == lab[peak_idx]
         if region.sum() >= 1:
             return region
-    return d2 <= 1.5**2
+    return d2 <= max(1.5**2, float(d2.min()))  # never empty: at least the voxel nearest the centre
 
 
 def features_vector(features: list[dict], names, mean, std) -> np.ndarray:

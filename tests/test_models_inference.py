@@ -108,3 +108,12 @@ def test_channels_normalised_inside_mask(oblique_affine):
     assert x[3].min() >= 0 and x[4].min() >= 0 and x[3].max() > 5
     with pytest.raises(InputError):
         physics_channels(maps, ("nonsense",))
+
+
+def test_candidate_region_never_empty_on_coarse_grids():
+    """A centre between coarse voxels (no voxel within 1.5 mm) still gets a region (the nearest voxel)."""
+    from cmbdetect.models.classifier import candidate_region
+
+    chi = np.zeros((5, 5, 5), np.float32)
+    region = candidate_region(chi, np.array([2.5, 2.5, 2.5]), (4.5, 4.5, 5.0), chi_scale=0.01)
+    assert region.sum() >= 1
