@@ -104,7 +104,7 @@ def test_sr_points_read_back(oblique_affine, tmp_path):
         assert np.allclose(g["xyz"], c.lps, atol=1e-3)
         assert np.allclose(g["xyz"][:2], -c.ras[:2], atol=1e-3)
         assert g["p"] == pytest.approx(c.probability)
-    assert [g["finding"] for g in groups] == ["50960005", "18115005", "50960005"]
+    assert [g["finding"] for g in groups] == ["50960005", "50960005", "18115005"]  # microbleeds first
 
 
 def test_sr_parses_with_highdicom(oblique_affine, tmp_path):
