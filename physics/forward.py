@@ -34,24 +34,66 @@ def dipole_kernel(shape, voxel_size, b0_dir, *, dtype=np.float32) -> np.ndarray:
     return d.astype(dtype)
 
 
+def dipole_kernel_image_space(shape, voxel_size, b0_dir, *, dtype=np.float32) -> np.ndarray:
+    """D(k) computed as the FFT of the point-dipole response sampled at the voxel centres.
+
+    Real space (periodic grid of ``shape``, true voxel sizes in mm, ``b0_dir`` in voxel axes):
+    ``d(r) = V / (4 pi) * (3 cos^2(theta) - 1) / |r|^3`` with ``V`` the voxel volume; the self term
+    ``d(0)`` (a constant in k) is set to match :func:`dipole_kernel` away from the k-space corners (the
+    Lorentz-sphere correction, independent of the box shape), and D(0) = 0.  Unlike the sampled continuous
+    kernel, this one is periodic in k-space for any B0 direction, so an oblique B0 gives no voxel-scale
+    ringing outside sources (exact for cubic voxels; see the limitation below).  Same sign convention
+    (paramagnetic -> positive field along B0).  Not used by the pipeline, whose inversion inverts
+    :func:`dipole_kernel`; offered for forward simulation and verification.
+    """
+    vs = np.asarray(voxel_size, dtype=float)
+    b = np.asarray(b0_dir, dtype=float)
+    b = b / np.linalg.norm(b)
+    axes = []
+    for n, (s_, d) in enumerate(zip(shape, vs)):
+        x = (np.fft.fftfreq(s_) * s_) * d  # wrapped offsets in mm
+        sh = [1, 1, 1]
+        sh[n] = s_
+        axes.append(x.reshape(sh))
+    r2 = axes[0] ** 2 + axes[1] ** 2 + axes[2] ** 2
+    rb = axes[0] * b[0] + axes[1] * b[1] + axes[2] * b[2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.prod(vs) / (4 * np.pi) * (3 * rb**2 / r2 - 1) / r2**1.5
+    d[0, 0, 0] = 0.0
+    k = np.fft.fftn(d).real
+    # The self term d(0) is a constant in k.  The truncated lattice sum of a box-shaped grid shifts D by
+    # a box-shape (demagnetisation) constant, so d(0) is chosen to match the continuous Lorentz-corrected
+    # kernel where both are valid (median difference over k-space; they differ only near the corners).
+    k += float(np.median(dipole_kernel(shape, vs, b, dtype=np.float64) - k))
+    k[0, 0, 0] = 0.0
+    return k.astype(dtype)
+
+
 def pad_shape(shape, pad) -> tuple[int, ...]:
     """Shape after symmetric zero padding by ``pad`` voxels per side (int or per-axis)."""
     p = np.broadcast_to(np.asarray(pad, dtype=int), (3,))
     return tuple(int(s + 2 * q) for s, q in zip(shape, p))
 
 
-def forward_field(chi_ppm: np.ndarray, voxel_size, b0_dir, *, pad=None) -> np.ndarray:
+def forward_field(chi_ppm: np.ndarray, voxel_size, b0_dir, *, pad=None, kernel: str = "kspace") -> np.ndarray:
     """Field perturbation (ppm) of a susceptibility distribution (ppm): ifft(D * fft(chi)).
 
     ``pad`` voxels of zeros are added on each side (default: half the shape, which keeps the
-    periodic wrap-around of the FFT small) and removed afterwards.  Returns float32, same shape.
+    periodic wrap-around of the FFT small) and removed afterwards.  ``kernel``: "kspace" (the sampled
+    continuous kernel, :func:`dipole_kernel`, the one the inversion inverts) or "image"
+    (:func:`dipole_kernel_image_space`, exact for oblique B0).  Returns float32, same shape.
     """
     chi = np.asarray(chi_ppm, dtype=np.float32)
     if pad is None:
         pad = [s // 2 for s in chi.shape]
     p = np.broadcast_to(np.asarray(pad, dtype=int), (3,))
     padded = np.pad(chi, [(q, q) for q in p])
-    d = dipole_kernel(padded.shape, voxel_size, b0_dir)
+    if kernel == "kspace":
+        d = dipole_kernel(padded.shape, voxel_size, b0_dir)
+    elif kernel == "image":
+        d = dipole_kernel_image_space(padded.shape, voxel_size, b0_dir)
+    else:
+        raise ValueError(f"kernel must be 'kspace' or 'image', not {kernel!r}")
     f = np.fft.ifftn(np.fft.fftn(padded) * d).real.astype(np.float32)
     sl = tuple(slice(q, q + s) for q, s in zip(p, chi.shape))
     return f[sl]
