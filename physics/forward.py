@@ -49,12 +49,8 @@ def dipole_kernel_image_space(shape, voxel_size, b0_dir, *, dtype=np.float32) ->
     vs = np.asarray(voxel_size, dtype=float)
     b = np.asarray(b0_dir, dtype=float)
     b = b / np.linalg.norm(b)
-    axes = []
-    for n, (s_, d) in enumerate(zip(shape, vs)):
-        x = (np.fft.fftfreq(s_) * s_) * d  # wrapped offsets in mm
-        sh = [1, 1, 1]
-        sh[n] = s_
-        axes.append(x.reshape(sh))
+    # wrapped voxel offsets in mm: fftfreq(n, d) * n * d^2 = (index wrapped to [-n/2, n/2)) * d
+    axes = [k * (n * d * d) for k, n, d in zip(kspace_grid(shape, vs), shape, vs)]
     r2 = axes[0] ** 2 + axes[1] ** 2 + axes[2] ** 2
     rb = axes[0] * b[0] + axes[1] * b[1] + axes[2] * b[2]
     with np.errstate(divide="ignore", invalid="ignore"):

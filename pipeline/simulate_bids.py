@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
+from cmbdetect.pipeline.atomic import save_nifti
 from cmbdetect.pipeline.bids import bids_name, bids_path
 from cmbdetect.pipeline.truth import LABELS, subject_folder, write_truth
 
@@ -85,11 +85,7 @@ def write_subject(root: Path, label: str, subject) -> list[Path]:
             p = bids_path(root, sub=label, echo=(e + 1) if n > 1 else None, part=part, suffix="T2starw",
                           extension=".nii.gz")
             p.parent.mkdir(parents=True, exist_ok=True)
-            img = nib.Nifti1Image(np.asarray(vol, np.float32), acq.affine)
-            img.header.set_xyzt_units("mm", "sec")
-            img.set_qform(acq.affine, code=1)
-            img.set_sform(acq.affine, code=1)
-            nib.save(img, p)
+            save_nifti(vol, acq.affine, p)
             side = {"EchoTime": float(acq.te[e]), "MagneticFieldStrength": float(acq.b0),
                     "RepetitionTime": float(subject.params.get("tr_s", 0.0)),
                     "FlipAngle": float(subject.params.get("flip_deg", 0.0)),

@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from cmbdetect.physics.errors import InputError
+from cmbdetect.pipeline.atomic import save_nifti
 from cmbdetect.pipeline.bids import bids_name
 
 #: Label codes of the label map.
@@ -131,13 +132,9 @@ def write_truth(truth: Truth, groundtruth_root: Path | str, subject: str) -> Pat
     names = _file_names(subject)
     aff = np.asarray(truth.affine, dtype=float)
     write_lesion_table(truth.lesions, folder / names["table"])
-    img = nib.Nifti1Image(np.asarray(truth.labels, dtype=np.uint8), aff)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, folder / names["labels"])
+    save_nifti(truth.labels, aff, folder / names["labels"], dtype=np.uint8)
     for key, arr in (("chi", truth.chi_ppm), ("field", truth.local_field_ppm)):
-        img = nib.Nifti1Image(np.asarray(arr, dtype=np.float32), aff)
-        img.header.set_xyzt_units("mm")
-        nib.save(img, folder / names[key])
+        save_nifti(arr, aff, folder / names[key])
     return folder
 
 
