@@ -75,7 +75,7 @@ def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def _atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffixes); ``os.replace`` it onto ``path`` on success."""
     final = Path(path).absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -104,14 +104,14 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *
     img.set_sform(img.affine, code=1)
     img.set_qform(img.affine, code=1)
     img.header.set_xyzt_units(xyz="mm", t="sec")
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 

@@ -23,8 +23,6 @@ the scanner RAS centre with x and y negated, valid when the image affine was rea
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import highdicom as hd
@@ -35,6 +33,7 @@ from pydicom.uid import generate_uid
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.maps import PhysicsMaps
+from cmbdetect.pipeline.atomic import atomic_file
 from cmbdetect.pipeline.candidates import Candidate
 from cmbdetect.pipeline.report import display_windows, render_candidate_tile
 
@@ -76,15 +75,8 @@ def _check_sources(source_datasets) -> tuple[list[Dataset], str, str]:
 
 def _write_atomic(dataset: Dataset, path: Path) -> Path:
     """Save ``dataset`` under a temporary name beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         dataset.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cmbdetect.physics.geometry import voxel_sizes
+from cmbdetect.pipeline.atomic import atomic_file
 
 
 def _planes(vol, ijk):
@@ -63,9 +64,9 @@ def write_preview(subject, path: Path | str, *, echo: int = 0, dpi: int = 80) ->
                  f"{p.get('n_microbleeds', '?')} microbleeds, {p.get('n_calcifications', '?')} calcifications")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return path
