@@ -71,6 +71,17 @@ def _dilate(mask: np.ndarray, radius_mm: float, sampling) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask, sampling=sampling) <= radius_mm
 
 
+def _close(mask: np.ndarray, radius_mm: float, sampling) -> np.ndarray:
+    """Morphological closing by ``radius_mm`` (Euclidean, true voxel sizes), computed on a zero-padded
+    copy so that the array edge does not stop the dilation (which would leave a band on erosion)."""
+    if radius_mm <= 0:
+        return mask.copy()
+    pad = [int(np.ceil(radius_mm / d)) + 1 for d in sampling]
+    big = np.pad(mask, [(p, p) for p in pad])
+    closed = _erode(_dilate(big, radius_mm, sampling), radius_mm, sampling)
+    return closed[tuple(slice(p, p + n) for p, n in zip(pad, mask.shape))] | mask
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(mask)
     if n <= 1:
@@ -99,6 +110,7 @@ def brain_mask(
     threshold: float | None = None,
     smooth_mm: float = 1.0,
     open_mm: float = 3.0,
+    close_mm: float = 6.0,
 ) -> np.ndarray:
     """Brain mask (bool, same shape) from a 3D magnitude image (arbitrary units).
 
@@ -106,8 +118,11 @@ def brain_mask(
     magnitude's units; default 45 % of the way from the background level, read on the faces of
     the volume, to the tissue level, see :func:`_auto_threshold`) -> morphological opening by
     ``open_mm`` (erode, keep the largest connected component, geodesic dilation back inside the
-    thresholded mask) which cuts thin bridges to the scalp and drops background specks -> hole
-    filling (3D and slice-wise, so dark veins/CSF inside stay) -> erosion of the noisy rim by
+    thresholded mask) which cuts thin bridges to the scalp and drops background specks -> closing
+    by ``close_mm`` (dilate, erode back) so that notches narrower than ``2 * close_mm`` in the
+    surface are kept: the signal void ("blooming") of a cortical or juxtacortical microbleed, or of a
+    cortical vein, touches the dark outside and would otherwise be cut out with the lesion in it ->
+    hole filling (3D and slice-wise, so dark veins/CSF inside stay) -> erosion of the noisy rim by
     ``erode_mm`` mm from the mask boundary (the field-of-view edge is not eroded).  Raises
     :class:`InputError` when the result is empty.
     """
@@ -131,7 +146,7 @@ def brain_mask(
         core = _largest_component(fg)
     opened = _dilate(core, open_mm * 1.05, vs) & fg
     opened = _largest_component(opened)
-    inner = fill_holes(opened)
+    inner = fill_holes(_close(opened, close_mm, vs))
     inner = _erode(inner, erode_mm, vs) if erode_mm > 0 else inner
     if not inner.any():
         raise InputError("brain mask is empty after erosion; lower erode_mm or give a mask")

@@ -122,3 +122,28 @@ def test_mask_robust_to_noise_bias_and_slab(rng, case):
     assert (m & brain).sum() / brain.sum() > 0.85
     assert not (m & scalp).any()
     assert (m & ~brain).sum() < 0.01 * brain.sum()
+
+
+def test_surface_microbleed_void_stays_in_the_mask(rng):
+    """A juxtacortical microbleed's signal void opens onto the dark skull gap; the closing keeps it (and
+    the lesion centre) inside the mask, while the outside is not grown by more than a thin shell."""
+    vs = (1.0, 1.0, 1.5)
+    mag, brain, scalp = synthetic_head(rng, voxel_size=vs)
+    shape = mag.shape
+    c = (np.asarray(shape) - 1) / 2.0
+    surface = np.array([19.0, 21.0, 0.0]) * np.sqrt(0.5)  # a surface point between the x and y axes (mm)
+    normal = surface / np.array([19.0, 21.0, 22.0]) ** 2
+    normal /= np.linalg.norm(normal)
+    idx = np.indices(shape).astype(float)
+    lesion = surface - 2.5 * normal  # a juxtacortical lesion 2.5 mm deep (mm from the centre)
+    d = np.sqrt(sum(((idx[n] - c[n]) * vs[n] - lesion[n]) ** 2 for n in range(3)))
+    clean, _, _ = synthetic_head(np.random.default_rng(1), voxel_size=vs)
+    mag = np.where(d <= 3.5, 0.05 * clean, mag).astype(np.float32)  # a 7 mm void opening onto the skull gap
+    centre = c + lesion / np.asarray(vs)
+    at = tuple(int(round(v)) for v in centre)
+    closed = brain_mask(mag, vs, erode_mm=0.0)
+    opened = brain_mask(mag, vs, erode_mm=0.0, close_mm=0.0)
+    assert not opened[at]  # without the closing the lesion is cut out with its void
+    assert closed[at]
+    assert not (closed & scalp).any()
+    assert (closed & ~brain).sum() < 0.02 * brain.sum()
