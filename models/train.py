@@ -44,6 +44,7 @@ class TrainOptions:
     balanced: bool = True
     sigma_mm: float = 2.0
     lr: float = 2e-3
+    lr_schedule: str = "cosine"
     hard_negatives: bool = True
     class_weighting: bool = True
     stage2_epochs: int = 20
@@ -127,7 +128,8 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     if opts.stage1_steps > start:
         train_detector(det, [vols[i] for i in train_idx], steps=opts.stage1_steps, start_step=start, optimizer=opt,
                        patch=opts.patch, batch=opts.batch, loss=opts.heatmap_loss, balanced=opts.balanced,
-                       sigma_mm=opts.sigma_mm, seed=opts.seed, checkpoint=checkpoint, log=log)
+                       sigma_mm=opts.sigma_mm, seed=opts.seed, lr_schedule=opts.lr_schedule, checkpoint=checkpoint,
+                       log=log)
     det.eval()
     # recall-tuned threshold on validation subjects
     floor = 0.02
@@ -159,7 +161,7 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     meta["features"] = {"names": list(FEATURE_NAMES), "mean": fmean, "std": fstd}
     fv = features_vector(tr.features, FEATURE_NAMES, fmean, fstd)
     cw = train_classifier(cls, tr, fv, epochs=opts.stage2_epochs, class_weighting=opts.class_weighting,
-                          seed=opts.seed, log=log)
+                          lr_schedule=opts.lr_schedule, seed=opts.seed, log=log)
     va = concat_sets(ex_val) if sum(len(e) for e in ex_val) >= 4 else tr
     va_logits = committee_logits(cls, va.patches, features_vector(va.features, FEATURE_NAMES, fmean, fstd))
     meta["calibration"] = calibrate(va_logits, va.labels, cw)

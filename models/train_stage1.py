@@ -82,10 +82,25 @@ def patch_population(vols: list[Stage1Volume], *, patch: int, stride: int) -> tu
     return picks, np.concatenate(positive)
 
 
+def cosine_lr(base_lr: float, step: int, steps: int, *, final_fraction: float = 0.02) -> float:
+    """Cosine-decayed learning rate of ``step`` (0-based) out of ``steps``: ``base_lr`` at the start, falling to
+    ``final_fraction * base_lr`` at the end.  A function of the step alone, so a resumed run is unchanged, and
+    the last weights are not a noisy snapshot of a constant-rate random walk."""
+    t = min(max(step / max(steps - 1, 1), 0.0), 1.0)
+    return float(base_lr * (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + np.cos(np.pi * t))))
+
+
 def train_detector(net: CentreNet3D, vols: list[Stage1Volume], *, steps: int, start_step: int = 0,
                    optimizer: torch.optim.Optimizer, patch: int = 40, batch: int = 4, loss: str = "focal",
-                   balanced: bool = True, sigma_mm: float = 2.0, seed: int = 0, checkpoint=None, log=print) -> None:
-    """Run steps ``start_step .. steps-1``; ``checkpoint(step)`` is called every 50 steps and at the end."""
+                   balanced: bool = True, sigma_mm: float = 2.0, seed: int = 0, lr_schedule: str = "constant",
+                   checkpoint=None, log=print) -> None:
+    """Run steps ``start_step .. steps-1``; ``checkpoint(step)`` is called every 50 steps and at the end.
+    ``lr_schedule``: "constant" (the optimizer's rate) or "cosine" (:func:`cosine_lr` from that rate)."""
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}")
+    base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+    for g, lr in zip(optimizer.param_groups, base_lrs):
+        g["initial_lr"] = lr
     picks, positive = patch_population(vols, patch=patch, stride=patch // 2)
     sampler = BalancedPatchSampler(positive, positive_fraction=0.5 if balanced else None, seed=seed)
     log(f"[stage 1] {len(picks)} patches, {int(positive.sum())} with lesions; loss={loss}, balanced={balanced}")
@@ -94,6 +109,9 @@ def train_detector(net: CentreNet3D, vols: list[Stage1Volume], *, steps: int, st
     for step in range(start_step, steps):
         rng = np.random.default_rng([seed, step])
         torch.manual_seed(seed * 1_000_003 + step)
+        if lr_schedule == "cosine":
+            for g, lr in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = cosine_lr(lr, step, steps)
         idx, w = sampler.sample(batch, rng=rng)
         x, h, s = make_batch(vols, [picks[i] for i in idx], patch=patch, stride=net.stride, sigma_mm=sigma_mm,
                              rng=rng)

@@ -20,6 +20,7 @@ from cmbdetect.models.features import candidate_features
 from cmbdetect.models.losses import focal_cross_entropy, inverse_frequency_weights, weighted_cross_entropy
 from cmbdetect.models.networks import PatchClassifier
 from cmbdetect.models.sampling import label_candidates, vein_points
+from cmbdetect.models.train_stage1 import cosine_lr
 from cmbdetect.physics.geometry import voxel_sizes
 
 
@@ -78,8 +79,10 @@ def feature_statistics(features: list[dict], names) -> tuple[list[float], list[f
 
 
 def train_classifier(net: PatchClassifier, data: Stage2Set, fv: np.ndarray, *, epochs: int, class_weighting: bool,
-                     loss: str = "ce", batch: int = 32, lr: float = 2e-3, seed: int = 0, log=print) -> np.ndarray:
-    """Train the committee; returns the class weights used (ones without class weighting)."""
+                     loss: str = "ce", batch: int = 32, lr: float = 2e-3, lr_schedule: str = "constant", seed: int = 0,
+                     log=print) -> np.ndarray:
+    """Train the committee; returns the class weights used (ones without class weighting).
+    ``lr_schedule``: "constant" or "cosine" (per epoch, :func:`cosine_lr`)."""
     n_cls = len(CLASSES)
     cw = inverse_frequency_weights(data.labels, n_cls) if class_weighting else torch.ones(n_cls)
     rng = np.random.default_rng(seed)
@@ -90,6 +93,9 @@ def train_classifier(net: PatchClassifier, data: Stage2Set, fv: np.ndarray, *, e
     labels = torch.from_numpy(data.labels)
     net.train()
     for epoch in range(epochs):
+        if lr_schedule == "cosine":
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(lr, epoch, epochs)
         torch.manual_seed(seed * 7919 + epoch)
         order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(data)))
         total = 0.0

@@ -8,7 +8,7 @@ import torch
 
 from cmbdetect.models.detector import predict_volume
 from cmbdetect.models.networks import CentreNet3D
-from cmbdetect.models.train_stage1 import Stage1Volume, make_batch, recall_threshold
+from cmbdetect.models.train_stage1 import Stage1Volume, cosine_lr, make_batch, recall_threshold, train_detector
 from cmbdetect.models.train_stage2 import microbleed_auc
 from cmbdetect.physics.errors import InputError
 
@@ -47,6 +47,30 @@ def test_recall_threshold():
     assert np.mean(scores >= t) >= 0.9 and t == pytest.approx(0.1)
     assert recall_threshold(np.zeros(5), floor=0.02) == 0.02
     assert recall_threshold(np.array([]), floor=0.03) == 0.03
+
+
+def test_cosine_schedule():
+    assert cosine_lr(1e-3, 0, 101) == pytest.approx(1e-3)
+    assert cosine_lr(1e-3, 50, 101) == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))
+    assert cosine_lr(1e-3, 100, 101) == pytest.approx(2e-5)
+    lrs = [cosine_lr(1.0, s, 30) for s in range(30)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    # the rate is a function of the step only (resume-safe); the last step runs at the final fraction
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 16)).astype(np.float32)
+    vol = Stage1Volume(x, np.ones((16, 16, 16), bool), np.ones(3), np.array([[8.0, 8.0, 8.0]]), np.array([3.0]),
+                       ["microbleed"])
+
+    def run_whole():
+        torch.manual_seed(0)
+        net = CentreNet3D(2, base=4, depth=1)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        train_detector(net, [vol], steps=8, optimizer=opt, patch=16, batch=2, lr_schedule="cosine", log=lambda m: None)
+        return net, opt
+
+    a, opt_a = run_whole()
+    assert opt_a.param_groups[0]["lr"] == pytest.approx(cosine_lr(1e-2, 7, 8))
+    with pytest.raises(ValueError):
+        train_detector(a, [vol], steps=1, optimizer=opt_a, patch=16, lr_schedule="step", log=lambda m: None)
 
 
 def test_microbleed_auc_hand_values():
