@@ -171,7 +171,9 @@ def run_participant(args: argparse.Namespace) -> int:
     try:
         import nipype.pipeline.engine as pe
 
-        meta = pe.Workflow(name="cmbdetect_wf", base_dir=str(work))
+        from cmbdetect.pipeline.provenance import work_subdir
+
+        meta = pe.Workflow(name="cmbdetect_wf", base_dir=str(work_subdir(work)))
         planned, node_failures, node_seconds = {}, [], {}
         n_parallel = max(1, min(options.nprocs, len(subjects)))
         for n, subject in enumerate(subjects, 1):

@@ -173,7 +173,7 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
     """
     from cmbdetect.pipeline.atomic import atomic_directory, write_json
     from cmbdetect.pipeline.candidates import read_candidates_tsv
-    from cmbdetect.pipeline.provenance import StageTimer, build_provenance
+    from cmbdetect.pipeline.provenance import StageTimer, build_provenance, work_subdir
     from cmbdetect.workflows.cmb import configure_execution, init_cmb_wf
     from cmbdetect.workflows.interfaces import progress
     from cmbdetect.workflows.plugins import raise_for_failures, run_workflow
@@ -198,7 +198,7 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
                              inversion=options.inversion, dicom=dicom, settings=settings,
                              mem_gb=node_memory_gb(acq), omp_nthreads=max(1, options.nprocs),
                              label=label)
-            wf.base_dir = str(work)
+            wf.base_dir = str(work_subdir(work))
             crash_dir = work / "crash" / uuid.uuid4().hex[:8]
             configure_execution(wf, crash_dir=crash_dir, stop_on_first_crash=True)
             for key, value in values.items():

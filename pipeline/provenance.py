@@ -1,6 +1,7 @@
 """Provenance record of a run: software versions, model hash, parameters, command line, timings."""
 from __future__ import annotations
 
+import hashlib
 import platform
 import sys
 import time
@@ -20,6 +21,36 @@ def software_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+_CODE_PACKAGES = ("physics", "models", "pipeline", "workflows")
+
+
+def code_fingerprint() -> str:
+    """sha256 over the source files (``*.py``, relative name and content) of the four cmbdetect packages.
+
+    It changes with any edit of the code, even without a version bump (an editable install), so a Nipype
+    working directory keyed by it (``WORK/code-<first 12 hex>``) is never reused by different code: the
+    Nipype cache keys nodes by their inputs only, not by the code their interfaces run.
+    """
+    import importlib
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for name in _CODE_PACKAGES:
+        root = Path(importlib.import_module(f"cmbdetect.{name}").__file__).resolve().parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(f"{name}/{f.relative_to(root).as_posix()}".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def work_subdir(work):
+    """The Nipype base directory inside the user's working directory for this code (see
+    :func:`code_fingerprint`)."""
+    from pathlib import Path
+
+    return Path(work) / f"code-{code_fingerprint()[:12]}"
 
 
 def cmbdetect_version() -> str:
@@ -58,7 +89,7 @@ def build_provenance(*, command_line: list[str], parameters: dict, model: dict, 
     """The ``provenance.json`` record (JSON-able): when, what (versions, model name/sha256/metadata),
     with which parameters and inputs, from which command line, and how long each stage took (s)."""
     return {
-        "generated_by": {"name": "cmbdetect", "version": cmbdetect_version()},
+        "generated_by": {"name": "cmbdetect", "version": cmbdetect_version(), "code_sha256": code_fingerprint()},
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command_line": list(command_line),
         "python_executable": sys.executable,

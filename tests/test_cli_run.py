@@ -68,6 +68,9 @@ def test_run_outputs_provenance_resume_and_determinism(tmp_path, subject, random
     assert main(["run", *subject["args"], "--out", str(out2), "--model", random_model, "-w", str(work)]) == 0
     assert maps_npz.stat().st_mtime_ns == stamp
     assert "computing physics maps" not in capsys.readouterr().err
+    # the cache sits in a folder keyed by the code's fingerprint (recorded in the provenance): other code,
+    # other folder, so a changed interface never reuses a stale result
+    assert maps_npz.relative_to(work).parts[0] == "code-" + prov["generated_by"]["code_sha256"][:12]
     # a fresh run (temporary work folder) gives the identical candidate table
     out3 = tmp_path / "out3"
     assert main(["run", *subject["args"], "--out", str(out3), "--model", random_model]) == 0
@@ -165,3 +168,25 @@ def test_model_replaced_in_place_is_not_served_from_cache(tmp_path, subject, cap
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
     assert "computing physics maps" not in err and "detecting candidates" in err
+
+
+def test_code_fingerprint_follows_the_source(tmp_path, monkeypatch):
+    """The fingerprint is a hash of the package sources: stable, and different when one file changes."""
+    import importlib
+    import shutil
+
+    from cmbdetect.pipeline import provenance
+
+    a = provenance.code_fingerprint()
+    assert a == provenance.code_fingerprint() and len(a) == 64
+    assert provenance.work_subdir(tmp_path) == tmp_path / f"code-{a[:12]}"
+    # a copy of the physics package with one edited file stands in for a code change
+    src = tmp_path / "physics"
+    shutil.copytree(Path(importlib.import_module("cmbdetect.physics").__file__).parent, src)
+    fake = type("M", (), {"__file__": str(src / "__init__.py")})
+    real_import = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name: fake if name == "cmbdetect.physics" else real_import(name))
+    assert provenance.code_fingerprint() == a
+    (src / "constants.py").write_text((src / "constants.py").read_text() + "\n# edited\n")
+    assert provenance.code_fingerprint() != a
