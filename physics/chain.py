@@ -26,6 +26,14 @@ BACKGROUND_METHODS = ("vsharp", "pdf")
 SWI_TE_S = 0.020
 #: Warn when the removed background field has an RMS above this (ppm) inside the mask.
 STRONG_BACKGROUND_PPM = 1.0
+#: Default phase-coherence threshold of the multi-echo reliability mask (see compute_physics_maps).
+#: Measured on 20 simulated subjects (seed 101; 11 multi-echo): median local-field error of the
+#: multi-echo subjects 0.028 -> 0.012 ppm, worst subject 0.100 -> 0.022 ppm, no microbleed centre lost.
+DEFAULT_MIN_COHERENCE = 0.7
+#: The same for one echo, with the spatial phase coherence; off by default: 0.3 lowered the single-echo
+#: median error 0.019 -> 0.010 ppm but dropped 5 more of 71 microbleed centres from the mask (a deep
+#: lesion's dephasing zone may join a surface-connected unreliable zone through veins).
+DEFAULT_MIN_SPATIAL_COHERENCE = 0.0
 #: Warn when the local field has an RMS above this (ppm): likely unwrapping/background failure.
 STRONG_LOCAL_PPM = 0.3
 
@@ -82,6 +90,8 @@ def compute_physics_maps(
     background: str = "vsharp",
     inversion: str = "default",
     swi_slab_mm: float = 8.0,
+    min_coherence: float = DEFAULT_MIN_COHERENCE,
+    min_spatial_coherence: float = DEFAULT_MIN_SPATIAL_COHERENCE,
 ) -> PhysicsMaps:
     """Run the whole physics chain on one acquisition.
 
@@ -95,13 +105,19 @@ def compute_physics_maps(
     unwrap : passed to :func:`cmbdetect.physics.echoes.fit_multi_echo`.
     background : "vsharp" (default) or "pdf".  inversion : see :func:`invert_dipole`.
     swi_slab_mm : slab of the sliding minimum-intensity projection of the SWI.
+    min_coherence : multi-echo: brain voxels whose echo phases follow the fitted line with a
+        coherence below this (:func:`cmbdetect.physics.echoes.phase_coherence`) and that reach the
+        brain surface are left out of background removal and inversion
+        (:func:`cmbdetect.physics.mask.reliable_field_mask`); 0 keeps the whole brain mask.
+    min_spatial_coherence : the same for one echo with the 3x3x3 spatial phase coherence
+        (:func:`cmbdetect.physics.echoes.spatial_phase_coherence`); 0 (default) keeps the brain mask.
 
     Returns :class:`PhysicsMaps`; ``mask`` is the mask where the local field and chi are valid (the
     brain mask eroded by the background removal); ``meta`` records methods, parameters, timings (s)
     and warnings.
     """
     from .echoes import fit_multi_echo
-    from .mask import brain_mask
+    from .mask import brain_mask, reliable_field_mask
 
     m4 = _as_4d(mag, "magnitude")
     p4 = _as_4d(phase, "phase")
@@ -138,6 +154,15 @@ def compute_physics_maps(
 
     fit = fit_multi_echo(m4, p4, t, b0, mask=brain, voxel_size=vs, unwrap=unwrap)
     meta["field_fit"] = {"unwrap": unwrap, "echoes": int(m4.shape[0]), **dict(getattr(fit, "meta", {}) or {})}
+    q_min = min_coherence if m4.shape[0] >= 2 else min_spatial_coherence
+    if fit.coherence is not None and q_min > 0:
+        reliable = reliable_field_mask(brain, fit.coherence, threshold=q_min)
+        meta["field_fit"]["reliable_mask"] = {
+            "coherence": "temporal (echo phases vs the fitted line)" if m4.shape[0] >= 2 else
+                         "spatial (3x3x3 neighbourhood)",
+            "coherence_min": float(q_min), "brain_voxels": int(brain.sum()),
+            "dropped_voxels": int((brain & ~reliable).sum())}
+        brain = reliable
     lap("field_fit")
 
     local, valid, bmeta = _remove_background(fit.field_ppm, brain, vs, b0_dir, background, fit.magnitude)

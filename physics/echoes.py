@@ -50,6 +50,8 @@ class MultiEchoFit:
     phase_offset : phase at TE = 0 in radians (zeros for a single echo: not separable).
     r2star : R2* in 1/s clipped to [0, 1000], ``None`` for a single echo.
     magnitude : echo-combined magnitude (root sum of squares over echoes), for display and masking.
+    coherence : reliability of the field in [0, 1]: temporal phase coherence of the fit
+        (:func:`phase_coherence`) for several echoes, spatial (:func:`spatial_phase_coherence`) for one.
     meta : method notes (unwrapping, weighting, model).
     """
 
@@ -59,6 +61,36 @@ class MultiEchoFit:
     r2star: np.ndarray | None
     magnitude: np.ndarray
     meta: dict = field(default_factory=dict)
+    coherence: np.ndarray | None = None
+
+
+def spatial_phase_coherence(mag: np.ndarray, phase: np.ndarray, *, size: int = 3) -> np.ndarray:
+    """Single-echo stand-in for :func:`phase_coherence`: ``|mean(mag*exp(i*phase))| / mean(mag)`` over a
+    ``size``^3 voxel neighbourhood, in [0, 1].  Near 1 where the phase is smooth on the voxel scale; low
+    where it is noise (signal voids) or changes by a large fraction of a cycle per voxel (steep background
+    gradients at air/bone interfaces), i.e. where the field cannot be measured reliably."""
+    from scipy import ndimage
+
+    z = np.abs(mag) * np.exp(1j * phase)
+    re = ndimage.uniform_filter(z.real.astype(np.float32), size=size, mode="nearest")
+    im = ndimage.uniform_filter(z.imag.astype(np.float32), size=size, mode="nearest")
+    m = ndimage.uniform_filter(np.abs(mag).astype(np.float32), size=size, mode="nearest")
+    return np.where(m > 0, np.hypot(re, im) / np.maximum(m, 1e-30), 0.0).astype(np.float32)
+
+
+def phase_coherence(mag: np.ndarray, phase: np.ndarray, te, omega: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """How well the echo phases follow the fitted line, per voxel, in [0, 1].
+
+    ``|sum_e mag_e * exp(i*(phase_e - offset - omega*TE_e))| / sum_e mag_e`` for ``[E, N]`` magnitudes and
+    phases (rad), ``omega`` (rad/s) and ``offset`` (rad) of shape ``[N]``: 1 when every echo lies on the
+    line (modulo 2*pi), near ``1/sqrt(E)`` for random phases.  Low values mark voxels whose field is not
+    measurable: signal voids at air/bone interfaces, intra-voxel dephasing, noise.
+    """
+    z = np.zeros(np.shape(omega), dtype=np.complex128)
+    for e in range(len(te)):
+        z += np.abs(mag[e]) * np.exp(1j * (phase[e] - offset - omega * te[e]))
+    total = np.abs(mag).sum(axis=0)
+    return np.where(total > 0, np.abs(z) / np.maximum(total, 1e-30), 0.0).astype(np.float32)
 
 
 def _as_echoes(a, name: str) -> np.ndarray:
@@ -250,6 +282,11 @@ def fit_multi_echo(
     phase_offset = np.zeros(shape, dtype=np.float32)
     phase_offset[sel] = np.angle(np.exp(1j * offset)) if n_e >= 2 else 0.0
     r2star = fit_r2star(m4, t, mask=sel) if n_e >= 2 else None
+    coherence = np.zeros(shape, dtype=np.float32)
+    if n_e >= 2:
+        coherence[sel] = phase_coherence(m4[:, sel], p4[:, sel], t, omega, offset)
+    else:
+        coherence[sel] = spatial_phase_coherence(m4[0], p4[0])[sel]
     magnitude = np.sqrt((m4.astype(np.float64) ** 2).sum(0)).astype(np.float32)
     meta = {
         "unwrap": how,
@@ -265,4 +302,5 @@ def fit_multi_echo(
         r2star=r2star,
         magnitude=magnitude,
         meta=meta,
+        coherence=coherence,
     )

@@ -110,7 +110,7 @@ def brain_mask(
     threshold: float | None = None,
     smooth_mm: float = 1.0,
     open_mm: float = 3.0,
-    close_mm: float = 6.0,
+    close_mm: float = 4.0,
 ) -> np.ndarray:
     """Brain mask (bool, same shape) from a 3D magnitude image (arbitrary units).
 
@@ -153,6 +153,23 @@ def brain_mask(
     mask = np.zeros(mag.shape, dtype=bool)
     mask[box] = inner
     return mask
+
+
+def reliable_field_mask(brain: np.ndarray, quality: np.ndarray, *, threshold: float) -> np.ndarray:
+    """The part of ``brain`` whose field can be trusted: voxels with ``quality >= threshold``, then 3D hole
+    filling and the largest connected component (and never more than ``brain``).
+
+    Unreliable voxels that reach the brain surface (signal voids and steep-gradient zones at air/bone
+    interfaces, where the field is not measurable) are dropped, so they cannot act as false sources in
+    background removal; unreliable voxels *enclosed* by reliable ones (the void of a microbleed, a
+    calcification or a vein) are filled back, so lesions stay in the mask.  Raises :class:`InputError`
+    when nothing is left.
+    """
+    b = np.asarray(brain, dtype=bool)
+    ok = b & (np.asarray(quality) >= threshold)
+    if not ok.any():
+        raise InputError(f"no voxel of the brain mask has a reliable field (quality >= {threshold})")
+    return _largest_component(ndimage.binary_fill_holes(ok)) & b
 
 
 def _foreground_box(fg: np.ndarray, *, margin: int) -> tuple[slice, ...]:

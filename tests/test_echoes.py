@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from cmbdetect.physics.constants import GAMMA_BAR_HZ_PER_T, hz_to_ppm
-from cmbdetect.physics.echoes import MultiEchoFit, fit_multi_echo, fit_r2star
+from cmbdetect.physics.echoes import MultiEchoFit, fit_multi_echo, fit_r2star, phase_coherence, spatial_phase_coherence
+from cmbdetect.physics.mask import reliable_field_mask
 from cmbdetect.physics.errors import InputError
 
 VS = (1.0, 1.0, 1.5)
@@ -145,3 +146,54 @@ def test_real_three_echo_crop(shared_data, unwrap):
     model = fit.phase_offset + 2 * np.pi * fit.field_hz * 0.012
     resid = np.abs(np.angle(np.exp(1j * (model - phase[2]))))[mask]
     assert np.median(resid) < 0.3
+
+
+def test_phase_coherence_hand_values(rng):
+    te = np.array([0.005, 0.010, 0.015, 0.020])
+    omega = np.array([100.0, -300.0])
+    offset = np.array([0.3, -1.0])
+    mag = np.ones((4, 2))
+    on_line = offset + omega * te[:, None] + 2 * np.pi * rng.integers(-3, 4, size=(4, 2))  # 2*pi jumps allowed
+    np.testing.assert_allclose(phase_coherence(mag, on_line, te, omega, offset), 1.0, atol=1e-6)
+    # two echoes half a cycle off the line: the four unit phasors cancel pairwise
+    off = on_line.copy()
+    off[2:] += np.pi
+    np.testing.assert_allclose(phase_coherence(mag, off, te, omega, offset), 0.0, atol=1e-6)
+    # random phases: about 1/sqrt(E)
+    n = 20000
+    rnd = phase_coherence(np.ones((4, n)), rng.uniform(-np.pi, np.pi, (4, n)), te, np.zeros(n), np.zeros(n))
+    assert 0.4 < rnd.mean() < 0.5
+    # spatial: a smooth phase ramp is coherent, noise is not
+    ramp = np.indices((12, 12, 12))[0] * 0.2
+    assert spatial_phase_coherence(np.ones(ramp.shape), ramp)[3:-3, 3:-3, 3:-3].min() > 0.97
+    assert spatial_phase_coherence(np.ones(ramp.shape), rng.uniform(-np.pi, np.pi, ramp.shape)).mean() < 0.35
+
+
+def test_multi_echo_coherence_marks_a_void_and_the_mask_drops_only_surface_zones(rng):
+    """Fit on a 3-echo box: coherence ~1 where the phase is linear in TE, low where the signal is noise.  The
+    reliability mask drops a noisy zone at the surface and keeps (fills) a noisy lesion void inside."""
+    shape = (40, 40, 30)
+    te = np.array([0.005, 0.010, 0.015])
+    idx = np.indices(shape).astype(float)
+    brain = np.zeros(shape, bool)
+    brain[4:36, 4:36, 4:26] = True
+    f_hz = 20.0 * np.sin(idx[0] / 9.0) + 5.0
+    mag = np.where(brain, 1.0, 0.0)[None].repeat(3, 0)
+    phase = 0.4 + 2 * np.pi * f_hz[None] * te[:, None, None, None]
+    surface_zone = brain & (idx[0] < 9)  # bad at the surface (e.g. next to a sinus)
+    void = (idx[0] - 20) ** 2 + (idx[1] - 20) ** 2 + (idx[2] - 15) ** 2 <= 9  # a lesion void inside
+    noisy = surface_zone | void
+    phase = np.where(noisy[None], rng.uniform(-np.pi, np.pi, (3, *shape)), phase)
+    mag = np.where(noisy[None], 0.1, mag)
+    fit = fit_multi_echo(mag, np.angle(np.exp(1j * phase)), te, 3.0, mask=brain, voxel_size=(1, 1, 1))
+    q = fit.coherence
+    assert q.shape == shape and np.median(q[brain & ~noisy]) > 0.99
+    assert np.median(q[noisy]) < 0.7
+    ok = reliable_field_mask(brain, q, threshold=0.7)
+    assert ok[20, 20, 15] and ok[void].all()  # the enclosed void stays
+    assert ok[surface_zone].mean() < 0.3  # the surface zone goes (but random phases pass now and then)
+    assert (ok <= brain).all() and ok[brain & ~noisy].mean() > 0.99
+    with pytest.raises(InputError):
+        reliable_field_mask(brain, np.zeros(shape), threshold=0.5)
+    single = fit_multi_echo(mag[:1], np.angle(np.exp(1j * phase[:1])), te[:1], 3.0, mask=brain, voxel_size=(1, 1, 1))
+    assert single.coherence is not None and single.coherence.shape == shape

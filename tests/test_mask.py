@@ -138,7 +138,7 @@ def test_surface_microbleed_void_stays_in_the_mask(rng):
     lesion = surface - 2.5 * normal  # a juxtacortical lesion 2.5 mm deep (mm from the centre)
     d = np.sqrt(sum(((idx[n] - c[n]) * vs[n] - lesion[n]) ** 2 for n in range(3)))
     clean, _, _ = synthetic_head(np.random.default_rng(1), voxel_size=vs)
-    mag = np.where(d <= 3.5, 0.05 * clean, mag).astype(np.float32)  # a 7 mm void opening onto the skull gap
+    mag = np.where(d <= 3.0, 0.05 * clean, mag).astype(np.float32)  # a 6 mm void opening onto the skull gap
     centre = c + lesion / np.asarray(vs)
     at = tuple(int(round(v)) for v in centre)
     closed = brain_mask(mag, vs, erode_mm=0.0)
