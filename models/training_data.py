@@ -2,7 +2,8 @@
 
 Images are read only with :func:`cmbdetect.pipeline.io_bids.load_bids_acquisition` and turned into
 physics maps only with :func:`cmbdetect.physics.chain.compute_physics_maps`; the maps and labels of each
-subject are cached as ``<cache_dir>/<subject label>.npz`` (written atomically) so later epochs and
+subject are cached as ``<cache_dir>/<subject label>.npz`` (written atomically, tagged with a fingerprint of the
+physics code and recomputed when that code or the images change) so later epochs and
 re-runs are cheap.  Labels come from the simulator's ground truth (``<bids>/derivatives/groundtruth``),
 or from ``--labels``: a folder of per-subject files named ``sub-<label>*`` - a TSV with columns
 ``x y z`` (scanner RAS mm) and optionally ``kind`` (default microbleed) and ``diameter_mm`` (default 5),
@@ -90,8 +91,16 @@ def read_labels(subject: str, affine: np.ndarray, shape, *, bids_dir: Path, labe
     raise InputError(f"no labels for sub-{subject} in {labels} (expected sub-{subject}*.tsv or .nii.gz)")
 
 
+def _physics_code() -> str:
+    """Fingerprint of the physics code that made the cached maps (a cache from other code is recomputed)."""
+    from cmbdetect.pipeline.provenance import code_fingerprint
+
+    return code_fingerprint(("physics",))[:16]
+
+
 def _save_cache(path: Path, subj: TrainingSubject) -> None:
     arrays = {f: np.asarray(getattr(subj.maps, f)) for f in _MAP_FIELDS}
+    arrays["physics_code"] = np.array(_physics_code())
     arrays.update(affine=subj.maps.affine, b0=np.array(subj.maps.b0), lesion_vox=subj.lesion_vox,
                   lesion_kinds=np.array(subj.lesion_kinds, dtype=str), lesion_diam=subj.lesion_diameters_mm)
     if subj.label_map is not None:
@@ -99,6 +108,11 @@ def _save_cache(path: Path, subj: TrainingSubject) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
+
+
+def _cache_is_current(path: Path) -> bool:
+    with np.load(path, allow_pickle=False) as z:
+        return "physics_code" in z.files and str(z["physics_code"]) == _physics_code()
 
 
 def _load_cache(path: Path, label: str) -> TrainingSubject:
@@ -128,7 +142,7 @@ def load_training_subjects(bids_dirs, *, cache_dir: str | Path, labels: str | Pa
         name = f"{bids_dir.resolve().name}_{s.label}"
         path = cache / f"{name}.npz"
         newest = max(p.stat().st_mtime for p in (*s.mag, *s.phase))
-        if path.is_file() and path.stat().st_mtime >= newest:
+        if path.is_file() and path.stat().st_mtime >= newest and _cache_is_current(path):
             out.append(_load_cache(path, name))
             continue
         from cmbdetect.physics.chain import compute_physics_maps

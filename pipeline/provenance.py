@@ -26,8 +26,9 @@ def software_versions() -> dict[str, str]:
 _CODE_PACKAGES = ("physics", "models", "pipeline", "workflows")
 
 
-def code_fingerprint() -> str:
-    """sha256 over the source files (``*.py``, relative name and content) of the four cmbdetect packages.
+def code_fingerprint(packages: tuple[str, ...] = _CODE_PACKAGES) -> str:
+    """sha256 over the source files (``*.py``, relative name and content) of cmbdetect ``packages`` (default:
+    all four).
 
     It changes with any edit of the code, even without a version bump (an editable install), so a Nipype
     working directory keyed by it (``WORK/code-<first 12 hex>``) is never reused by different code: the
@@ -37,7 +38,7 @@ def code_fingerprint() -> str:
     from pathlib import Path
 
     h = hashlib.sha256()
-    for name in _CODE_PACKAGES:
+    for name in packages:
         root = Path(importlib.import_module(f"cmbdetect.{name}").__file__).resolve().parent
         for f in sorted(root.rglob("*.py")):
             h.update(f"{name}/{f.relative_to(root).as_posix()}".encode())

@@ -131,3 +131,20 @@ def test_train_end_to_end_deterministic_and_resumable(tmp_path):
     subj = load_training_subjects(bids, cache_dir=cache, log=lambda m: None)[0]
     dets = detect(subj.maps, model=a)
     assert all(d.label in ("microbleed", "calcification", "vein", "other") for d in dets)
+
+
+def test_map_cache_is_tied_to_the_physics_code(tmp_path, monkeypatch):
+    """A cached subject is reused only when it was made by the same physics code."""
+    from cmbdetect.models import training_data as td
+    from cmbdetect.physics.maps import PhysicsMaps
+
+    z = np.zeros((4, 4, 4), np.float32)
+    maps = PhysicsMaps(mask=z > -1, magnitude=z, field_ppm=z, local_field_ppm=z, chi_ppm=z, chi_pos=z, chi_neg=z,
+                       swi=z, mip=z, affine=np.eye(4), b0=3.0)
+    subj = td.TrainingSubject("x", maps, np.zeros((0, 3)), [], np.zeros(0), None)
+    path = tmp_path / "x.npz"
+    td._save_cache(path, subj)
+    assert td._cache_is_current(path)
+    assert td._load_cache(path, "x").maps.b0 == 3.0
+    monkeypatch.setattr(td, "_physics_code", lambda: "0123456789abcdef")
+    assert not td._cache_is_current(path)
