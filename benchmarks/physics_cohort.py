@@ -7,7 +7,8 @@ chain's mask, ppm; median over subjects, split single-/multi-echo, and the worst
 (ppm), and how many true microbleed centres fall outside the mask (where no chain-based detector can see
 them).  Configurations: ``default``; ``no-reliability`` (``min_coherence=0``: the whole brain mask, as before
 the multi-echo reliability mask); ``no-closing`` (``brain_mask(close_mm=0)``); ``spatial-0.3`` (the opt-in
-single-echo spatial coherence threshold).
+single-echo spatial coherence threshold); ``previous`` (neither closing nor reliability mask: the chain of
+the first release).
 
 Usage: ``python benchmarks/physics_cohort.py --bids-dir /tmp/cmb-test [--only default,no-reliability]``.
 """
@@ -29,6 +30,7 @@ CONFIGS = {
     "no-reliability": ({}, {"min_coherence": 0.0}),
     "no-closing": ({"close_mm": 0.0}, {}),
     "spatial-0.3": ({}, {"min_spatial_coherence": 0.3}),
+    "previous": ({"close_mm": 0.0}, {"min_coherence": 0.0}),
 }
 
 
