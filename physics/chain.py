@@ -118,7 +118,7 @@ def compute_physics_maps(
     brain mask eroded by the background removal); ``meta`` records methods, parameters, timings (s)
     and warnings.
     """
-    from .echoes import fit_multi_echo
+    from .echoes import fit_multi_echo, spatial_phase_coherence
     from .mask import brain_mask, reliable_field_mask
 
     m4 = _as_4d(mag, "magnitude")
@@ -157,8 +157,9 @@ def compute_physics_maps(
     fit = fit_multi_echo(m4, p4, t, b0, mask=brain, voxel_size=vs, unwrap=unwrap)
     meta["field_fit"] = {"unwrap": unwrap, "echoes": int(m4.shape[0]), **dict(getattr(fit, "meta", {}) or {})}
     q_min = min_coherence if m4.shape[0] >= 2 else min_spatial_coherence
-    if fit.coherence is not None and q_min > 0:
-        reliable = reliable_field_mask(brain, fit.coherence, threshold=q_min)
+    if q_min > 0:
+        quality = fit.coherence if fit.coherence is not None else spatial_phase_coherence(m4[0], p4[0])
+        reliable = reliable_field_mask(brain, quality, threshold=q_min)
         meta["field_fit"]["reliable_mask"] = {
             "coherence": "temporal (echo phases vs the fitted line)" if m4.shape[0] >= 2 else
                          "spatial (3x3x3 neighbourhood)",

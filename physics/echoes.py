@@ -50,8 +50,8 @@ class MultiEchoFit:
     phase_offset : phase at TE = 0 in radians (zeros for a single echo: not separable).
     r2star : R2* in 1/s clipped to [0, 1000], ``None`` for a single echo.
     magnitude : echo-combined magnitude (root sum of squares over echoes), for display and masking.
-    coherence : reliability of the field in [0, 1]: temporal phase coherence of the fit
-        (:func:`phase_coherence`) for several echoes, spatial (:func:`spatial_phase_coherence`) for one.
+    coherence : temporal phase coherence of the fit in [0, 1] (:func:`phase_coherence`); ``None`` for one
+        echo (see :func:`spatial_phase_coherence`).
     meta : method notes (unwrapping, weighting, model).
     """
 
@@ -282,11 +282,10 @@ def fit_multi_echo(
     phase_offset = np.zeros(shape, dtype=np.float32)
     phase_offset[sel] = np.angle(np.exp(1j * offset)) if n_e >= 2 else 0.0
     r2star = fit_r2star(m4, t, mask=sel) if n_e >= 2 else None
-    coherence = np.zeros(shape, dtype=np.float32)
+    coherence = None
     if n_e >= 2:
+        coherence = np.zeros(shape, dtype=np.float32)
         coherence[sel] = phase_coherence(m4[:, sel], p4[:, sel], t, omega, offset)
-    else:
-        coherence[sel] = spatial_phase_coherence(m4[0], p4[0])[sel]
     magnitude = np.sqrt((m4.astype(np.float64) ** 2).sum(0)).astype(np.float32)
     meta = {
         "unwrap": how,

@@ -127,3 +127,14 @@ def test_multi_echo_reliability_mask_lowers_the_local_field_error():
             for les in truth.of_kind("microbleed"):
                 assert m[tuple(int(round(c)) for c in les.centre_vox)], les
     assert errors[DEFAULT_MIN_COHERENCE] < 0.8 * errors[0.0], errors
+
+
+def test_single_echo_spatial_coherence_is_opt_in():
+    p = make_head_phantom(seed=5, shape=(64, 64, 48), b0=3.0, te=(0.012,), n_para=4, n_dia=4)
+    plain = compute_physics_maps(mag=p.mag, phase=p.phase, te=p.te, b0=p.b0, affine=p.affine)
+    assert "reliable_mask" not in plain.meta["field_fit"]
+    opted = compute_physics_maps(mag=p.mag, phase=p.phase, te=p.te, b0=p.b0, affine=p.affine,
+                                 min_spatial_coherence=0.3)
+    info = opted.meta["field_fit"]["reliable_mask"]
+    assert info["coherence"].startswith("spatial") and info["coherence_min"] == 0.3
+    assert 0 < opted.mask.sum() <= plain.mask.sum()
