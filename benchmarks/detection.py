@@ -2,7 +2,7 @@
 table, and inference time / memory on a 256x256x128 subject.
 
 1. Test cohort: ``--test-dir`` (simulated if absent: ``--subjects`` subjects, ``--seed`` 101 by default,
-   disjoint from the training seeds 1-3; shape 96x112x64 at 1x1x1.5 mm, random B0/echoes/microbleed
+   disjoint from the training seeds 1-6; shape 96x112x64 at 1x1x1.5 mm, random B0/echoes/microbleed
    counts).  Physics maps come from ``physics.chain.compute_physics_maps`` (cached in ``--cache-dir``).
 2. Every model (``--model`` and each ``--ablation NAME=FOLDER``) runs ``models.inference.detect`` on each
    subject; ``models.evaluate.evaluate_detections`` gives sensitivity at 0.5 FP/subject (FROC over the
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
             print(name, json.dumps(results[name]), flush=True)
         n_mb = sum(k == "microbleed" for s in subjects for k in s.lesion_kinds)
         n_calc = sum(k == "calcification" for s in subjects for k in s.lesion_kinds)
-        print(f"\ntest cohort: {len(subjects)} subjects (seed {a.seed}), {n_mb} microbleeds, {n_calc} calcifications")
+        print(f"\ntest cohort: {len(subjects)} subjects in {test}, {n_mb} microbleeds, {n_calc} calcifications")
         keys = ("sens@0.5FP", "sens@1FP", "sensitivity", "fp_per_subject", "stage2_auc", "calc_called_mb",
                 "s_per_subject")
         print("| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
