@@ -189,7 +189,7 @@ def _laplacian_fit(phase, mag, t, sel, voxel_size) -> tuple[np.ndarray, np.ndarr
     n_e = phase.shape[0]
     if n_e == 1:
         unw = unwrap_laplacian(phase[0], voxel_size, mask=sel)[sel].astype(np.float64)
-        return unw / t[0], np.zeros(unw.shape), "Laplacian unwrapping, phase/TE"
+        return unw / t[0], np.zeros(unw.shape), "Laplacian unwrapping, phase/TE", None
     diff, dte, pairs = _echo_difference(phase, mag, t, sel)
     unw = unwrap_laplacian(diff, voxel_size, mask=sel)[sel].astype(np.float64)
     unw -= 2 * np.pi * np.round(np.median(unw) / (2 * np.pi))
@@ -198,7 +198,10 @@ def _laplacian_fit(phase, mag, t, sel, voxel_size) -> tuple[np.ndarray, np.ndarr
     for e in range(n_e):  # offset = angle of sum_e mag_e * exp(i*(phase_e - omega*TE_e))
         acc += np.abs(mag[e][sel]) * np.exp(1j * (phase[e][sel] - omega * t[e]))
     offset = np.angle(acc)
-    return omega, offset, f"Laplacian unwrapping of the echo-difference phase ({pairs})"
+    # |acc| / sum(mag) is the phase coherence of this fit (exp(-i*offset)*acc has modulus |acc|)
+    total = np.abs(mag[:, sel]).sum(axis=0)
+    coherence = np.where(total > 0, np.abs(acc) / np.maximum(total, 1e-30), 0.0).astype(np.float32)
+    return omega, offset, f"Laplacian unwrapping of the echo-difference phase ({pairs})", coherence
 
 
 def _unwrap_echoes(phase, mag, t, sel, voxel_size, method: str) -> tuple[np.ndarray, str]:
@@ -266,7 +269,7 @@ def fit_multi_echo(
     n_e = p4.shape[0]
 
     if unwrap == "laplacian":
-        omega, offset, how = _laplacian_fit(p4, m4, t, sel, vs)
+        omega, offset, how, coh = _laplacian_fit(p4, m4, t, sel, vs)
         model = "Laplacian-unwrapped echo-difference phase / echo spacing; offset = angle of the " \
                 "magnitude-weighted echo sum after removing the frequency" if n_e >= 2 else None
     else:
@@ -274,6 +277,7 @@ def fit_multi_echo(
         w = np.abs(m4[:, sel]).astype(np.float64) ** 2
         w[:, w.sum(0) <= 0] = 1.0  # zero magnitude everywhere: unweighted
         offset, omega = weighted_line_fit(y, t, w, offset=n_e >= 2)
+        coh = phase_coherence(m4[:, sel], p4[:, sel], t, omega, offset) if n_e >= 2 else None
         model = "phase = offset + 2*pi*f*TE, weighted least squares, weights mag^2" if n_e >= 2 else None
 
     shape = p4.shape[1:]
@@ -283,9 +287,9 @@ def fit_multi_echo(
     phase_offset[sel] = np.angle(np.exp(1j * offset)) if n_e >= 2 else 0.0
     r2star = fit_r2star(m4, t, mask=sel) if n_e >= 2 else None
     coherence = None
-    if n_e >= 2:
+    if coh is not None:
         coherence = np.zeros(shape, dtype=np.float32)
-        coherence[sel] = phase_coherence(m4[:, sel], p4[:, sel], t, omega, offset)
+        coherence[sel] = coh
     magnitude = np.sqrt((m4.astype(np.float64) ** 2).sum(0)).astype(np.float32)
     meta = {
         "unwrap": how,

@@ -71,15 +71,26 @@ def _dilate(mask: np.ndarray, radius_mm: float, sampling) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask, sampling=sampling) <= radius_mm
 
 
+def _ball(radius_mm: float, sampling) -> np.ndarray:
+    """Voxel offsets within ``radius_mm`` of the centre (true voxel sizes) as a float32 0/1 kernel."""
+    half = [int(np.floor(radius_mm / d)) for d in sampling]
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    return (sum((g * d) ** 2 for g, d in zip(grids, sampling)) <= radius_mm**2 + 1e-9).astype(np.float32)
+
+
 def _close(mask: np.ndarray, radius_mm: float, sampling) -> np.ndarray:
-    """Morphological closing by ``radius_mm`` (Euclidean, true voxel sizes), computed on a zero-padded
-    copy so that the array edge does not stop the dilation (which would leave a band on erosion)."""
+    """Morphological closing by a ball of ``radius_mm`` (true voxel sizes), as two FFT convolutions on a
+    zero-padded copy (the array edge does not stop the dilation, which would leave a band on erosion)."""
+    from scipy.signal import fftconvolve
+
     if radius_mm <= 0:
         return mask.copy()
-    pad = [int(np.ceil(radius_mm / d)) + 1 for d in sampling]
-    big = np.pad(mask, [(p, p) for p in pad])
-    closed = _erode(_dilate(big, radius_mm, sampling), radius_mm, sampling)
-    return closed[tuple(slice(p, p + n) for p, n in zip(pad, mask.shape))] | mask
+    ball = _ball(radius_mm, sampling)
+    pad = [(s // 2 + 1, s // 2 + 1) for s in ball.shape]
+    big = np.pad(mask, pad).astype(np.float32)
+    dilated = (fftconvolve(big, ball, mode="same") > 0.5).astype(np.float32)
+    closed = fftconvolve(dilated, ball, mode="same") > ball.sum() - 0.5
+    return closed[tuple(slice(p, p + n) for (p, _), n in zip(pad, mask.shape))] | mask
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
