@@ -23,6 +23,7 @@ import scipy.fft as sfft
 
 from .errors import InputError
 from .forward import dipole_kernel
+from .geometry import ball_kernel
 
 #: Default V-SHARP radii (mm), largest first.  Filtered to those >= the largest voxel edge.
 #: Measured on the test head phantom (tests/phantoms.py, 1 mm, sinus/ear/neck background of RMS
@@ -60,9 +61,7 @@ def _embed(a: np.ndarray, big_shape) -> tuple[np.ndarray, tuple[slice, ...]]:
 
 def smv_voxel_count(voxel_size, radius_mm: float) -> int:
     """Number of voxel centres within ``radius_mm`` of a voxel centre (the SMV kernel's support)."""
-    vs = np.asarray(voxel_size, dtype=float)
-    grids = np.ogrid[tuple(slice(-int(np.floor(radius_mm / d)), int(np.floor(radius_mm / d)) + 1) for d in vs)]
-    return int((sum((g * d) ** 2 for g, d in zip(grids, vs)) <= radius_mm**2 + 1e-9).sum())
+    return int(ball_kernel(radius_mm, voxel_size).sum())
 
 
 def smv_kernel_rfft(shape, voxel_size, radius_mm: float) -> np.ndarray:
@@ -72,11 +71,8 @@ def smv_kernel_rfft(shape, voxel_size, radius_mm: float) -> np.ndarray:
     periodic grid), divided by its voxel count, so its DC value is exactly 1.  The kernel is
     point-symmetric, so its FFT is real.
     """
-    vs = np.asarray(voxel_size, dtype=float)
-    half = [int(np.floor(radius_mm / d)) for d in vs]
-    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    r2 = sum((g * d) ** 2 for g, d in zip(grids, vs))
-    ball = (r2 <= radius_mm**2 + 1e-9).astype(np.float32)
+    ball = ball_kernel(radius_mm, voxel_size).astype(np.float32)
+    half = [b // 2 for b in ball.shape]
     ball /= ball.sum()
     if any(b > s for b, s in zip(ball.shape, shape)):
         raise InputError(f"SMV radius {radius_mm} mm does not fit in the grid {tuple(shape)}")

@@ -70,3 +70,12 @@ def ras_to_lps(xyz) -> np.ndarray:
     out = np.array(xyz, dtype=float, copy=True)
     out[..., :2] *= -1
     return out
+
+
+def ball_kernel(radius_mm: float, voxel_size) -> np.ndarray:
+    """Boolean ball: the voxel centres within ``radius_mm`` of the central voxel, with the true (possibly
+    anisotropic) voxel sizes in mm; shape ``2*floor(radius/size)+1`` per axis."""
+    vs = np.asarray(voxel_size, dtype=float)
+    half = [int(np.floor(radius_mm / d)) for d in vs]
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    return sum((g * d) ** 2 for g, d in zip(grids, vs)) <= radius_mm**2 + 1e-9

@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from cmbdetect.physics.errors import InputError
+from cmbdetect.physics.geometry import ball_kernel
 
 
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
@@ -71,13 +72,6 @@ def _dilate(mask: np.ndarray, radius_mm: float, sampling) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask, sampling=sampling) <= radius_mm
 
 
-def _ball(radius_mm: float, sampling) -> np.ndarray:
-    """Voxel offsets within ``radius_mm`` of the centre (true voxel sizes) as a float32 0/1 kernel."""
-    half = [int(np.floor(radius_mm / d)) for d in sampling]
-    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    return (sum((g * d) ** 2 for g, d in zip(grids, sampling)) <= radius_mm**2 + 1e-9).astype(np.float32)
-
-
 def _close(mask: np.ndarray, radius_mm: float, sampling) -> np.ndarray:
     """Morphological closing by a ball of ``radius_mm`` (true voxel sizes), as two FFT convolutions on a
     zero-padded copy (the array edge does not stop the dilation, which would leave a band on erosion)."""
@@ -85,7 +79,7 @@ def _close(mask: np.ndarray, radius_mm: float, sampling) -> np.ndarray:
 
     if radius_mm <= 0:
         return mask.copy()
-    ball = _ball(radius_mm, sampling)
+    ball = ball_kernel(radius_mm, sampling).astype(np.float32)
     pad = [(s // 2 + 1, s // 2 + 1) for s in ball.shape]
     big = np.pad(mask, pad).astype(np.float32)
     dilated = (fftconvolve(big, ball, mode="same") > 0.5).astype(np.float32)
