@@ -1,7 +1,8 @@
 """Brain mask from a GRE magnitude image, and validation of a user-supplied mask.
 
-Sizes are in mm and use the true (possibly anisotropic) voxel sizes; all morphology is done with
-Euclidean distance transforms, so an erosion by ``r`` mm is the same physical size along every axis.
+Sizes are in mm and use the true (possibly anisotropic) voxel sizes; all morphology is done with ball
+kernels of the true voxel sizes (FFT convolutions, identical to thresholding a Euclidean distance transform),
+so an erosion by ``r`` mm is the same physical size along every axis.
 """
 from __future__ import annotations
 
@@ -58,33 +59,50 @@ def _auto_threshold(sm: np.ndarray) -> float:
     return NO_BACKGROUND_FRACTION * tissue
 
 
+def _ball_count(padded: np.ndarray, ball: np.ndarray) -> np.ndarray:
+    """Number of true voxels of ``padded`` under a ``ball`` centred on each voxel at least ``p = ball.shape//2``
+    from its edge; returns the counts of the inner ``padded.shape - 2p`` voxels (float32).  One real FFT
+    convolution with a zero-filled tail (no wrap-around), multithreaded."""
+    from scipy import fft
+
+    p = np.array(ball.shape) // 2
+    shape = [fft.next_fast_len(int(s), real=True) for s in padded.shape]
+    spec = fft.rfftn(padded.astype(np.float32), shape, workers=-1)
+    spec *= fft.rfftn(ball.astype(np.float32), shape, workers=-1)
+    full = fft.irfftn(spec, shape, workers=-1)
+    return full[tuple(slice(2 * q, s) for q, s in zip(p, padded.shape))]
+
+
 def _erode(mask: np.ndarray, radius_mm: float, sampling) -> np.ndarray:
-    if radius_mm <= 0:
+    """Voxels of ``mask`` whose ball of ``radius_mm`` (true voxel sizes) holds no background voxel; beyond the
+    array edge counts as foreground (a field-of-view edge is not a brain edge)."""
+    if radius_mm <= 0 or mask.all():
         return mask.copy()
-    if mask.all():  # the field-of-view edge is not a brain edge: nothing to erode
-        return mask.copy()
-    return ndimage.distance_transform_edt(mask, sampling=sampling) > radius_mm
+    ball = ball_kernel(radius_mm, sampling)
+    padded = np.pad(mask, [(q, q) for q in np.array(ball.shape) // 2], constant_values=True)
+    return _ball_count(padded, ball) > ball.sum() - 0.5
 
 
 def _dilate(mask: np.ndarray, radius_mm: float, sampling) -> np.ndarray:
+    """Voxels with a ``mask`` voxel within ``radius_mm`` (true voxel sizes)."""
     if radius_mm <= 0:
         return mask.copy()
-    return ndimage.distance_transform_edt(~mask, sampling=sampling) <= radius_mm
+    ball = ball_kernel(radius_mm, sampling)
+    padded = np.pad(mask, [(q, q) for q in np.array(ball.shape) // 2])
+    return _ball_count(padded, ball) > 0.5
 
 
 def _close(mask: np.ndarray, radius_mm: float, sampling) -> np.ndarray:
-    """Morphological closing by a ball of ``radius_mm`` (true voxel sizes), as two FFT convolutions on a
-    zero-padded copy (the array edge does not stop the dilation, which would leave a band on erosion)."""
-    from scipy.signal import fftconvolve
-
+    """Morphological closing by a ball of ``radius_mm`` (true voxel sizes) on a zero-padded copy (the array
+    edge does not stop the dilation, which would leave a band on erosion)."""
     if radius_mm <= 0:
         return mask.copy()
-    ball = ball_kernel(radius_mm, sampling).astype(np.float32)
-    pad = [(s // 2 + 1, s // 2 + 1) for s in ball.shape]
-    big = np.pad(mask, pad).astype(np.float32)
-    dilated = (fftconvolve(big, ball, mode="same") > 0.5).astype(np.float32)
-    closed = fftconvolve(dilated, ball, mode="same") > ball.sum() - 0.5
-    return closed[tuple(slice(p, p + n) for (p, _), n in zip(pad, mask.shape))] | mask
+    ball = ball_kernel(radius_mm, sampling)
+    q = np.array(ball.shape) // 2
+    big = np.pad(mask, [(2 * a + 1, 2 * a + 1) for a in q])
+    dilated = _ball_count(big, ball) > 0.5                      # shape: mask + 2 * (q + 1)
+    closed = _ball_count(np.pad(dilated, [(a, a) for a in q]), ball) > ball.sum() - 0.5
+    return closed[tuple(slice(a + 1, a + 1 + n) for a, n in zip(q, mask.shape))] | mask
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
