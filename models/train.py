@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmbdetect.models.augment import IntensityAugmentation
 from cmbdetect.models.channels import ALL_CHANNELS
 from cmbdetect.models.classifier import calibrated_probabilities, committee_logits, features_vector, physics_gate
 from cmbdetect.models.detection import CLASSES
@@ -49,6 +50,11 @@ class TrainOptions:
     #: 2000-step/24-epoch cosine run on 72 subjects), so cosine is opt-in.
     lr_schedule: str = "constant"
     hard_negatives: bool = True
+    #: intensity augmentation (per-group gains, noise) in both stages and the in-plane axis swap in stage 1
+    augment: bool = True
+    #: jittered copies of each true lesion among the stage-2 examples, and the jitter (model voxels per axis)
+    truth_copies: int = 3
+    truth_jitter: float = 1.5
     class_weighting: bool = True
     stage2_epochs: int = 20
     classifier_patch: int = 24
@@ -114,6 +120,8 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
         meta = _new_metadata([subjects[i] for i in train_idx], opts)
         det, cls = build_networks(meta)
     vols, ratios = zip(*[_volume(s, meta, opts.patch, det.multiple) for s in subjects])
+    augment = IntensityAugmentation(clip=float(meta["normalisation"]["clip"])) if opts.augment else None
+    channels = tuple(meta["channels"])
     opt = torch.optim.Adam(det.parameters(), lr=opts.lr)
     start = 0
     if resume and ck_path.is_file():
@@ -131,8 +139,8 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     if opts.stage1_steps > start:
         train_detector(det, [vols[i] for i in train_idx], steps=opts.stage1_steps, start_step=start, optimizer=opt,
                        patch=opts.patch, batch=opts.batch, loss=opts.heatmap_loss, balanced=opts.balanced,
-                       sigma_mm=opts.sigma_mm, seed=opts.seed, lr_schedule=opts.lr_schedule, checkpoint=checkpoint,
-                       log=log)
+                       sigma_mm=opts.sigma_mm, seed=opts.seed, lr_schedule=opts.lr_schedule, augment=augment,
+                       channels=channels, checkpoint=checkpoint, log=log)
     det.eval()
     # recall-tuned threshold on validation subjects
     floor = 0.02
@@ -149,7 +157,8 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
         c = volume_candidates(det, vols[i], threshold=threshold, min_distance_mm=opts.min_distance_mm,
                               max_candidates=opts.max_hard_negatives)[0] if opts.hard_negatives else np.zeros((0, 3))
         ex_train.append(subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c,
-                                         patch=opts.classifier_patch, subject_index=i, seed=opts.seed))
+                                         patch=opts.classifier_patch, subject_index=i, truth_copies=opts.truth_copies,
+                                         jitter=opts.truth_jitter, seed=opts.seed))
     for i in val_idx:
         c, s, _ = val_cands[i]
         keep = s >= threshold
@@ -164,7 +173,7 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     meta["features"] = {"names": list(FEATURE_NAMES), "mean": fmean, "std": fstd}
     fv = features_vector(tr.features, FEATURE_NAMES, fmean, fstd)
     cw = train_classifier(cls, tr, fv, epochs=opts.stage2_epochs, class_weighting=opts.class_weighting,
-                          lr_schedule=opts.lr_schedule, seed=opts.seed, log=log)
+                          lr_schedule=opts.lr_schedule, seed=opts.seed, augment=augment, channels=channels, log=log)
     va = concat_sets(ex_val) if sum(len(e) for e in ex_val) >= 4 else tr
     va_logits = committee_logits(cls, va.patches, features_vector(va.features, FEATURE_NAMES, fmean, fstd))
     meta["calibration"] = calibrate(va_logits, va.labels, cw)

@@ -1,10 +1,12 @@
 """Stage-2 training: candidate examples, the committee classifier, and its calibration.
 
-Examples per subject: the true focal lesions (centres jittered by up to one voxel), a few vein points
+Examples per subject: the true focal lesions (``truth_copies`` copies of each, centres jittered uniformly by up
+to ``jitter`` model voxels per axis, as stage-1 centres are off by about that much), a few vein points
 (label map code 3), random brain points ("other"), and - with hard-negative mining - every stage-1
 candidate, labelled by :func:`cmbdetect.models.sampling.label_candidates` (unmatched ones are the hard
 negatives).  Each committee head gets its own bootstrap (Poisson(1)) sample weights, so the heads disagree
-where the data are thin.  Imbalance: class-weighted cross-entropy (inverse frequency) or plain CE.
+where the data are thin.  Imbalance: class-weighted cross-entropy (inverse frequency) or plain CE.  Optional
+intensity augmentation of the patches (:class:`cmbdetect.models.augment.IntensityAugmentation`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cmbdetect.models.augment import IntensityAugmentation
 from cmbdetect.models.calibration import fit_bias_temperature, undo_class_weights
 from cmbdetect.models.classifier import extract_patches, features_vector
 from cmbdetect.models.detection import CLASSES
@@ -47,7 +50,7 @@ def concat_sets(sets: list[Stage2Set]) -> Stage2Set:
 
 def subject_examples(subj, x: np.ndarray, mask: np.ndarray, ratio: np.ndarray, *, cand_centres,
                      patch: int, subject_index: int, include_truth: bool = True, extra_negatives: int = 4,
-                     seed: int = 0) -> Stage2Set:
+                     truth_copies: int = 1, jitter: float = 1.0, seed: int = 0) -> Stage2Set:
     """Stage-2 examples of one subject.  ``x``/``mask``: the model grid; ``ratio``: native voxel coordinates
     per model-grid voxel coordinate (per axis; ones when the model works on the native grid); ``cand_centres``: stage-1 candidates on the model grid (may be
     empty: no hard negatives); ``include_truth``: add jittered true lesions, vein points and random points."""
@@ -57,7 +60,8 @@ def subject_examples(subj, x: np.ndarray, mask: np.ndarray, ratio: np.ndarray, *
     model_les = native_les / ratio
     pts = [np.asarray(cand_centres, dtype=float).reshape(-1, 3)]
     if include_truth:
-        pts.append(model_les + rng.uniform(-1, 1, model_les.shape))
+        for _ in range(max(int(truth_copies), 1)):
+            pts.append(model_les + rng.uniform(-jitter, jitter, model_les.shape))
         if subj.label_map is not None:
             veins = vein_points(subj.label_map, n=extra_negatives, seed=seed + subject_index, voxel_size=native_vs)
             pts.append(veins / ratio)
@@ -80,9 +84,10 @@ def feature_statistics(features: list[dict], names) -> tuple[list[float], list[f
 
 def train_classifier(net: PatchClassifier, data: Stage2Set, fv: np.ndarray, *, epochs: int, class_weighting: bool,
                      loss: str = "ce", batch: int = 32, lr: float = 2e-3, lr_schedule: str = "constant", seed: int = 0,
-                     log=print) -> np.ndarray:
+                     augment: IntensityAugmentation | None = None, channels=(), log=print) -> np.ndarray:
     """Train the committee; returns the class weights used (ones without class weighting).
-    ``lr_schedule``: "constant" or "cosine" (per epoch, :func:`cosine_lr`)."""
+    ``lr_schedule``: "constant" or "cosine" (per epoch, :func:`cosine_lr`); ``augment``/``channels``: intensity
+    augmentation of each patch (random flips always)."""
     n_cls = len(CLASSES)
     cw = inverse_frequency_weights(data.labels, n_cls) if class_weighting else torch.ones(n_cls)
     rng = np.random.default_rng(seed)
@@ -105,6 +110,9 @@ def train_classifier(net: PatchClassifier, data: Stage2Set, fv: np.ndarray, *, e
             flips = [a + 2 for a in range(3) if np.random.default_rng([seed, epoch, s, a]).random() < 0.5]
             if flips:
                 x = torch.flip(x, dims=flips)
+            if augment is not None:
+                arng = np.random.default_rng([seed, epoch, s, 97])
+                x = torch.from_numpy(np.stack([augment.apply(p, channels, arng) for p in x.numpy()]))
             logits = net(x, feats[idx])
             per_head = torch.stack([
                 (weighted_cross_entropy(logits[:, h], labels[idx], cw) if loss == "ce"
