@@ -70,14 +70,22 @@ def features_vector(features: list[dict], names, mean, std) -> np.ndarray:
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
+#: Test-time augmentation of stage 2: the 8 combinations of flips of the three patch axes.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
+
 def committee_logits(net: PatchClassifier, patches: np.ndarray, feats: np.ndarray, *,
-                     batch: int = 64) -> np.ndarray:
-    """Raw committee logits ``[N, heads, classes]`` (eval mode, batched)."""
+                     batch: int = 64, tta: bool = False) -> np.ndarray:
+    """Raw committee logits ``[N, heads, classes]`` (eval mode, batched).  ``tta``: the mean logits over the
+    8 axis flips of each patch (:data:`TTA_FLIPS`; the training augmentation's flips), which averages out
+    the orientation noise of a single pass."""
     net.eval()
     out = []
+    flips = TTA_FLIPS if tta else ((),)
     with torch.inference_mode():
         for s in range(0, len(patches), batch):
-            out.append(net(torch.from_numpy(patches[s:s + batch]), torch.from_numpy(feats[s:s + batch])).numpy())
+            x, f = torch.from_numpy(patches[s:s + batch]), torch.from_numpy(feats[s:s + batch])
+            out.append(np.mean([net(torch.flip(x, dims=d) if d else x, f).numpy() for d in flips], axis=0))
     if not out:
         return np.zeros((0, len(net.heads), net.heads[0].out_features), dtype=np.float32)
     return np.concatenate(out)

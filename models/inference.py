@@ -73,7 +73,8 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
     feats = candidate_features(maps, native)
     fmeta = meta["features"]
     fv = features_vector(feats, fmeta["names"], fmeta["mean"], fmeta["std"])
-    head_p = calibrated_probabilities(committee_logits(m.classifier, patches, fv), meta["calibration"],
+    tta = bool(meta.get("inference", {}).get("stage2_tta", False))
+    head_p = calibrated_probabilities(committee_logits(m.classifier, patches, fv, tta=tta), meta["calibration"],
                                       prevalence=prevalence)
     head_p, gated = physics_gate(head_p, feats)
     probs, unc, disagreement = committee_uncertainty(head_p)

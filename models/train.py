@@ -55,6 +55,8 @@ class TrainOptions:
     #: jittered copies of each true lesion among the stage-2 examples, and the jitter (model voxels per axis)
     truth_copies: int = 3
     truth_jitter: float = 1.5
+    #: stage-2 test-time augmentation (mean logits over 8 flips) at inference, and for the calibration
+    stage2_tta: bool = True
     class_weighting: bool = True
     stage2_epochs: int = 20
     classifier_patch: int = 24
@@ -175,7 +177,9 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     cw = train_classifier(cls, tr, fv, epochs=opts.stage2_epochs, class_weighting=opts.class_weighting,
                           lr_schedule=opts.lr_schedule, seed=opts.seed, augment=augment, channels=channels, log=log)
     va = concat_sets(ex_val) if sum(len(e) for e in ex_val) >= 4 else tr
-    va_logits = committee_logits(cls, va.patches, features_vector(va.features, FEATURE_NAMES, fmean, fstd))
+    va_logits = committee_logits(cls, va.patches, features_vector(va.features, FEATURE_NAMES, fmean, fstd),
+                                 tta=opts.stage2_tta)
+    meta["inference"] = {**meta.get("inference", {}), "stage2_tta": bool(opts.stage2_tta)}
     meta["calibration"] = calibrate(va_logits, va.labels, cw)
     meta["thresholds"] = {"heatmap": threshold, "min_distance_mm": opts.min_distance_mm,
                           "max_candidates": opts.max_candidates}

@@ -117,3 +117,31 @@ def test_candidate_region_never_empty_on_coarse_grids():
     chi = np.zeros((5, 5, 5), np.float32)
     region = candidate_region(chi, np.array([2.5, 2.5, 2.5]), (4.5, 4.5, 5.0), chi_scale=0.01)
     assert region.sum() >= 1
+
+
+def test_stage2_test_time_augmentation_is_the_mean_over_flips():
+    """tta=True: logits are the mean over the 8 axis flips; a patch symmetric under every flip gets the plain
+    logits; without tta, one pass."""
+    import torch
+
+    from cmbdetect.models.classifier import TTA_FLIPS, committee_logits
+    from cmbdetect.models.networks import PatchClassifier
+
+    torch.manual_seed(0)
+    net = PatchClassifier(in_channels=5, n_features=9, n_classes=4, base=4, n_heads=3).eval()
+    rng = np.random.default_rng(1)
+    patches = rng.normal(size=(3, 5, 16, 16, 16)).astype(np.float32)
+    feats = rng.normal(size=(3, 9)).astype(np.float32)
+    plain = committee_logits(net, patches, feats)
+    tta = committee_logits(net, patches, feats, tta=True)
+    with torch.inference_mode():
+        x, f = torch.from_numpy(patches), torch.from_numpy(feats)
+        manual = np.mean([net(torch.flip(x, dims=d) if d else x, f).numpy() for d in TTA_FLIPS], axis=0)
+    assert len(set(TTA_FLIPS)) == 8
+    assert np.allclose(tta, manual, atol=1e-6)
+    assert not np.allclose(tta, plain, atol=1e-4)
+    sym = patches[:1] + np.flip(patches[:1], axis=(2,))
+    sym = sym + np.flip(sym, axis=(3,))
+    sym = np.ascontiguousarray(sym + np.flip(sym, axis=(4,)))
+    assert np.allclose(committee_logits(net, sym, feats[:1], tta=True), committee_logits(net, sym, feats[:1]),
+                       atol=1e-5)
