@@ -34,14 +34,48 @@ def tile_sizes(shape, *, tile: int, overlap: int, multiple: int) -> np.ndarray:
     return np.array(out)
 
 
-def predict_volume(net: CentreNet3D, channels: np.ndarray, *, tile: int = 160,
-                   overlap: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def _mirror(a: np.ndarray, axis: int, shift: int) -> np.ndarray:
+    """``b[i] = a[n - 1 - shift - i]`` along ``axis`` (zero where that falls outside).  With ``shift = s - 1``
+    it maps the output grid of a stride-``s`` network onto itself (output ``o`` <-> ``n/s - 1 - o``)."""
+    b = np.roll(np.flip(a, axis=axis), -shift, axis=axis)
+    idx = [slice(None)] * a.ndim
+    idx[axis] = slice(a.shape[axis] - shift, None)
+    b[tuple(idx)] = 0
+    return b
+
+
+def predict_volume(net: CentreNet3D, channels: np.ndarray, *, tile: int = 160, overlap: int = 16,
+                   flips=((),)) -> tuple[np.ndarray, np.ndarray]:
     """Heatmap probabilities and diameters (mm) on the output grid (input grid / ``net.stride``).
 
     ``channels``: float32 ``[C, X, Y, Z]``.  Returns two float32 arrays of shape
     ``ceil(X / stride), ...``; output voxel ``o`` is centred on input voxel ``stride * o``.  Tiles are at
-    most ``tile`` voxels per axis (peak memory is that of one tile).
+    most ``tile`` voxels per axis (peak memory is that of one tile).  ``flips``: test-time augmentation, a
+    sequence of spatial axis sets (0-2) to mirror; the result is the mean over those passes (``((),)``:
+    one plain pass).  Mirrors are aligned exactly with the stride-``s`` output grid (input mirrored about
+    voxel ``(n - s) / 2``, with ``n`` padded to a multiple of ``s``).
     """
+    s = net.stride
+    n = np.array(channels.shape[1:])
+    out_n = -(-n // s)
+    if tuple(map(tuple, flips)) == ((),):
+        return _predict_once(net, channels, tile=tile, overlap=overlap)
+    x = _pad_to(channels.astype(np.float32, copy=False), out_n * s)
+    heat = np.zeros(tuple(out_n), np.float32)
+    size = np.zeros(tuple(out_n), np.float32)
+    for axes in flips:
+        xf = x
+        for a in axes:
+            xf = _mirror(xf, a + 1, s - 1)
+        h, z = _predict_once(net, np.ascontiguousarray(xf), tile=tile, overlap=overlap)
+        for a in axes:
+            h, z = np.flip(h, a), np.flip(z, a)
+        heat += h
+        size += z
+    return heat / len(flips), size / len(flips)
+
+
+def _predict_once(net: CentreNet3D, channels: np.ndarray, *, tile: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
     m = net.multiple
     s = net.stride
     tile = max(m, int(tile) // m * m)

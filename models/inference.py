@@ -45,7 +45,9 @@ def stage1_candidates(model: LoadedModel, x: np.ndarray, mask: np.ndarray, vs: n
     meta = model.metadata
     th = meta["thresholds"]
     inf = meta.get("inference", {})
-    heat, size = predict_volume(model.detector, x, tile=int(inf.get("tile", 160)), overlap=int(inf.get("overlap", 16)))
+    flips = tuple(tuple(int(a) for a in f) for f in inf.get("stage1_tta_flips", [[]]))
+    heat, size = predict_volume(model.detector, x, tile=int(inf.get("tile", 160)), overlap=int(inf.get("overlap", 16)),
+                                flips=flips)
     return find_candidates(heat, size, voxel_size=vs, stride=model.detector.stride,
                            threshold=float(th["heatmap"] if threshold is None else threshold),
                            min_distance_mm=float(th["min_distance_mm"]), max_candidates=int(th["max_candidates"]),

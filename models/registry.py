@@ -130,7 +130,7 @@ def base_metadata(*, channels=ALL_CHANNELS, spacing=None, detector_arch: dict, c
                         "training_prevalence": 0.5},
         "physics_gate": "a candidate whose integrated chi and dipole sign are both negative (diamagnetic) "
                         "cannot be called microbleed: its microbleed probability moves to calcification",
-        "inference": {"tile": 160, "overlap": 16, "stage2_tta": False},
+        "inference": {"tile": 160, "overlap": 16, "stage2_tta": False, "stage1_tta_flips": [[]]},
     }
 
 

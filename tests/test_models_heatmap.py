@@ -42,3 +42,25 @@ def test_nms_subvoxel_refinement_and_empty():
     assert len(c) == 1 and 5.4 < c[0, 0] < 5.6
     c, s = nms_peaks(np.zeros((5, 5, 5)), (1, 1, 1), threshold=0.5)
     assert c.shape == (0, 3) and s.shape == (0,)
+
+
+def test_stage1_test_time_flips_are_aligned_with_the_stride_grid(monkeypatch, rng):
+    """A stride-2 'network' that reads input voxel 2*o at output o is exactly flip-equivariant; with the
+    mirrored passes of predict_volume (odd and even sizes) the averaged heatmap equals the plain pass."""
+    import cmbdetect.models.detector as det
+
+    class Stride2:
+        stride = 2
+
+    def fake_once(net, channels, *, tile, overlap):
+        n = -(-np.array(channels.shape[1:]) // 2)
+        h = channels[0, ::2, ::2, ::2][: n[0], : n[1], : n[2]]
+        return h.copy(), 2 * h.copy()
+
+    monkeypatch.setattr(det, "_predict_once", fake_once)
+    x = rng.random((2, 17, 12, 9)).astype(np.float32)
+    plain, _ = det.predict_volume(Stride2(), x)
+    for flips in (((0,),), ((1,),), ((2,),), ((), (0,), (1,), (0, 1)), ((0, 1, 2),)):
+        heat, size = det.predict_volume(Stride2(), x, flips=flips)
+        assert heat.shape == plain.shape == (9, 6, 5)
+        assert np.allclose(heat, plain) and np.allclose(size, 2 * plain), flips
