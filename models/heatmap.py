@@ -16,11 +16,13 @@ import torch.nn.functional as F
 
 
 def gaussian_targets(shape, centres_vox, voxel_size, *, diameters_mm=None,
-                     sigma_mm: float = 1.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     sigma_mm: float = 1.5,
+                     size_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Heatmap, size and positive-mask targets on a grid of ``shape`` with ``voxel_size`` (mm).
 
     ``centres_vox``: ``(N, 3)`` continuous voxel coordinates on this grid.  ``diameters_mm``: ``(N,)``
-    or None.  Returns float32 heatmap in [0, 1], float32 diameter map (mm, 0 where undefined), and a
+    or None.  Each lesion's Gaussian has ``sigma = max(sigma_mm, size_fraction * diameter)`` mm
+    (size-adaptive, as in CenterNet: the centre of a large lesion is less sharply defined).  Returns float32 heatmap in [0, 1], float32 diameter map (mm, 0 where undefined), and a
     bool map of the voxels nearest each centre (heatmap == 1 there).
     """
     shape = tuple(int(s) for s in shape)
@@ -30,8 +32,9 @@ def gaussian_targets(shape, centres_vox, voxel_size, *, diameters_mm=None,
     peak = np.zeros(shape, dtype=bool)
     centres = np.asarray(centres_vox, dtype=float).reshape(-1, 3)
     diam = np.zeros(len(centres)) if diameters_mm is None else np.asarray(diameters_mm, dtype=float)
-    half = np.ceil(3.0 * sigma_mm / vs).astype(int)
     for c, d in zip(centres, diam):
+        sigma = max(float(sigma_mm), float(size_fraction) * float(d))
+        half = np.ceil(3.0 * sigma / vs).astype(int)
         nearest = np.rint(c).astype(int)
         if np.any(nearest < 0) or np.any(nearest >= shape):
             continue
@@ -39,7 +42,7 @@ def gaussian_targets(shape, centres_vox, voxel_size, *, diameters_mm=None,
         hi = np.minimum(nearest + half + 1, shape)
         axes = [(np.arange(lo[a], hi[a]) - c[a]) * vs[a] for a in range(3)]
         d2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
-        g = np.exp(-d2 / (2.0 * sigma_mm**2)).astype(np.float32)
+        g = np.exp(-d2 / (2.0 * sigma**2)).astype(np.float32)
         sl = tuple(slice(lo[a], hi[a]) for a in range(3))
         np.maximum(heat[sl], g, out=heat[sl])
         core = g >= np.exp(-0.5)

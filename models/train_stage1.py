@@ -49,7 +49,8 @@ def _flip(a: np.ndarray, axes) -> np.ndarray:
 
 
 def make_batch(vols: list[Stage1Volume], picks, *, patch: int, stride: int, sigma_mm: float,
-               rng: np.random.Generator, augment: IntensityAugmentation | None = None, channels=()):
+               rng: np.random.Generator, sigma_size_fraction: float = 0.0,
+               augment: IntensityAugmentation | None = None, channels=()):
     """Input patches ``[B, C, p, p, p]``, heatmap and size targets ``[B, 1, p/s, p/s, p/s]``.
 
     Random flips always; with ``augment`` (and the ``channels`` names) also the intensity augmentation and,
@@ -73,7 +74,8 @@ def make_batch(vols: list[Stage1Volume], picks, *, patch: int, stride: int, sigm
             x = augment.apply(x, channels, rng)
         inside = np.all((c >= -2) & (c <= patch + 1), axis=1)
         h, s, _ = gaussian_targets((out,) * 3, c[inside] / stride, vs * stride,
-                                   diameters_mm=v.diameters[inside], sigma_mm=sigma_mm)
+                                   diameters_mm=v.diameters[inside], sigma_mm=sigma_mm,
+                                   size_fraction=sigma_size_fraction)
         xs.append(x)
         hs.append(h)
         ss.append(s)
@@ -103,7 +105,8 @@ def cosine_lr(base_lr: float, step: int, steps: int, *, final_fraction: float = 
 
 def train_detector(net: CentreNet3D, vols: list[Stage1Volume], *, steps: int, start_step: int = 0,
                    optimizer: torch.optim.Optimizer, patch: int = 40, batch: int = 4, loss: str = "focal",
-                   balanced: bool = True, sigma_mm: float = 2.0, seed: int = 0, lr_schedule: str = "constant",
+                   balanced: bool = True, sigma_mm: float = 2.0, sigma_size_fraction: float = 0.0, seed: int = 0,
+                   lr_schedule: str = "constant",
                    augment: IntensityAugmentation | None = None, channels=(), checkpoint=None, log=print) -> None:
     """Run steps ``start_step .. steps-1``; ``checkpoint(step)`` is called every 50 steps and at the end.
     ``lr_schedule``: "constant" (the optimizer's rate) or "cosine" (:func:`cosine_lr` from that rate).
@@ -126,7 +129,7 @@ def train_detector(net: CentreNet3D, vols: list[Stage1Volume], *, steps: int, st
                 g["lr"] = cosine_lr(lr, step, steps)
         idx, w = sampler.sample(batch, rng=rng)
         x, h, s = make_batch(vols, [picks[i] for i in idx], patch=patch, stride=net.stride, sigma_mm=sigma_mm,
-                             rng=rng, augment=augment, channels=channels)
+                             rng=rng, sigma_size_fraction=sigma_size_fraction, augment=augment, channels=channels)
         y = net(x)
         per = heatmap_loss(loss, y[:, :1], h) + 0.1 * size_l1_loss(y[:, 1:], s)
         total = weighted_mean(per, torch.from_numpy(w).float())

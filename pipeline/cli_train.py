@@ -31,6 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="stage-1 optimisation steps (default 300)")
     p.add_argument("--epochs", type=int, default=None, help="stage-2 epochs (default 20)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--sigma-size-fraction", type=float, default=None, metavar="F",
+                   help="size-adaptive heatmap targets: sigma = max(2 mm, F * lesion diameter) (default 0: fixed)")
     p.add_argument("--augment", action="store_true",
                    help="intensity augmentation (per-channel-group gains, noise, in-plane axis swap) and three "
                    "jittered copies of each true lesion for stage 2 (default off: lower on the development cohort)")
@@ -49,6 +51,10 @@ def options_from_args(args):
     from cmbdetect.models.train import TrainOptions
 
     kw = {"seed": args.seed, "threads": args.threads}
+    if args.sigma_size_fraction is not None:
+        if not 0.0 <= args.sigma_size_fraction <= 1.0:
+            raise InputError(f"--sigma-size-fraction must be in [0, 1], got {args.sigma_size_fraction}")
+        kw["sigma_size_fraction"] = args.sigma_size_fraction
     if args.augment:
         kw.update(augment=True, truth_copies=3, truth_jitter=1.5)
     if args.steps is not None:

@@ -64,3 +64,15 @@ def test_stage1_test_time_flips_are_aligned_with_the_stride_grid(monkeypatch, rn
         heat, size = det.predict_volume(Stride2(), x, flips=flips)
         assert heat.shape == plain.shape == (9, 6, 5)
         assert np.allclose(heat, plain) and np.allclose(size, 2 * plain), flips
+
+
+def test_gaussian_targets_size_adaptive_sigma():
+    """sigma = max(sigma_mm, size_fraction * diameter): a 10 mm lesion gets a wider peak, a 2 mm one keeps sigma_mm."""
+    shape, vs = (41, 41, 41), np.ones(3)
+    c = np.array([[20.0, 20.0, 20.0]])
+    fixed, _, _ = gaussian_targets(shape, c, vs, diameters_mm=[10.0], sigma_mm=2.0)
+    wide, _, _ = gaussian_targets(shape, c, vs, diameters_mm=[10.0], sigma_mm=2.0, size_fraction=0.4)
+    small, _, _ = gaussian_targets(shape, c, vs, diameters_mm=[2.0], sigma_mm=2.0, size_fraction=0.4)
+    assert np.isclose(fixed[24, 20, 20], np.exp(-16 / 8), atol=1e-6)
+    assert np.isclose(wide[24, 20, 20], np.exp(-16 / 32), atol=1e-6)
+    assert np.array_equal(small, fixed) and wide[20, 20, 20] == 1.0
