@@ -39,19 +39,36 @@ def model_grid(maps: PhysicsMaps, metadata: dict) -> tuple[np.ndarray, np.ndarra
     return x, mask, vs, True
 
 
+def _heatmap(part: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    inf = part.metadata.get("inference", {})
+    flips = tuple(tuple(int(a) for a in f) for f in inf.get("stage1_tta_flips", [[]]))
+    return predict_volume(part.detector, x, tile=int(inf.get("tile", 160)), overlap=int(inf.get("overlap", 16)),
+                          flips=flips)
+
+
 def stage1_candidates(model: LoadedModel, x: np.ndarray, mask: np.ndarray, vs: np.ndarray, *,
                       threshold: float | None = None):
-    """Stage-1 candidates on the model grid: ``(centres_vox, scores, diameters_mm)``."""
-    meta = model.metadata
-    th = meta["thresholds"]
-    inf = meta.get("inference", {})
-    flips = tuple(tuple(int(a) for a in f) for f in inf.get("stage1_tta_flips", [[]]))
-    heat, size = predict_volume(model.detector, x, tile=int(inf.get("tile", 160)), overlap=int(inf.get("overlap", 16)),
-                                flips=flips)
-    return find_candidates(heat, size, voxel_size=vs, stride=model.detector.stride,
+    """Stage-1 candidates on the model grid: ``(centres_vox, scores, diameters_mm)``.  For an ensemble, the
+    heatmap (and diameter map) is the mean of the members'; the threshold is the ensemble's."""
+    th = model.metadata["thresholds"]
+    outs = [_heatmap(p, x) for p in model.parts]
+    heat = np.mean([h for h, _ in outs], axis=0)
+    size = np.mean([z for _, z in outs], axis=0)
+    return find_candidates(heat, size, voxel_size=vs, stride=model.parts[0].detector.stride,
                            threshold=float(th["heatmap"] if threshold is None else threshold),
                            min_distance_mm=float(th["min_distance_mm"]), max_candidates=int(th["max_candidates"]),
                            mask=mask)
+
+
+def stage2_probabilities(part: LoadedModel, patches: np.ndarray, feats: list[dict], *,
+                         prevalence: float | None) -> np.ndarray:
+    """One model's calibrated, prevalence-adjusted per-head probabilities ``[N, heads, classes]``."""
+    meta = part.metadata
+    fmeta = meta["features"]
+    fv = features_vector(feats, fmeta["names"], fmeta["mean"], fmeta["std"])
+    tta = bool(meta.get("inference", {}).get("stage2_tta", False))
+    return calibrated_probabilities(committee_logits(part.classifier, patches, fv, tta=tta), meta["calibration"],
+                                    prevalence=prevalence)
 
 
 def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
@@ -61,6 +78,8 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
     ``model``: registered name, model folder, or a :class:`LoadedModel`.  ``prevalence``: the deployment
     prior probability that a stage-1 candidate is a microbleed (0 < p < 1); probabilities are re-weighted
     from the training prior stored in the model metadata by Bayes' rule.  ``None`` keeps the training prior.
+    An ensemble averages the members' stage-1 heatmaps, and its stage-2 committee is all members' heads
+    (probability = their mean; disagreement between members counts towards the uncertainty).
     """
     if prevalence is not None and not (0.0 < float(prevalence) < 1.0):
         raise InputError(f"prevalence must be strictly between 0 and 1, got {prevalence}")
@@ -73,11 +92,8 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
     patches = extract_patches(x, centres, int(meta["patch_size"]))
     native = map_back(centres, maps.shape, x.shape[1:]) if resampled else centres
     feats = candidate_features(maps, native)
-    fmeta = meta["features"]
-    fv = features_vector(feats, fmeta["names"], fmeta["mean"], fmeta["std"])
-    tta = bool(meta.get("inference", {}).get("stage2_tta", False))
-    head_p = calibrated_probabilities(committee_logits(m.classifier, patches, fv, tta=tta), meta["calibration"],
-                                      prevalence=prevalence)
+    head_p = np.concatenate([stage2_probabilities(p, patches, feats, prevalence=prevalence) for p in m.parts],
+                            axis=1)
     head_p, gated = physics_gate(head_p, feats)
     probs, unc, disagreement = committee_uncertainty(head_p)
     out = []

@@ -12,7 +12,7 @@ import json
 import os
 import pickle
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,16 +43,25 @@ class LoadedModel:
     metadata: dict
     sha256: str
     path: Path
+    #: for an ensemble folder: its member models (``detector``/``classifier`` are then the first member's)
+    members: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return str(self.metadata.get("name", self.path.name))
+
+    @property
+    def parts(self) -> list:
+        """The models whose outputs are combined: the members of an ensemble, else this model alone."""
+        return list(self.members) or [self]
 
 
 def resolve_model_dir(name_or_path: str | Path = "default") -> Path:
     """Folder of a registered name, or ``name_or_path`` itself; :class:`InputError` if it is no model."""
     key = str(name_or_path)
     folder = WEIGHTS_DIR / REGISTRY[key] if key in REGISTRY else Path(key).expanduser()
+    if (folder / "metadata.json").is_file() and _ensemble_members(folder) is not None:
+        return folder
     if not (folder / "metadata.json").is_file() or not all((folder / f).is_file() for f in WEIGHT_FILES):
         known = ", ".join(sorted(REGISTRY))
         raise InputError(f"model {key!r} not found: give a registered name ({known}) or a folder with "
@@ -60,9 +69,29 @@ def resolve_model_dir(name_or_path: str | Path = "default") -> Path:
     return folder
 
 
+def _ensemble_members(folder: Path) -> list[str] | None:
+    """Member folder names of an ensemble model folder (``metadata["ensemble"]["members"]``), else None."""
+    try:
+        meta = json.loads((Path(folder) / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ens = meta.get("ensemble") if isinstance(meta, dict) else None
+    if not isinstance(ens, dict) or not isinstance(ens.get("members"), list) or not ens["members"]:
+        return None
+    return [str(m) for m in ens["members"]]
+
+
 def model_sha256(folder: Path) -> str:
-    """sha256 over the weight files and metadata.json (fixed order, names included)."""
+    """sha256 over the weight files and metadata.json (fixed order, names included); for an ensemble, over
+    its metadata.json and each member's own sha256."""
     h = hashlib.sha256()
+    members = _ensemble_members(folder)
+    if members is not None:
+        for m in members:
+            h.update(m.encode())
+            h.update(model_sha256(Path(folder) / m).encode())
+        h.update((Path(folder) / "metadata.json").read_bytes())
+        return h.hexdigest()
     for name in (*WEIGHT_FILES, "metadata.json"):
         h.update(name.encode())
         h.update((Path(folder) / name).read_bytes())
@@ -77,9 +106,23 @@ def build_networks(metadata: dict) -> tuple[CentreNet3D, PatchClassifier]:
     return det, cls
 
 
+#: Metadata keys every member of an ensemble must share (they see the same inputs).
+ENSEMBLE_SHARED_KEYS = ("channels", "spacing", "normalisation", "patch_size", "classes")
+
+
 def load_model(name_or_path: str | Path = "default") -> LoadedModel:
-    """Load a registered model by name or a model folder by path (weights with ``weights_only=True``)."""
+    """Load a registered model by name or a model folder by path (weights with ``weights_only=True``).
+    An ensemble folder (``metadata.json`` with ``ensemble.members``) loads each member folder inside it."""
     folder = resolve_model_dir(name_or_path)
+    members = _ensemble_members(folder)
+    if members is not None:
+        metadata = json.loads((folder / "metadata.json").read_text())
+        loaded = [load_model(folder / m) for m in members]
+        for key in ENSEMBLE_SHARED_KEYS:
+            if any(p.metadata.get(key) != metadata.get(key) for p in loaded):
+                raise InputError(f"ensemble at {folder}: member metadata {key!r} differs from the ensemble's")
+        return LoadedModel(loaded[0].detector, loaded[0].classifier, metadata, model_sha256(folder), folder,
+                           members=loaded)
     try:
         metadata = json.loads((folder / "metadata.json").read_text())
         det, cls = build_networks(metadata)

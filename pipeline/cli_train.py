@@ -33,6 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--sigma-size-fraction", type=float, default=None, metavar="F",
                    help="size-adaptive heatmap targets: sigma = max(2 mm, F * lesion diameter) (default 0: fixed)")
+    p.add_argument("--members", type=int, default=1, metavar="K",
+                   help="train an ensemble of K models with seeds SEED..SEED+K-1 (folders OUT/member-k; default 1)")
     p.add_argument("--augment", action="store_true",
                    help="intensity augmentation (per-channel-group gains, noise, in-plane axis swap) and three "
                    "jittered copies of each true lesion for stage 2 (default off: lower on the development cohort)")
@@ -76,10 +78,31 @@ def options_from_args(args):
 
 
 def run(args) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from cmbdetect.models.ensemble import member_name, write_ensemble
     from cmbdetect.models.train import train
 
     opts = options_from_args(args)
     command = "cmbdetect " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "cmbdetect train"
-    train(args.bids_dir, args.out, labels=args.labels, options=opts, resume=args.resume, init=args.init,
-          cache_dir=args.cache_dir, command=command, log=lambda m: print(m, file=sys.stderr, flush=True))
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.members < 1:
+        raise InputError(f"--members must be >= 1, got {args.members}")
+    if args.members == 1:
+        train(args.bids_dir, args.out, labels=args.labels, options=opts, resume=args.resume, init=args.init,
+              cache_dir=args.cache_dir, command=command, log=log)
+        return 0
+    out = Path(args.out)
+    cache = args.cache_dir or out / "cache"
+    for k in range(args.members):
+        folder = out / member_name(k)
+        if args.resume and (folder / "metadata.json").is_file() and not (folder / "checkpoint.pt").exists():
+            log(f"[ensemble] {folder.name} already trained")
+            continue
+        log(f"[ensemble] training {folder.name} (seed {opts.seed + k})")
+        train(args.bids_dir, folder, labels=args.labels, options=replace(opts, seed=opts.seed + k),
+              resume=args.resume, init=args.init, cache_dir=cache, command=command, log=log)
+    write_ensemble(out, command=command)
+    log(f"[ensemble] {args.members} members written to {out}")
     return 0

@@ -93,6 +93,8 @@ def test_cli_train_options_and_bad_values():
     assert not opts.augment and opts.truth_copies == 1 and opts.stage2_tta
     opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--augment"]))
     assert opts.augment and opts.truth_copies == 3 and opts.truth_jitter == 1.5
+    with pytest.raises(InputError, match="members"):
+        cli_train.run(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--members", "0"]))
     args = parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--steps", "-1"])
     with pytest.raises(InputError):
         cli_train.options_from_args(args)

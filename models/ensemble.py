@@ -1,0 +1,69 @@
+"""Ensembles of independently trained models (deep ensembles) in one model folder.
+
+An ensemble folder holds one sub-folder per member (each a complete model: weights + metadata.json) and a
+``metadata.json`` with ``ensemble.members`` (the sub-folder names) and the metadata every caller reads
+(channels, spacing, normalisation, patch size, classes, thresholds, inference settings).  Members are trained
+with consecutive seeds, so each has its own initialisation, patch draws and train/validation split.
+
+At inference (:func:`cmbdetect.models.inference.detect`): stage 1 uses the mean of the members' heatmaps with
+the lowest member threshold (recall first); stage 2 pools every member's calibrated committee heads, so the
+probability is their mean and disagreement *between* members adds to the query-by-committee uncertainty.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+from cmbdetect.models.registry import ENSEMBLE_SHARED_KEYS, load_model
+from cmbdetect.physics.errors import InputError
+
+COMBINATION = ("stage 1: mean of the members' heatmaps, lowest member threshold; stage 2: the members' "
+               "calibrated heads pooled into one committee (probability = mean, uncertainty = entropy and "
+               "mutual information over all heads)")
+
+
+def member_name(k: int) -> str:
+    """Folder name of member ``k`` inside the ensemble folder."""
+    return f"member-{k}"
+
+
+def ensemble_metadata(members: list, names: list[str], *, name: str, command: str = "") -> dict:
+    """The ensemble's ``metadata.json`` from its loaded members (:class:`LoadedModel`) and their folder names."""
+    if not members:
+        raise InputError("an ensemble needs at least one member")
+    base = members[0].metadata
+    for key in ENSEMBLE_SHARED_KEYS:
+        if any(m.metadata.get(key) != base.get(key) for m in members):
+            raise InputError(f"ensemble members differ in {key!r}; they must share inputs and classes")
+    meta = {k: base[k] for k in ("format_version", "version", *ENSEMBLE_SHARED_KEYS) if k in base}
+    th = [m.metadata["thresholds"] for m in members]
+    meta["thresholds"] = {"heatmap": min(float(t["heatmap"]) for t in th),
+                          "min_distance_mm": float(th[0]["min_distance_mm"]),
+                          "max_candidates": max(int(t["max_candidates"]) for t in th)}
+    meta["inference"] = dict(base.get("inference", {}))
+    meta["physics_gate"] = base.get("physics_gate", "")
+    meta["ensemble"] = {"members": list(names), "combination": COMBINATION}
+    meta["training"] = {"command": command, "seeds": [m.metadata.get("training", {}).get("seed") for m in members],
+                        "members": [m.metadata.get("training", {}) for m in members]}
+    meta["metrics"] = {"members": [m.metadata.get("metrics", {}) for m in members]}
+    meta["name"] = name
+    return meta
+
+
+def write_ensemble(out_dir: str | Path, *, command: str = "") -> Path:
+    """Write ``out_dir/metadata.json`` for the member folders ``member-0, member-1, ...`` already in
+    ``out_dir`` (atomically, last); returns ``out_dir``."""
+    out = Path(out_dir)
+    names = []
+    while (out / member_name(len(names)) / "metadata.json").is_file():
+        names.append(member_name(len(names)))
+    if not names:
+        raise InputError(f"no member folders ({member_name(0)}, ...) in {out}")
+    members = [load_model(out / n) for n in names]
+    meta = ensemble_metadata(members, names, name=out.name, command=command)
+    tmp = out / f".metadata.json.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / "metadata.json")
+    return out

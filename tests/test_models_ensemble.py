@@ -1,0 +1,66 @@
+"""Ensemble model folders: written from member folders, loaded by path, combined at inference (mean heatmap,
+pooled committee), hashed over the members, and refused when the members do not share their inputs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from test_models_inference import tiny_maps
+
+from cmbdetect.models.ensemble import member_name, write_ensemble
+from cmbdetect.models.inference import detect
+from cmbdetect.models.registry import create_random_model, load_model
+from cmbdetect.physics.errors import InputError
+
+
+def _ensemble(tmp_path, seeds):
+    out = tmp_path / "ens"
+    for k, s in enumerate(seeds):
+        create_random_model(out / member_name(k), seed=s)
+    return write_ensemble(out, command="test")
+
+
+def test_ensemble_of_identical_members_equals_the_member(tmp_path, oblique_affine):
+    maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
+    ens = load_model(_ensemble(tmp_path, [0, 0]))
+    assert len(ens.parts) == 2 and ens.metadata["ensemble"]["members"] == ["member-0", "member-1"]
+    single = detect(maps, model=str(tmp_path / "ens" / "member-0"))
+    pooled = detect(maps, model=ens)
+    assert len(single) == len(pooled) >= 1
+    for a, b in zip(single, pooled):
+        assert np.allclose(a.centre_vox, b.centre_vox)
+        assert all(abs(a.probabilities[c] - b.probabilities[c]) < 1e-9 for c in a.probabilities)
+        assert abs(a.uncertainty - b.uncertainty) < 1e-9
+
+
+def test_ensemble_of_different_members_pools_them(tmp_path, oblique_affine):
+    maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
+    path = _ensemble(tmp_path, [0, 5])
+    ens = load_model(path)
+    dets = detect(maps, model=str(path))
+    one = detect(maps, model=str(path / "member-0"))
+    two = detect(maps, model=str(path / "member-1"))
+    assert dets and one and two
+    assert [d.probabilities for d in dets] != [d.probabilities for d in one]
+    assert [d.probabilities for d in dets] != [d.probabilities for d in two]
+    # the hash covers the members: changing one member's weights changes it
+    before = ens.sha256
+    shutil.rmtree(path / "member-1")
+    create_random_model(path / "member-1", seed=6)
+    assert load_model(path).sha256 != before
+
+
+def test_ensemble_members_must_share_inputs(tmp_path):
+    path = _ensemble(tmp_path, [0, 1])
+    meta_path = path / "member-1" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["channels"] = ["magnitude", "swi"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="channels"):
+        load_model(path)
+    with pytest.raises(InputError, match="differ"):
+        write_ensemble(path)
+    with pytest.raises(InputError, match="no member"):
+        write_ensemble(tmp_path / "empty")
