@@ -99,12 +99,13 @@ def _new_metadata(subjects, opts: TrainOptions) -> dict:
 
 
 def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
-          options: TrainOptions = TrainOptions(), resume: bool = False, init: str | None = None,
+          options: TrainOptions = TrainOptions(), resume: bool = False, init: str | None = None, init_member: int = 0,
           cache_dir: str | Path | None = None, command: str = "", log=print) -> Path:
     """Train a model on ``bids_dir`` (one BIDS folder or a list) and write it to ``out_dir``; returns it.
 
     ``labels``: None (simulator ground truth) or a folder of per-subject TSV / label maps
-    (:mod:`training_data`).  ``init``: a model name or folder to fine-tune from (its architecture,
+    (:mod:`training_data`).  ``init``: a model name or folder to fine-tune from (of an ensemble, its member
+    ``init_member`` modulo the number of members; its architecture,
     channels and spacing are kept).  ``resume``: continue from ``out_dir/checkpoint.pt``.
     """
     t0 = time.time()
@@ -123,6 +124,9 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     val_idx, train_idx = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
     if init is not None:
         base = load_model(init)
+        if base.members:
+            base = base.members[init_member % len(base.members)]
+            log(f"[init] fine-tuning from ensemble member {base.path.name} of {init}")
         meta = {k: v for k, v in base.metadata.items()}
         det, cls = base.detector, base.classifier
         if not opts.init_classifier:  # stage 2 from scratch (ablations that change only stage 2)

@@ -102,7 +102,7 @@ def run(args) -> int:
             continue
         log(f"[ensemble] training {folder.name} (seed {opts.seed + k})")
         train(args.bids_dir, folder, labels=args.labels, options=replace(opts, seed=opts.seed + k),
-              resume=args.resume, init=args.init, cache_dir=cache, command=command, log=log)
+              resume=args.resume, init=args.init, init_member=k, cache_dir=cache, command=command, log=log)
     write_ensemble(out, command=command)
     log(f"[ensemble] {args.members} members written to {out}")
     return 0

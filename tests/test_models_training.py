@@ -153,3 +153,31 @@ def test_map_cache_is_tied_to_the_physics_code(tmp_path, monkeypatch):
     assert td._load_cache(path, "x").maps.b0 == 3.0
     monkeypatch.setattr(td, "_physics_code", lambda: "0123456789abcdef")
     assert not td._cache_is_current(path)
+
+
+@pytest.mark.slow
+def test_cli_trains_an_ensemble_and_fine_tunes_from_it(tmp_path):
+    """cmbdetect train --members 2: two members with seeds 0 and 1 plus the ensemble metadata; --resume keeps
+    finished members; --init ENSEMBLE fine-tunes each member from the matching member."""
+    from cmbdetect.models.registry import load_model
+    from cmbdetect.pipeline import cli_train
+    from cmbdetect.pipeline.simulate import simulate_dataset
+
+    bids = tmp_path / "bids"
+    simulate_dataset(bids, subjects=3, seed=5, shape=(48, 48, 32), voxel_size=(1.0, 1.0, 1.5), n_microbleeds=5,
+                     echoes=1)
+    parser = argparse.ArgumentParser()
+    cli_train.add_parser(parser.add_subparsers())
+    common = ["train", "--bids-dir", str(bids), "--cache-dir", str(tmp_path / "cache"), "--steps", "2",
+              "--epochs", "1"]
+    assert cli_train.run(parser.parse_args(common + ["--out", str(tmp_path / "ens"), "--members", "2"])) == 0
+    ens = load_model(tmp_path / "ens")
+    assert [p.metadata["training"]["seed"] for p in ens.parts] == [0, 1]
+    assert ens.metadata["training"]["seeds"] == [0, 1]
+    assert cli_train.run(parser.parse_args(common + ["--out", str(tmp_path / "ens"), "--members", "2",
+                                                     "--resume"])) == 0  # finished members are kept
+    assert [p.sha256 for p in load_model(tmp_path / "ens").parts] == [p.sha256 for p in ens.parts]
+    assert cli_train.run(parser.parse_args(common + ["--out", str(tmp_path / "ft"), "--init",
+                                                     str(tmp_path / "ens")])) == 0
+    ft = load_model(tmp_path / "ft")
+    assert ft.metadata["training"]["init"] == str(tmp_path / "ens") and not ft.members
