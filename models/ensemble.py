@@ -45,8 +45,8 @@ def ensemble_metadata(members: list, names: list[str], *, name: str, command: st
     meta["inference"] = dict(base.get("inference", {}))
     meta["physics_gate"] = base.get("physics_gate", "")
     meta["ensemble"] = {"members": list(names), "combination": COMBINATION}
-    meta["training"] = {"command": command, "seeds": [m.metadata.get("training", {}).get("seed") for m in members],
-                        "members": [m.metadata.get("training", {}) for m in members]}
+    # each member's own metadata.json holds its full training record (options, data, wall time)
+    meta["training"] = {"command": command, "seeds": [m.metadata.get("training", {}).get("seed") for m in members]}
     meta["metrics"] = {"members": [m.metadata.get("metrics", {}) for m in members]}
     meta["name"] = name
     return meta
