@@ -64,8 +64,9 @@ class TrainOptions:
     #: stage-2 test-time augmentation (mean logits over 8 flips) at inference, and for the calibration
     stage2_tta: bool = True
     #: stage-1 test-time flips (spatial axis sets, :func:`cmbdetect.models.detector.predict_volume`), used at
-    #: inference only.  Default: one plain pass; on the seed-101 development cohort the four in-plane flips gave
-    #: 0.944 (no change) and all eight 0.930 at 0.5 FP/subject, for 4-8x the stage-1 time.
+    #: inference and for the recall threshold and hard negatives.  Default: one plain pass; on the seed-101
+    #: development cohort the four in-plane flips gave 0.944 (no change) and all eight 0.930 at 0.5 FP/subject,
+    #: for 4-8x the stage-1 time.
     stage1_tta_flips: tuple = ((),)
     class_weighting: bool = True
     stage2_epochs: int = 20
@@ -161,8 +162,9 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     det.eval()
     # recall-tuned threshold on validation subjects
     floor = 0.02
+    flips = tuple(tuple(f) for f in opts.stage1_tta_flips)
     val_cands = {i: volume_candidates(det, vols[i], threshold=floor, min_distance_mm=opts.min_distance_mm,
-                                      max_candidates=opts.max_candidates) for i in val_idx}
+                                      max_candidates=opts.max_candidates, flips=flips) for i in val_idx}
     best = np.concatenate([lesion_best_scores(c, s, vols[i]) for i, (c, s, _) in val_cands.items()])
     threshold = recall_threshold(best, target_recall=opts.target_recall, floor=floor)
     stage1_recall = float(np.mean(best >= threshold)) if best.size else float("nan")
@@ -172,7 +174,8 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     for i in train_idx:
         # the highest-scoring stage-1 candidates: true hits and the hardest false positives
         c = volume_candidates(det, vols[i], threshold=threshold, min_distance_mm=opts.min_distance_mm,
-                              max_candidates=opts.max_hard_negatives)[0] if opts.hard_negatives else np.zeros((0, 3))
+                              max_candidates=opts.max_hard_negatives, flips=flips)[0] if opts.hard_negatives \
+            else np.zeros((0, 3))
         ex_train.append(subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c,
                                          patch=opts.classifier_patch, subject_index=i, truth_copies=opts.truth_copies,
                                          jitter=opts.truth_jitter, seed=opts.seed))
@@ -218,8 +221,8 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
                                                            for k, v in asdict(opts).items()},
         "init": init, "wall_time_s": round(time.time() - t0, 1), "threads": opts.threads,
         "torch": torch.__version__,
-        "data": {"bids_dirs": [Path(d).name for d in ([bids_dir] if isinstance(bids_dir, (str, Path))
-                                                            else bids_dir)], "labels": "groundtruth" if labels is None else str(labels),
+        "data": {"bids_dirs": [Path(d).name for d in ([bids_dir] if isinstance(bids_dir, (str, Path)) else bids_dir)],
+                 "labels": "groundtruth" if labels is None else str(labels),
                  "n_subjects": len(subjects), "train": [subjects[i].label for i in train_idx],
                  "validation": [subjects[i].label for i in val_idx],
                  "n_lesions": {k: int(sum(s.lesion_kinds.count(k) for s in subjects)) for k in FOCAL_KINDS},

@@ -146,9 +146,10 @@ def train_detector(net: CentreNet3D, vols: list[Stage1Volume], *, steps: int, st
 
 
 def volume_candidates(net: CentreNet3D, v: Stage1Volume, *, threshold: float, min_distance_mm: float,
-                      max_candidates: int = 400):
-    """Stage-1 candidates of a training volume: ``(centres, scores, diameters)`` on the model grid."""
-    heat, size = predict_volume(net, v.x)
+                      max_candidates: int = 400, flips=((),)):
+    """Stage-1 candidates of a training volume: ``(centres, scores, diameters)`` on the model grid, with the
+    test-time ``flips`` that inference will use (so thresholds and hard negatives match inference)."""
+    heat, size = predict_volume(net, v.x, flips=flips)
     return find_candidates(heat, size, voxel_size=v.voxel_size, stride=net.stride, threshold=threshold,
                            min_distance_mm=min_distance_mm, max_candidates=max_candidates, mask=v.mask)
 
