@@ -22,8 +22,9 @@ def gaussian_targets(shape, centres_vox, voxel_size, *, diameters_mm=None,
 
     ``centres_vox``: ``(N, 3)`` continuous voxel coordinates on this grid.  ``diameters_mm``: ``(N,)``
     or None.  Each lesion's Gaussian has ``sigma = max(sigma_mm, size_fraction * diameter)`` mm
-    (size-adaptive, as in CenterNet: the centre of a large lesion is less sharply defined).  Returns float32 heatmap in [0, 1], float32 diameter map (mm, 0 where undefined), and a
-    bool map of the voxels nearest each centre (heatmap == 1 there).
+    (size-adaptive, as in CenterNet: the centre of a large lesion is less sharply defined).  Returns float32
+    heatmap in [0, 1], float32 diameter map (mm, 0 where undefined), and a bool map of the voxels nearest each
+    centre (heatmap == 1 there).
     """
     shape = tuple(int(s) for s in shape)
     vs = np.asarray(voxel_size, dtype=float)

@@ -52,8 +52,9 @@ def subject_examples(subj, x: np.ndarray, mask: np.ndarray, ratio: np.ndarray, *
                      patch: int, subject_index: int, include_truth: bool = True, extra_negatives: int = 4,
                      truth_copies: int = 1, jitter: float = 1.0, seed: int = 0) -> Stage2Set:
     """Stage-2 examples of one subject.  ``x``/``mask``: the model grid; ``ratio``: native voxel coordinates
-    per model-grid voxel coordinate (per axis; ones when the model works on the native grid); ``cand_centres``: stage-1 candidates on the model grid (may be
-    empty: no hard negatives); ``include_truth``: add jittered true lesions, vein points and random points."""
+    per model-grid voxel coordinate (per axis; ones when the model works on the native grid); ``cand_centres``:
+    stage-1 candidates on the model grid (may be empty: no hard negatives); ``include_truth``: add jittered true
+    lesions (``truth_copies`` copies, up to ``jitter`` voxels off), vein points and random points."""
     rng = np.random.default_rng([seed, subject_index])
     native_les = subj.lesion_vox
     native_vs = voxel_sizes(subj.maps.affine)
