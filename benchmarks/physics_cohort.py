@@ -6,7 +6,8 @@ the script prints, per configuration: the local-field error (standard deviation 
 chain's mask, ppm; median over subjects, split single-/multi-echo, and the worst subject), the same for chi
 (ppm), and how many true microbleed centres fall outside the mask (where no chain-based detector can see
 them).  Configurations: ``default``; ``no-reliability`` (``min_coherence=0``: the whole brain mask, as before
-the multi-echo reliability mask); ``no-closing`` (``brain_mask(close_mm=0)``); ``spatial-0.3`` (the opt-in
+the multi-echo reliability mask); ``all-echo-coherence`` (the reliability coherence over every echo, as
+before the ``B0 * TE <= 0.2 T*s`` limit); ``no-closing`` (``brain_mask(close_mm=0)``); ``spatial-0.3`` (the opt-in
 single-echo spatial coherence threshold); ``previous`` (neither closing nor reliability mask: the chain of
 the first release).
 
@@ -28,6 +29,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 CONFIGS = {
     "default": ({}, {}),
     "no-reliability": ({}, {"min_coherence": 0.0}),
+    "all-echo-coherence": ({}, {"coherence_max_b0_te": float("inf")}),
     "no-closing": ({"close_mm": 0.0}, {}),
     "spatial-0.3": ({}, {"min_spatial_coherence": 0.3}),
     "previous": ({"close_mm": 0.0}, {"min_coherence": 0.0}),

@@ -93,6 +93,17 @@ def phase_coherence(mag: np.ndarray, phase: np.ndarray, te, omega: np.ndarray, o
     return np.where(total > 0, np.abs(z) / np.maximum(total, 1e-30), 0.0).astype(np.float32)
 
 
+def early_echo_coherence(fit: "MultiEchoFit", mag, phase, te, mask) -> np.ndarray:
+    """:func:`phase_coherence` of the given (early) echoes against ``fit``'s line (its field and offset, fitted
+    to all echoes); float32, 0 outside ``mask``.  ``mag``/``phase``: ``[E', i, j, k]``, ``te`` their times (s)."""
+    sel = np.asarray(mask, dtype=bool)
+    out = np.zeros(sel.shape, dtype=np.float32)
+    omega = 2 * np.pi * fit.field_hz[sel].astype(np.float64)
+    out[sel] = phase_coherence(np.asarray(mag)[:, sel], np.asarray(phase)[:, sel], np.asarray(te, dtype=float),
+                               omega, fit.phase_offset[sel].astype(np.float64))
+    return out
+
+
 def _as_echoes(a, name: str) -> np.ndarray:
     x = np.asarray(a, dtype=np.float32)
     if x.ndim == 3:

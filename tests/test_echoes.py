@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from cmbdetect.physics.constants import GAMMA_BAR_HZ_PER_T, hz_to_ppm
-from cmbdetect.physics.echoes import MultiEchoFit, fit_multi_echo, fit_r2star, phase_coherence, spatial_phase_coherence
+from cmbdetect.physics.echoes import (MultiEchoFit, early_echo_coherence, fit_multi_echo, fit_r2star, phase_coherence,
+                                     spatial_phase_coherence)
 from cmbdetect.physics.mask import reliable_field_mask
 from cmbdetect.physics.errors import InputError
 
@@ -197,3 +198,31 @@ def test_multi_echo_coherence_marks_a_void_and_the_mask_drops_only_surface_zones
         reliable_field_mask(brain, np.zeros(shape), threshold=0.5)
     single = fit_multi_echo(mag[:1], np.angle(np.exp(1j * phase[:1])), te[:1], 3.0, mask=brain, voxel_size=(1, 1, 1))
     assert single.coherence is None  # one echo: no temporal coherence (spatial is opt-in in the chain)
+
+
+def test_early_echo_coherence_ignores_dephased_late_echoes(rng):
+    """A zone whose late echoes are noise (intra-voxel dephasing at long TE) is incoherent over all echoes and
+    coherent over the early ones, measured against the same fitted line; outside the mask it is 0."""
+    shape = (24, 24, 16)
+    te = np.array([0.005, 0.010, 0.015, 0.020, 0.025])
+    brain = np.zeros(shape, bool)
+    brain[2:22, 2:22, 2:14] = True
+    f_hz = np.full(shape, 12.0)
+    phase = 0.3 + 2 * np.pi * f_hz[None] * te[:, None, None, None]
+    mag = np.ones((5, *shape))
+    zone = np.zeros(shape, bool)
+    zone[6:12, 6:12, 4:10] = True
+    late = np.zeros((5, *shape), bool)
+    late[3:] = zone
+    phase = np.where(late, rng.uniform(-np.pi, np.pi, phase.shape), phase)
+    mag = np.where(late, 0.05, mag)  # little signal left, as in a real dephased void
+    wrapped = np.angle(np.exp(1j * phase))
+    fit = fit_multi_echo(mag, wrapped, te, 7.0, mask=brain, voxel_size=(1, 1, 1))
+    early = early_echo_coherence(fit, mag[:3], wrapped[:3], te[:3], brain)
+    assert np.median(early[zone]) > 0.95
+    assert np.median(early[brain & ~zone]) > 0.99
+    assert (early[~brain] == 0).all()
+    # every echo, with the dephased ones at full magnitude, is far less coherent there
+    full = phase_coherence(np.ones((5, int(zone.sum()))), wrapped[:, zone], te, 2 * np.pi * fit.field_hz[zone],
+                           fit.phase_offset[zone])
+    assert np.median(full) < 0.8
