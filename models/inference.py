@@ -5,6 +5,8 @@
 2. Stage 1: tiled centre heatmap, max-pool NMS + mm distance suppression, threshold tuned for recall.
 3. Physics features on the native grid; stage-2 committee on patches + features; logit adjustment,
    temperature, prevalence (Bayes), physics gate; uncertainty for review order.
+4. Duplicates merged: a second peak inside a microbleed's or calcification's extent is dropped
+   (:func:`cmbdetect.models.detection.merge_duplicates`; metadata ``inference.merge_duplicates``, default on).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from scipy import ndimage
 from cmbdetect.models.channels import map_back, physics_channels, resample_channels, resample_factors
 from cmbdetect.models.classifier import (calibrated_probabilities, committee_logits, committee_uncertainty,
                                          extract_patches, features_vector, physics_gate)
-from cmbdetect.models.detection import CLASSES, Detection
+from cmbdetect.models.detection import CLASSES, Detection, merge_duplicates
 from cmbdetect.models.detector import find_candidates, predict_volume
 from cmbdetect.models.features import candidate_features
 from cmbdetect.models.registry import LoadedModel, load_model
@@ -107,5 +109,7 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
                              probabilities=p, label=CLASSES[int(np.argmax(probs[n]))],
                              diameter_mm=d_mm if np.isfinite(d_mm) and d_mm > 0 else float(diam[n]),
                              features=f, uncertainty=float(unc[n])))
+    if bool(meta.get("inference", {}).get("merge_duplicates", True)):
+        return merge_duplicates(out, voxel_sizes(maps.affine))
     out.sort(key=lambda d: -d.probabilities["microbleed"])
     return out

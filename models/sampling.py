@@ -72,19 +72,24 @@ class BalancedPatchSampler:
 
 
 def label_candidates(candidates_vox, voxel_size, lesion_vox, lesion_kinds, *, hit_mm: float = 5.0,
-                     label_map: np.ndarray | None = None) -> np.ndarray:
+                     label_map: np.ndarray | None = None, lesion_diameters_mm=None) -> np.ndarray:
     """Stage-2 class index (into :data:`CLASSES`) for each candidate: the kind of the nearest lesion
-    within ``hit_mm`` (mm, anisotropic voxels); else ``vein`` if ``label_map`` (codes 0/1/2/3) is 3 at the
-    candidate voxel; else ``other``.  Unmatched candidates are the hard negatives of stage 1."""
+    within ``hit_mm`` (mm, anisotropic voxels), or within its radius when ``lesion_diameters_mm`` is given and
+    the radius is larger (a candidate on the rim of a 10 mm bleed is on the bleed, not a hard negative); else
+    ``vein`` if ``label_map`` (codes 0/1/2/3) is 3 at the candidate voxel; else ``other``.  Unmatched
+    candidates are the hard negatives of stage 1."""
     cand = np.asarray(candidates_vox, dtype=float).reshape(-1, 3)
     les = np.asarray(lesion_vox, dtype=float).reshape(-1, 3)
     vs = np.asarray(voxel_size, dtype=float)
+    reach = np.full(len(les), float(hit_mm))
+    if lesion_diameters_mm is not None:
+        reach = np.maximum(reach, 0.5 * np.nan_to_num(np.asarray(lesion_diameters_mm, dtype=float).reshape(-1)))
     out = np.full(len(cand), CLASSES.index("other"), dtype=np.int64)
     for n, c in enumerate(cand):
         if len(les):
             d = np.sqrt((((les - c) * vs) ** 2).sum(axis=1))
-            j = int(np.argmin(d))
-            if d[j] <= hit_mm and lesion_kinds[j] in CLASSES:
+            j = int(np.argmin(d / reach))
+            if d[j] <= reach[j] and lesion_kinds[j] in CLASSES:
                 out[n] = CLASSES.index(lesion_kinds[j])
                 continue
         if label_map is not None:

@@ -71,7 +71,7 @@ def subject_examples(subj, x: np.ndarray, mask: np.ndarray, ratio: np.ndarray, *
     model_pts = np.concatenate(pts)
     native_pts = model_pts * ratio
     labels = label_candidates(native_pts, native_vs, native_les, subj.lesion_kinds, hit_mm=3.0,
-                              label_map=subj.label_map)
+                              label_map=subj.label_map, lesion_diameters_mm=subj.lesion_diameters_mm)
     feats = candidate_features(subj.maps, native_pts)
     return Stage2Set(extract_patches(x, model_pts, patch), feats, labels,
                      np.full(len(labels), subject_index, dtype=np.int64))

@@ -4,7 +4,7 @@ import pytest
 
 from cmbdetect.models.channels import ALL_CHANNELS, physics_channels
 from cmbdetect.models.classifier import physics_gate
-from cmbdetect.models.detection import CLASSES, Detection
+from cmbdetect.models.detection import CLASSES, Detection, merge_duplicates
 from cmbdetect.models.inference import detect
 from cmbdetect.models.registry import create_random_model
 from cmbdetect.physics.errors import InputError
@@ -145,3 +145,34 @@ def test_stage2_test_time_augmentation_is_the_mean_over_flips():
     sym = np.ascontiguousarray(sym + np.flip(sym, axis=(4,)))
     assert np.allclose(committee_logits(net, sym, feats[:1], tta=True), committee_logits(net, sym, feats[:1]),
                        atol=1e-5)
+
+
+def _det(centre, p_mb, label, diameter):
+    probs = {c: 0.0 for c in CLASSES}
+    probs["microbleed"] = p_mb
+    probs[label] = max(probs[label], 1.0 - p_mb if label != "microbleed" else p_mb)
+    return Detection(centre_vox=centre, score=0.5, probabilities=probs, label=label, diameter_mm=diameter)
+
+
+def test_merge_duplicates_keeps_one_entry_per_large_lesion():
+    """Voxels 1 x 1 x 2 mm.  A 9 mm bleed at (20, 20, 10) found twice (second peak 4 mm away along k): the weaker
+    peak goes.  A 3 mm bleed 6 mm from it stays (outside the 4.5 mm claim); so does a bleed 2 mm from a vein,
+    which claims nothing; the claim is capped at 10 mm for huge regions."""
+    dets = [
+        _det((20.0, 20.0, 12.0), 0.4, "microbleed", 3.0),     # second peak of the big bleed, 4 mm away
+        _det((20.0, 20.0, 10.0), 0.9, "microbleed", 9.0),     # the big bleed
+        _det((26.0, 20.0, 10.0), 0.7, "microbleed", 3.0),     # a separate bleed, 6 mm away
+        _det((40.0, 40.0, 10.0), 0.8, "vein", 30.0),          # a vein
+        _det((42.0, 40.0, 10.0), 0.6, "microbleed", 3.0),     # a bleed 2 mm from the vein
+        _det((60.0, 60.0, 10.0), 0.5, "calcification", 40.0),  # huge region: claim capped at 5 mm
+        _det((60.0, 66.0, 10.0), 0.45, "microbleed", 3.0),    # 6 mm away: kept
+    ]
+    kept = merge_duplicates(dets, (1.0, 1.0, 2.0))
+    centres = [d.centre_vox for d in kept]
+    assert (20.0, 20.0, 12.0) not in centres
+    assert len(kept) == len(dets) - 1
+    assert [d.probabilities["microbleed"] for d in kept] == sorted((d.probabilities["microbleed"] for d in kept),
+                                                                   reverse=True)
+    # anisotropy matters: 4 mm along k is 2 voxels; along i 2 voxels is 2 mm, also inside the claim
+    assert len(merge_duplicates([dets[1], _det((22.0, 20.0, 10.0), 0.3, "microbleed", 3.0)], (1, 1, 2))) == 1
+    assert len(merge_duplicates([dets[1], _det((20.0, 20.0, 13.0), 0.3, "microbleed", 3.0)], (1, 1, 2))) == 2

@@ -52,3 +52,14 @@ def test_label_candidates_hits_and_hard_negatives():
                            hit_mm=5.0, label_map=labels)
     # (10,10,14) is 8 mm from (10,10,10) with 2-mm slices: no hit -> other
     assert [CLASSES[i] for i in out] == ["microbleed", "other", "vein", "other"]
+
+
+def test_label_candidates_reach_a_large_lesions_rim():
+    """With the lesion diameters, a candidate inside a large lesion but beyond ``hit_mm`` of its centre is that
+    lesion (not a hard negative); small lesions keep ``hit_mm``."""
+    cands = [[10, 10, 14], [3, 5, 8], [1, 1, 1]]
+    les, kinds = [[5, 5, 6], [10, 10, 10]], ["microbleed", "calcification"]
+    plain = label_candidates(cands, (1.0, 1.0, 2.0), les, kinds, hit_mm=3.0)
+    sized = label_candidates(cands, (1.0, 1.0, 2.0), les, kinds, hit_mm=3.0, lesion_diameters_mm=[2.0, 18.0])
+    assert [CLASSES[i] for i in plain] == ["other", "other", "other"]  # 8 mm and 4.5 mm away
+    assert [CLASSES[i] for i in sized] == ["calcification", "other", "other"]  # 8 mm < radius 9; 4.5 mm > 3 and 9.5 mm > 9
