@@ -139,6 +139,9 @@ def lesion_features(
       marching-cubes surface; ~0.9 for a voxelised sphere), ``blooming_ratio`` (equivalent diameter
       of the connected hypointense magnitude blob, < 0.7 x the surrounding median, divided by that of
       the chi blob, |chi - ref| >= half the peak; NaN without magnitude).
+    - ``void_mean_chi_ppm``: mean of (chi - reference) over that hypointense magnitude blob (ppm; NaN without
+      magnitude or blob).  The sign of the source that makes the void: on thick slices the inversion leaves
+      positive streaks beside a calcification, whose own void still holds negative chi.
     """
     chi = np.asarray(chi_ppm, dtype=np.float32)
     fld = np.asarray(local_field_ppm, dtype=np.float32)
@@ -196,7 +199,7 @@ def lesion_features(
     peak_sign = 1.0 if feats["integrated_chi_ppm_mm3"] >= 0 else -1.0
     peak = float(np.max(peak_sign * cr[r]))
     chi_blob = _largest_touching((peak_sign * cr >= 0.5 * peak) & (dist <= reach), near) if peak > 0 else r
-    bloom = float("nan")
+    bloom = void_chi = float("nan")
     if magnitude is not None:
         mg = np.asarray(magnitude, dtype=np.float32)
         if mg.shape != reg.shape:
@@ -208,5 +211,8 @@ def lesion_features(
             hypo = _largest_touching((mg < thr) & (dist <= reach), near)
             n_chi = max(int(chi_blob.sum()), 1)
             bloom = float((hypo.sum() / n_chi) ** (1 / 3))
+            if hypo.any():
+                void_chi = float(cr[hypo].mean())
     feats["blooming_ratio"] = bloom
+    feats["void_mean_chi_ppm"] = void_chi
     return feats

@@ -101,3 +101,24 @@ def test_blooming_and_elongation(oblique_affine):
     with pytest.raises(InputError):
         lesion_features(chi_ppm=chi, local_field_ppm=field, magnitude=None, region_mask=np.zeros_like(region),
                         voxel_size=vs, b0_dir=b0_dir)
+
+
+def test_void_chi_sign_beside_a_streak(oblique_affine):
+    """The chi of the magnitude void tells the source's sign even when the candidate region is a positive
+    streak beside a diamagnetic source (a thick-slice inversion artefact next to a calcification)."""
+    for chi_value in (0.8, -0.8):
+        chi, field, region, vs, b0_dir, pv = _lesion(oblique_affine, chi_value)
+        mag = np.where(pv > 0, 0.2, 1.0).astype(np.float32)
+        f = lesion_features(chi_ppm=chi, local_field_ppm=field, magnitude=mag, region_mask=region,
+                            voxel_size=vs, b0_dir=b0_dir)
+        assert np.sign(f["void_mean_chi_ppm"]) == np.sign(chi_value)
+    # calcification (chi -0.8) with a positive streak touching it along k: the candidate region is the streak
+    streak = np.zeros(chi.shape, bool)
+    ks = np.flatnonzero(region.any(axis=(0, 1)))
+    streak[19:22, 19:22, ks.max() + 1:ks.max() + 4] = True
+    chi2 = np.where(streak, 0.6, chi).astype(np.float32)
+    fs = lesion_features(chi_ppm=chi2, local_field_ppm=field, magnitude=mag, region_mask=streak,
+                         voxel_size=vs, b0_dir=b0_dir)
+    assert fs["mean_chi_ppm"] > 0 and fs["void_mean_chi_ppm"] < 0
+    assert np.isnan(lesion_features(chi_ppm=chi, local_field_ppm=field, magnitude=None, region_mask=region,
+                                    voxel_size=vs, b0_dir=b0_dir)["void_mean_chi_ppm"])
