@@ -10,7 +10,9 @@ Channels (names used in model metadata):
 - ``chi_pos`` / ``chi_neg``: paramagnetic / diamagnetic parts (ppm, both >= 0) divided by the *chi*
   channel's robust scale (no centring, so zero stays zero and the sign split stays physical).
 
-Every channel is zero outside the mask and clipped to ``[-clip, clip]``.  The normalisation is computed
+Every channel is zero outside the mask and clipped to ``[-clip, clip]``; with a ``domain`` (the magnitude
+brain mask, a superset of the chi mask) the appearance channels (magnitude, swi) are kept in the domain, still
+normalised with the statistics inside the mask, while the field/chi channels stay zero outside the mask.  The normalisation is computed
 per subject (robust to scanner gain, B0, inversion method); the method and its constants are part of the
 model metadata (:func:`normalisation_spec`), and the per-subject centre/scale values are returned so a
 caller can record them.
@@ -73,8 +75,9 @@ def _raw(maps: PhysicsMaps, name: str) -> np.ndarray:
 
 
 def physics_channels(maps: PhysicsMaps, channels=ALL_CHANNELS, *,
-                     clip: float = DEFAULT_CLIP) -> tuple[np.ndarray, dict]:
-    """Stack and normalise ``channels`` of ``maps``.
+                     clip: float = DEFAULT_CLIP, domain: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Stack and normalise ``channels`` of ``maps``; ``domain`` (bool, optional): where the appearance channels
+    are kept (default: the mask).
 
     Returns ``(array, stats)``: float32 ``[C, X, Y, Z]`` and ``{channel: {"centre": c, "scale": s}}`` in
     the channel's physical units (ppm for field/chi, image units for magnitude/swi).
@@ -82,6 +85,7 @@ def physics_channels(maps: PhysicsMaps, channels=ALL_CHANNELS, *,
     mask = np.asarray(maps.mask, dtype=bool)
     if mask.sum() < 8:
         raise InputError("the brain mask is empty (fewer than 8 voxels); cannot build model inputs")
+    keep = mask if domain is None else (np.asarray(domain, dtype=bool) | mask)
     out = np.zeros((len(channels), *mask.shape), dtype=np.float32)
     stats: dict[str, dict[str, float]] = {}
     chi_scale = None
@@ -108,7 +112,7 @@ def physics_channels(maps: PhysicsMaps, channels=ALL_CHANNELS, *,
             norm = (raw - centre) / scale
             stats[name] = {"centre": centre, "scale": scale}
         np.clip(norm, -clip, clip, out=norm)
-        norm[~mask] = 0.0
+        norm[~(keep if name in APPEARANCE_CHANNELS else mask)] = 0.0
         out[c] = norm
     return out, stats
 

@@ -3,7 +3,9 @@
 Each candidate gets a crop (``crop_mm`` half-width) of chi, local field and magnitude, a region grown
 around its centre (:func:`cmbdetect.models.classifier.candidate_region`), and
 ``physics.sources.lesion_features`` on that crop (integrated chi in ppm*mm^3, mean chi in ppm, dipole sign
-+1 paramagnetic / -1 diamagnetic, diameter and volume in mm / mm^3, elongation, sphericity, blooming).
++1 paramagnetic / -1 diamagnetic, diameter and volume in mm / mm^3, elongation, sphericity, blooming), plus
+``chi_available`` (1 when the centre lies in the chi mask; 0 in the rim outside it, where chi is 0 and cannot
+tell a bleed from a calcification).
 """
 from __future__ import annotations
 
@@ -36,5 +38,7 @@ def candidate_features(maps: PhysicsMaps, centres_vox, *, crop_mm: float = 8.0) 
         feats = lesion_features(chi_ppm=chi, local_field_ppm=np.asarray(maps.local_field_ppm[sl], np.float32),
                                 magnitude=np.asarray(maps.magnitude[sl], np.float32), region_mask=region,
                                 voxel_size=vs, b0_dir=b0_dir)
-        out.append({k: float(v) for k, v in feats.items() if np.isscalar(v) or np.ndim(v) == 0})
+        row = {k: float(v) for k, v in feats.items() if np.isscalar(v) or np.ndim(v) == 0}
+        row["chi_available"] = float(mask[tuple(ijk)])  # 0: outside the chi mask, the sign is unknown
+        out.append(row)
     return out

@@ -25,11 +25,37 @@ from cmbdetect.physics.geometry import voxel_sizes
 from cmbdetect.physics.maps import PhysicsMaps
 
 
-def model_grid(maps: PhysicsMaps, metadata: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """Normalised channels, mask and voxel size (mm) on the grid the model works on, and whether that grid
-    is a resampling of the native one."""
-    x, _ = physics_channels(maps, metadata["channels"], clip=float(metadata["normalisation"]["clip"]))
+#: Detection domains (metadata ``inference.domain``; a model without the key uses "mask").
+DOMAINS = ("mask", "brain")
+
+
+def detection_domain(maps: PhysicsMaps, kind: str = "mask") -> np.ndarray:
+    """Where the models look for lesions, on the native grid.
+
+    ``"mask"``: the chi mask (``maps.mask``).  ``"brain"``: that mask plus the automatic brain mask of the
+    magnitude (:func:`cmbdetect.physics.mask.brain_mask`, the one the physics chain starts from): the rim that
+    V-SHARP erodes and surface zones dropped for an unreliable field, where a juxtacortical bleed is still
+    visible on the magnitude.  A supplied mask (``meta["mask"] == "supplied"``) or placeholder magnitude
+    (a local field given directly) keeps ``maps.mask``."""
+    from cmbdetect.physics.mask import brain_mask
+
     mask = np.asarray(maps.mask, dtype=bool)
+    if kind not in DOMAINS:
+        raise InputError(f"unknown detection domain {kind!r}; use one of {', '.join(DOMAINS)}")
+    meta = maps.meta or {}
+    if kind == "mask" or meta.get("mask") == "supplied" or "magnitude" in meta.get("placeholders", ()):
+        return mask
+    try:
+        return brain_mask(maps.magnitude, voxel_sizes(maps.affine)) | mask
+    except InputError:
+        return mask
+
+
+def model_grid(maps: PhysicsMaps, metadata: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Normalised channels, detection domain (:func:`detection_domain`, metadata ``inference.domain``) and voxel
+    size (mm) on the grid the model works on, and whether that grid is a resampling of the native one."""
+    mask = detection_domain(maps, metadata.get("inference", {}).get("domain", "mask"))
+    x, _ = physics_channels(maps, metadata["channels"], clip=float(metadata["normalisation"]["clip"]), domain=mask)
     vs = voxel_sizes(maps.affine)
     factors = resample_factors(maps.affine, metadata.get("spacing"))
     if factors is None:

@@ -31,7 +31,8 @@ FORMAT_VERSION = 1
 WEIGHT_FILES = ("detector.pt", "classifier.pt")
 #: Physics features fed to stage 2 (keys of ``physics.sources.lesion_features``).
 FEATURE_NAMES: tuple[str, ...] = ("integrated_chi_ppm_mm3", "mean_chi_ppm", "dipole_sign", "dipole_corr", "diameter_mm",
-                                  "volume_mm3", "elongation", "sphericity", "blooming_ratio", "void_mean_chi_ppm")
+                                  "volume_mm3", "elongation", "sphericity", "blooming_ratio", "void_mean_chi_ppm",
+                                  "chi_available")
 
 
 @dataclass

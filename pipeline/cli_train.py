@@ -38,6 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true",
                    help="intensity augmentation (per-channel-group gains, noise, in-plane axis swap) and three "
                    "jittered copies of each true lesion for stage 2 (default off: lower on the development cohort)")
+    p.add_argument("--domain", choices=("brain", "mask"), default="brain",
+                   help="where the models look: the magnitude brain mask (default; juxtacortical lesions in the rim "
+                   "that background removal erodes stay visible) or only the chi mask (models before 0.2)")
     p.add_argument("--ablation", choices=("none", "no-balancing", "no-hard-negatives", "no-physics-channels",
                                           "bce-heatmap", "dice-bce-heatmap"), default="none",
                    help="train a baseline variant for the ablation table: no-balancing = uniform patches, "
@@ -52,7 +55,7 @@ def options_from_args(args):
     from cmbdetect.models.channels import APPEARANCE_CHANNELS
     from cmbdetect.models.train import TrainOptions
 
-    kw = {"seed": args.seed, "threads": args.threads}
+    kw = {"seed": args.seed, "threads": args.threads, "domain": args.domain}
     if args.sigma_size_fraction is not None:
         if not 0.0 <= args.sigma_size_fraction <= 1.0:
             raise InputError(f"--sigma-size-fraction must be in [0, 1], got {args.sigma_size_fraction}")

@@ -5,7 +5,7 @@ import pytest
 from cmbdetect.models.channels import ALL_CHANNELS, physics_channels
 from cmbdetect.models.classifier import physics_gate
 from cmbdetect.models.detection import CLASSES, Detection, merge_duplicates
-from cmbdetect.models.inference import detect
+from cmbdetect.models.inference import detect, detection_domain, model_grid
 from cmbdetect.models.registry import create_random_model
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.forward import forward_field
@@ -176,3 +176,35 @@ def test_merge_duplicates_keeps_one_entry_per_large_lesion():
     # anisotropy matters: 4 mm along k is 2 voxels; along i 2 voxels is 2 mm, also inside the claim
     assert len(merge_duplicates([dets[1], _det((22.0, 20.0, 10.0), 0.3, "microbleed", 3.0)], (1, 1, 2))) == 1
     assert len(merge_duplicates([dets[1], _det((20.0, 20.0, 13.0), 0.3, "microbleed", 3.0)], (1, 1, 2))) == 2
+
+
+def test_brain_domain_keeps_the_rim_on_the_magnitude_only(oblique_affine):
+    """The chi mask is the brain eroded by 3 voxels (as after V-SHARP).  Domain "brain" puts the rim back for
+    the magnitude channel (normalised with the statistics inside the chi mask) and keeps field/chi zero there;
+    "mask", a supplied mask and placeholder magnitudes keep the chi mask; unknown kinds are refused."""
+    from scipy import ndimage
+
+    maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
+    brain = maps.mask.copy()
+    maps.mask = ndimage.binary_erosion(brain, iterations=3)
+    rim = brain & ~maps.mask
+    dom = detection_domain(maps, "brain")
+    inner_rim = ndimage.binary_erosion(brain, iterations=1) & ~maps.mask  # brain_mask trims a 1 mm noisy edge
+    assert (dom >= maps.mask).all() and dom[inner_rim].mean() > 0.95
+    assert not dom[~ndimage.binary_dilation(brain, iterations=2)].any()
+    assert (detection_domain(maps, "mask") == maps.mask).all()
+    x, _ = physics_channels(maps, ALL_CHANNELS, domain=dom)
+    x_plain, _ = physics_channels(maps, ALL_CHANNELS)
+    assert np.abs(x[0][rim & dom]).max() > 0 and (x_plain[0][rim] == 0).all()
+    assert (x[1:][:, rim] == 0).all()
+    np.testing.assert_array_equal(x[:, maps.mask], x_plain[:, maps.mask])
+    model_meta = {"channels": list(ALL_CHANNELS), "normalisation": {"clip": 12.0}, "spacing": None,
+                  "inference": {"domain": "brain"}}
+    _, grid_mask, _, resampled = model_grid(maps, model_meta)
+    assert not resampled and (grid_mask == dom).all()
+    maps.meta = {"mask": "supplied"}
+    assert (detection_domain(maps, "brain") == maps.mask).all()
+    maps.meta = {"placeholders": ["magnitude", "swi", "mip"]}
+    assert (detection_domain(maps, "brain") == maps.mask).all()
+    with pytest.raises(InputError):
+        detection_domain(maps, "everywhere")
