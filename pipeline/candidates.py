@@ -9,7 +9,8 @@ Columns (also written, with units, into the header of ``candidates.json``):
 candidate (ppm, > 0 paramagnetic); ``diameter_mm``; ``volume_mm3``; ``region`` MARS group
 (:mod:`pipeline.regions`); ``review_priority`` 1 = review first (most uncertain); ``score`` stage-1
 heatmap peak; ``uncertainty`` 0..1 (higher = more informative to review); ``p_<class>`` per-class
-probabilities.  Missing numbers are ``n/a`` in the TSV and ``null`` in the JSON.
+probabilities; ``chi_measured`` 1 where chi was measured at the centre, 0 in the rim outside the chi mask
+(magnitude only: the chi sign is unknown).  Missing numbers are ``n/a`` in the TSV and ``null`` in the JSON.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class Candidate:
     p_calcification: float
     p_vein: float
     p_other: float
+    chi_measured: float = math.nan
 
     @property
     def ras(self) -> np.ndarray:
@@ -93,6 +95,9 @@ COLUMN_INFO: dict[str, dict[str, str]] = {
     "score": {"units": "1", "description": "stage-1 detector heatmap peak"},
     "uncertainty": {"units": "1", "description": "0..1, higher = more informative to review"},
     **{f"p_{c}": {"units": "1", "description": f"probability of class {c}"} for c in CLASSES},
+    "chi_measured": {"units": "", "description": "1 = the centre lies where chi was measured; 0 = in the brain's "
+                                                 "rim outside the chi mask (seen on the magnitude only: chi sign, "
+                                                 "so bleed versus calcification, unknown)"},
 }
 
 #: How the coordinate columns are defined (the JSON header).
@@ -145,7 +150,8 @@ def candidates_from_detections(detections: list[Detection], *, affine: np.ndarra
             i=float(ijk[0]), j=float(ijk[1]), k=float(ijk[2]),
             susceptibility_ppm=_susceptibility(det.features), diameter_mm=diameter, volume_mm3=volume,
             region=region_of(geometry, ijk), review_priority=0, score=float(det.score),
-            uncertainty=float(det.uncertainty), **{f"p_{c}": probs[c] for c in CLASSES}))
+            uncertainty=float(det.uncertainty), **{f"p_{c}": probs[c] for c in CLASSES},
+            chi_measured=float(det.features.get("chi_available", math.nan))))
     rows.sort(key=lambda c: (CLASSES.index(c.label), -_key(c.probability), -_key(c.score), c.x, c.y, c.z))
     for n, cand in enumerate(rows, start=1):
         cand.id = n

@@ -27,6 +27,8 @@ def point_label(c: Candidate) -> str:
 
 def _description(c: Candidate) -> str:
     chi = "n/a" if math.isnan(c.susceptibility_ppm) else f"{c.susceptibility_ppm:+.3f} ppm"
+    if c.chi_measured == 0:
+        chi = "not measured (brain rim, magnitude only)"
     return (f"chi {chi}; diameter {c.diameter_mm:.1f} mm; region {c.region}; "
             f"review priority {c.review_priority}")
 

@@ -110,6 +110,8 @@ def render_candidate_tile(maps: PhysicsMaps, candidate: Candidate, *, windows: D
     draw = ImageDraw.Draw(tile)
     small, big = _font(11), _font(13)
     chi = "n/a" if math.isnan(candidate.susceptibility_ppm) else f"{candidate.susceptibility_ppm:+.2f} ppm"
+    if candidate.chi_measured == 0:
+        chi = "not measured (rim)"
     draw.text((4, 3), f"#{candidate.id} {candidate.label} p={candidate.probability:.2f}  chi {chi}  "
                       f"{candidate.diameter_mm:.1f} mm  {candidate.region}  review {candidate.review_priority}",
               fill=LABEL_COLOURS.get(candidate.label, (255, 255, 255)), font=big)

@@ -28,10 +28,10 @@ def _det(ijk, label, probs, *, score=0.9, uncertainty=0.1, features=None):
 def detections():
     return [
         _det((10.0, 12.5, 8.0), "microbleed", (0.6, 0.1, 0.2, 0.1), uncertainty=0.8,
-             features={"mean_chi_ppm": 0.42, "volume_mm3": 12.0}),
+             features={"mean_chi_ppm": 0.42, "volume_mm3": 12.0, "chi_available": 1.0}),
         _det((20.2, 5.0, 11.0), "calcification", (0.02, 0.95, 0.02, 0.01), uncertainty=0.05,
              features={"integrated_chi_ppm_mm3": -3.0, "volume_mm3": 10.0}),
-        _det((3.0, 4.0, 5.0), "vein", (0.1, 0.0, 0.7, 0.2), uncertainty=0.3),
+        _det((3.0, 4.0, 5.0), "vein", (0.1, 0.0, 0.7, 0.2), uncertainty=0.3, features={"chi_available": 0.0}),
     ]
 
 
@@ -49,6 +49,7 @@ def test_rows_geometry_order_priority(detections, oblique_affine):
     assert math.isnan(rows[2].susceptibility_ppm)
     assert rows[2].volume_mm3 == pytest.approx(math.pi / 6 * 27)  # sphere of the diameter
     assert {c.region for c in rows} == {"unknown"}  # no mask
+    assert rows[0].chi_measured == 1 and rows[2].chi_measured == 0 and math.isnan(rows[1].chi_measured)
 
 
 def test_unknown_label_is_rejected(oblique_affine):
@@ -66,6 +67,7 @@ def test_tsv_json_round_trip(detections, oblique_affine, tmp_path):
     assert len(back) == 3
     for a, b in zip(rows, back):
         assert a.label == b.label and a.id == b.id and a.region == b.region
+        assert a.chi_measured == b.chi_measured or (math.isnan(a.chi_measured) and math.isnan(b.chi_measured))
         assert np.allclose(a.ras, b.ras, atol=1e-3) and np.allclose(a.ijk, b.ijk, atol=1e-3)
         assert (math.isnan(a.susceptibility_ppm) and math.isnan(b.susceptibility_ppm)) or \
             a.susceptibility_ppm == pytest.approx(b.susceptibility_ppm, rel=1e-5)
