@@ -38,6 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true",
                    help="intensity augmentation (per-channel-group gains, noise, in-plane axis swap) and three "
                    "jittered copies of each true lesion for stage 2 (default off: lower on the development cohort)")
+    p.add_argument("--spacing", default=None, metavar="DX,DY,DZ",
+                   help="voxel size (mm) of the model grid, e.g. 1,1,1.5 (default: the training subjects' median)")
     p.add_argument("--domain", choices=("brain", "mask"), default="brain",
                    help="where the models look: the magnitude brain mask (default; juxtacortical lesions in the rim "
                    "that background removal erodes stay visible) or only the chi mask (models before 0.2)")
@@ -62,6 +64,14 @@ def options_from_args(args):
         kw["sigma_size_fraction"] = args.sigma_size_fraction
     if args.augment:
         kw.update(augment=True, truth_copies=3, truth_jitter=1.5)
+    if args.spacing is not None:
+        try:
+            sp = tuple(float(v) for v in str(args.spacing).split(","))
+        except ValueError:
+            sp = ()
+        if len(sp) != 3 or not all(0.1 <= v <= 10.0 for v in sp):
+            raise InputError(f"--spacing must be three voxel sizes in mm (0.1-10), e.g. 1,1,1.5; got {args.spacing!r}")
+        kw["spacing_mm"] = sp
     if args.steps is not None:
         if args.steps < 0:
             raise InputError(f"--steps must be >= 0, got {args.steps}")

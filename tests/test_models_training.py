@@ -93,6 +93,13 @@ def test_cli_train_options_and_bad_values():
     assert not opts.augment and opts.truth_copies == 1 and opts.stage2_tta
     opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--augment"]))
     assert opts.augment and opts.truth_copies == 3 and opts.truth_jitter == 1.5
+    assert opts.spacing_mm is None and opts.domain == "brain"
+    opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--spacing",
+                                                          "1,1,1.5", "--domain", "mask"]))
+    assert opts.spacing_mm == (1.0, 1.0, 1.5) and opts.domain == "mask"
+    for bad in ("1,1", "1,1,x", "0,1,1"):
+        with pytest.raises(InputError, match="spacing"):
+            cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--spacing", bad]))
     with pytest.raises(InputError, match="members"):
         cli_train.run(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--members", "0"]))
     args = parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--steps", "-1"])
@@ -121,6 +128,7 @@ def test_train_end_to_end_deterministic_and_resumable(tmp_path):
         assert torch.equal(v, b.detector.state_dict()[k])
     assert a.metadata["thresholds"]["heatmap"] == b.metadata["thresholds"]["heatmap"]
     assert a.metadata["training"]["seed"] == 0 and not (tmp_path / "a" / "checkpoint.pt").exists()
+    assert a.metadata["inference"]["domain"] == "brain" and "chi_available" in a.metadata["features"]["names"]
     # interrupted after stage 1 step 2 (checkpoint kept), then resumed to step 4: same weights as run a
     def crash(msg):
         if "threshold" in msg:
@@ -181,3 +189,16 @@ def test_cli_trains_an_ensemble_and_fine_tunes_from_it(tmp_path):
                                                      str(tmp_path / "ens")])) == 0
     ft = load_model(tmp_path / "ft")
     assert ft.metadata["training"]["init"] == str(tmp_path / "ens") and not ft.members
+
+
+def test_model_spacing_is_the_option_or_the_training_median():
+    """The model grid is ``TrainOptions.spacing_mm`` when given, else the median voxel size of the subjects;
+    new models record the detection domain."""
+    from types import SimpleNamespace
+
+    from cmbdetect.models.train import TrainOptions, _new_metadata
+
+    subs = [SimpleNamespace(maps=SimpleNamespace(affine=np.diag([d, d, dz, 1.0])))
+            for d, dz in ((1.0, 1.5), (0.75, 2.5), (0.8, 2.5))]
+    assert _new_metadata(subs, TrainOptions())["spacing"] == [0.8, 0.8, 2.5]
+    assert _new_metadata(subs, TrainOptions(spacing_mm=(1.0, 1.0, 1.5)))["spacing"] == [1.0, 1.0, 1.5]
