@@ -4,7 +4,8 @@
    more than 10 % on any axis (coordinates are mapped back to the native grid).
 2. Stage 1: tiled centre heatmap, max-pool NMS + mm distance suppression, threshold tuned for recall.
 3. Physics features on the native grid; stage-2 committee on patches + features; logit adjustment,
-   temperature, prevalence (Bayes), physics gate; uncertainty for review order.
+   temperature, the stage-1 score folded in (stacking, when fitted), prevalence (Bayes), physics gate;
+   uncertainty for review order.
 4. Duplicates merged: a second peak inside a microbleed's or calcification's extent is dropped
    (:func:`cmbdetect.models.detection.merge_duplicates`; metadata ``inference.merge_duplicates``, default on).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from cmbdetect.models.calibration import adjust_prevalence
 from cmbdetect.models.channels import map_back, physics_channels, resample_channels, resample_factors
 from cmbdetect.models.classifier import (calibrated_probabilities, committee_logits, committee_uncertainty,
                                          extract_patches, features_vector, physics_gate)
@@ -20,6 +22,7 @@ from cmbdetect.models.detection import CLASSES, Detection, merge_duplicates
 from cmbdetect.models.detector import find_candidates, predict_volume
 from cmbdetect.models.features import candidate_features
 from cmbdetect.models.registry import LoadedModel, load_model
+from cmbdetect.models.stacking import apply_stacking
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import voxel_sizes
 from cmbdetect.physics.maps import PhysicsMaps
@@ -89,14 +92,22 @@ def stage1_candidates(model: LoadedModel, x: np.ndarray, mask: np.ndarray, vs: n
 
 
 def stage2_probabilities(part: LoadedModel, patches: np.ndarray, feats: list[dict], *,
-                         prevalence: float | None) -> np.ndarray:
-    """One model's calibrated, prevalence-adjusted per-head probabilities ``[N, heads, classes]``."""
+                         prevalence: float | None, stage1_scores=None) -> np.ndarray:
+    """One model's calibrated per-head probabilities ``[N, heads, classes]``: the stage-1 evidence folded in
+    when the model has ``calibration.stacking`` (:mod:`cmbdetect.models.stacking`; ``stage1_scores`` [N]),
+    then the prevalence re-weighting."""
     meta = part.metadata
+    cal = meta["calibration"]
     fmeta = meta["features"]
     fv = features_vector(feats, fmeta["names"], fmeta["mean"], fmeta["std"])
     tta = bool(meta.get("inference", {}).get("stage2_tta", False))
-    return calibrated_probabilities(committee_logits(part.classifier, patches, fv, tta=tta), meta["calibration"],
-                                    prevalence=prevalence)
+    p = calibrated_probabilities(committee_logits(part.classifier, patches, fv, tta=tta), cal)
+    if cal.get("stacking") is not None and stage1_scores is not None:
+        p = apply_stacking(p, stage1_scores, cal["stacking"], index=CLASSES.index("microbleed"))
+    if prevalence is not None:
+        p = adjust_prevalence(p, pi_train=float(cal["training_prevalence"]), pi_deploy=float(prevalence),
+                              index=CLASSES.index("microbleed"))
+    return p
 
 
 def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
@@ -120,8 +131,8 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
     patches = extract_patches(x, centres, int(meta["patch_size"]))
     native = map_back(centres, maps.shape, x.shape[1:]) if resampled else centres
     feats = candidate_features(maps, native)
-    head_p = np.concatenate([stage2_probabilities(p, patches, feats, prevalence=prevalence) for p in m.parts],
-                            axis=1)
+    head_p = np.concatenate([stage2_probabilities(p, patches, feats, prevalence=prevalence, stage1_scores=scores)
+                             for p in m.parts], axis=1)
     head_p, gated = physics_gate(head_p, feats)
     probs, unc, disagreement = committee_uncertainty(head_p)
     out = []

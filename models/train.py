@@ -23,6 +23,7 @@ from cmbdetect.models.inference import model_grid
 from cmbdetect.models.registry import FEATURE_NAMES, base_metadata, build_networks, load_model, save_model
 from cmbdetect.models.train_stage1 import (FOCAL_KINDS, Stage1Volume, lesion_best_scores, pad_volume,
                                            recall_threshold, train_detector, volume_candidates)
+from cmbdetect.models.stacking import apply_stacking, fit_stacking
 from cmbdetect.models.train_stage2 import (calibrate, concat_sets, feature_statistics, microbleed_auc,
                                            subject_examples, train_classifier)
 from cmbdetect.models.training_data import load_training_subjects
@@ -78,6 +79,9 @@ class TrainOptions:
     #: and resampling 1.5 mm test slices to it cost sensitivity on the development cohorts (seed 101: 0.887,
     #: seed 202: 0.831 for one model, against 0.873 / 0.904 before).
     spacing_mm: tuple | None = None
+    #: re-fit the microbleed probability with the stage-1 heatmap score on the validation candidates
+    #: (:mod:`cmbdetect.models.stacking`); off = stage 2 alone decides
+    stacking: bool = True
     class_weighting: bool = True
     stage2_epochs: int = 20
     classifier_patch: int = 24
@@ -98,6 +102,29 @@ def _volume(subj, meta, patch, multiple) -> tuple[Stage1Volume, np.ndarray]:
     focal = np.array([k in FOCAL_KINDS for k in subj.lesion_kinds], dtype=bool)
     return Stage1Volume(x, mask, vs, subj.lesion_vox[focal] / ratio if focal.any() else np.zeros((0, 3)),
                         subj.lesion_diameters_mm[focal], [k for k, f in zip(subj.lesion_kinds, focal) if f]), ratio
+
+
+def validation_examples(subjects, vols, ratios, val_idx, val_cands, threshold: float, opts: TrainOptions):
+    """Stage-2 examples of the validation subjects' stage-1 candidates at ``threshold`` (no added truths) and
+    their stage-1 scores, in the same order."""
+    ex_val, s1 = [], []
+    for i in val_idx:
+        c, s, _ = val_cands[i]
+        keep = s >= threshold
+        ex_val.append(subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c[keep],
+                                       patch=opts.classifier_patch, subject_index=i, include_truth=False,
+                                       seed=opts.seed))
+        s1.append(np.asarray(s[keep], dtype=float))
+    return ex_val, (np.concatenate(s1) if s1 else np.zeros(0))
+
+
+def stage1_stacking(va_logits, labels, s1, calibration: dict) -> dict | None:
+    """:func:`cmbdetect.models.stacking.fit_stacking` on every committee head's calibrated microbleed probability
+    of the validation candidates (one shared set of weights)."""
+    p = calibrated_probabilities(va_logits, calibration)[..., CLASSES.index("microbleed")]
+    heads = p.shape[1]
+    is_mb = np.repeat(np.asarray(labels) == CLASSES.index("microbleed"), heads)
+    return fit_stacking(p.reshape(-1), np.repeat(np.asarray(s1, dtype=float), heads), is_mb)
 
 
 def _new_metadata(subjects, opts: TrainOptions) -> dict:
@@ -191,12 +218,7 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
         ex_train.append(subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c,
                                          patch=opts.classifier_patch, subject_index=i, truth_copies=opts.truth_copies,
                                          jitter=opts.truth_jitter, seed=opts.seed))
-    for i in val_idx:
-        c, s, _ = val_cands[i]
-        keep = s >= threshold
-        ex_val.append(subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c[keep],
-                                       patch=opts.classifier_patch, subject_index=i, include_truth=False,
-                                       seed=opts.seed))
+    ex_val, s1_val = validation_examples(subjects, vols, ratios, val_idx, val_cands, threshold, opts)
     tr = concat_sets(ex_train)
     log(f"[stage 2] {len(tr)} training examples: " +
         ", ".join(f"{c} {int((tr.labels == k).sum())}" for k, c in enumerate(CLASSES)))
@@ -207,15 +229,21 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     fv = features_vector(tr.features, names, fmean, fstd)
     cw = train_classifier(cls, tr, fv, epochs=opts.stage2_epochs, class_weighting=opts.class_weighting,
                           lr_schedule=opts.lr_schedule, seed=opts.seed, augment=augment, channels=channels, log=log)
-    va = concat_sets(ex_val) if sum(len(e) for e in ex_val) >= 4 else tr
+    use_val = sum(len(e) for e in ex_val) >= 4
+    va = concat_sets(ex_val) if use_val else tr
     va_logits = committee_logits(cls, va.patches, features_vector(va.features, names, fmean, fstd),
                                  tta=opts.stage2_tta)
     meta["inference"] = {**meta.get("inference", {}), "stage2_tta": bool(opts.stage2_tta),
                          "stage1_tta_flips": [list(f) for f in opts.stage1_tta_flips]}
     meta["calibration"] = calibrate(va_logits, va.labels, cw)
+    if opts.stacking and use_val:
+        meta["calibration"]["stacking"] = stage1_stacking(va_logits, va.labels, s1_val, meta["calibration"])
     meta["thresholds"] = {"heatmap": threshold, "min_distance_mm": opts.min_distance_mm,
                           "max_candidates": opts.max_candidates}
-    head_p, _ = physics_gate(calibrated_probabilities(va_logits, meta["calibration"]), va.features)
+    head_p = calibrated_probabilities(va_logits, meta["calibration"])
+    if use_val:
+        head_p = apply_stacking(head_p, s1_val, meta["calibration"].get("stacking"))
+    head_p, _ = physics_gate(head_p, va.features)
     p_mb = head_p.mean(axis=1)[:, 0]
     is_mb = va.labels == CLASSES.index("microbleed")
     n_mb_val = sum(sum(k == "microbleed" for k in subjects[i].lesion_kinds) for i in val_idx)

@@ -208,3 +208,20 @@ def test_brain_domain_keeps_the_rim_on_the_magnitude_only(oblique_affine):
     assert (detection_domain(maps, "brain") == maps.mask).all()
     with pytest.raises(InputError):
         detection_domain(maps, "everywhere")
+
+
+def test_detect_folds_in_the_stage1_score_when_the_model_has_stacking(random_model, oblique_affine):
+    """Identity stacking weights change nothing; weights that trust only the stage-1 score make the microbleed
+    probability a function of that score (before the physics gate)."""
+    from cmbdetect.models.registry import load_model
+
+    maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
+    m = load_model(str(random_model))
+    plain = {d.centre_vox: d.probabilities["microbleed"] for d in detect(maps, model=m)}
+    m.metadata["calibration"]["stacking"] = {"a": 1.0, "b": 0.0, "c": 0.0}
+    same = {d.centre_vox: d.probabilities["microbleed"] for d in detect(maps, model=m)}
+    assert same.keys() == plain.keys() and all(abs(same[k] - plain[k]) < 1e-5 for k in plain)
+    m.metadata["calibration"]["stacking"] = {"a": 0.0, "b": 1.0, "c": 0.0}
+    for d in detect(maps, model=m):
+        if not d.features["physics_gate"]:
+            assert d.probabilities["microbleed"] == pytest.approx(d.score, abs=1e-5)
