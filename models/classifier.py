@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from cmbdetect.models.calibration import adjust_prevalence, softmax, undo_class_weights
+from cmbdetect.models.calibration import softmax, undo_class_weights
 from cmbdetect.models.detection import CLASSES
 from cmbdetect.models.networks import PatchClassifier
 
@@ -91,17 +91,13 @@ def committee_logits(net: PatchClassifier, patches: np.ndarray, feats: np.ndarra
     return np.concatenate(out)
 
 
-def calibrated_probabilities(logits: np.ndarray, calibration: dict, *,
-                             prevalence: float | None = None) -> np.ndarray:
+def calibrated_probabilities(logits: np.ndarray, calibration: dict) -> np.ndarray:
     """Per-head probabilities ``[N, H, C]``: ``softmax((logits - log w) / T + b)`` (class weights ``w``,
-    temperature ``T``, bias ``b`` from ``calibration``), then the prevalence re-weighting."""
+    temperature ``T``, bias ``b`` from ``calibration``).  The stage-1 stacking and the prevalence re-weighting
+    follow in :func:`cmbdetect.models.inference.stage2_probabilities`."""
     z = undo_class_weights(logits, calibration.get("class_weights", [1.0] * logits.shape[-1]))
     z = z / float(calibration.get("temperature", 1.0)) + np.asarray(calibration.get("bias", 0.0), dtype=float)
-    p = softmax(z)
-    if prevalence is not None:
-        p = adjust_prevalence(p, pi_train=float(calibration["training_prevalence"]), pi_deploy=float(prevalence),
-                              index=_MB)
-    return p
+    return softmax(z)
 
 
 def physics_gate(probs: np.ndarray, features: list[dict]) -> tuple[np.ndarray, np.ndarray]:

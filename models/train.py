@@ -71,7 +71,7 @@ class TrainOptions:
     stage1_tta_flips: tuple = ((),)
     #: where the models look (:func:`cmbdetect.models.inference.detection_domain`): "brain" = the magnitude brain
     #: mask, so juxtacortical lesions in the rim that V-SHARP erodes (or in a surface zone the field-reliability
-    #: mask drops) stay visible on the magnitude channel; "mask" = only where chi is valid (models before 0.2).
+    #: mask drops) stay visible on the magnitude channel; "mask" = only where chi is valid (older models).
     #: On the 88 training subjects 73 of 871 microbleed centres lie outside the chi mask, 33 outside the brain mask.
     domain: str = "brain"
     #: voxel size (mm) of the model grid; None = the median voxel size of the training subjects.  The shipped

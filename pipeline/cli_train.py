@@ -42,7 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="voxel size (mm) of the model grid, e.g. 1,1,1.5 (default: the training subjects' median)")
     p.add_argument("--domain", choices=("brain", "mask"), default="brain",
                    help="where the models look: the magnitude brain mask (default; juxtacortical lesions in the rim "
-                   "that background removal erodes stay visible) or only the chi mask (models before 0.2)")
+                   "that background removal erodes stay visible) or only the chi mask (as older models)")
     p.add_argument("--ablation", choices=("none", "no-balancing", "no-hard-negatives", "no-physics-channels",
                                           "bce-heatmap", "dice-bce-heatmap"), default="none",
                    help="train a baseline variant for the ablation table: no-balancing = uniform patches, "
