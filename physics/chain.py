@@ -168,13 +168,12 @@ def compute_physics_maps(
     meta["field_fit"] = {"unwrap": unwrap, "echoes": int(m4.shape[0]), **dict(getattr(fit, "meta", {}) or {})}
     q_min = min_coherence if m4.shape[0] >= 2 else min_spatial_coherence
     if q_min > 0:
-        n_q = max(2, int(np.sum(t * float(b0) <= coherence_max_b0_te))) if m4.shape[0] >= 2 else 1
         if m4.shape[0] < 2:
-            quality = spatial_phase_coherence(m4[0], p4[0])
-        elif n_q >= m4.shape[0]:
-            quality = fit.coherence
+            n_q, quality = 1, spatial_phase_coherence(m4[0], p4[0])
         else:
-            quality = early_echo_coherence(fit, m4[:n_q], p4[:n_q], t[:n_q], brain)
+            n_q = max(2, int(np.sum(t * float(b0) <= coherence_max_b0_te)))
+            quality = fit.coherence if n_q >= m4.shape[0] else \
+                early_echo_coherence(fit, m4[:n_q], p4[:n_q], t[:n_q], brain)
         reliable = reliable_field_mask(brain, quality, threshold=q_min)
         meta["field_fit"]["reliable_mask"] = {
             "coherence": f"temporal (echo phases vs the fitted line, first {n_q} echoes)" if m4.shape[0] >= 2 else
