@@ -32,15 +32,19 @@ from cmbdetect.physics.maps import PhysicsMaps
 DOMAINS = ("mask", "brain")
 
 
-def detection_domain(maps: PhysicsMaps, kind: str = "mask") -> np.ndarray:
+def detection_domain(maps: PhysicsMaps, kind: str = "mask", *, close_mm: float = 0.0) -> np.ndarray:
     """Where the models look for lesions, on the native grid.
 
     ``"mask"``: the chi mask (``maps.mask``).  ``"brain"``: that mask plus the automatic brain mask of the
     magnitude (:func:`cmbdetect.physics.mask.brain_mask`, the one the physics chain starts from): the rim that
     V-SHARP erodes and surface zones dropped for an unreliable field, where a juxtacortical bleed is still
-    visible on the magnitude.  A supplied mask (``meta["mask"] == "supplied"``) or placeholder magnitude
-    (a local field given directly) keeps ``maps.mask``."""
-    from cmbdetect.physics.mask import brain_mask
+    visible on the magnitude.  ``close_mm`` > 0 (with "brain"): surface notches narrower than about
+    ``2 * close_mm`` are filled (:func:`cmbdetect.physics.mask.close_surface_notches`): the blooming void of a
+    cortical bleed that reaches the brain surface is dark like the background, so the magnitude threshold cuts
+    it out of the brain mask (33 of 871 microbleed centres of the training cohorts, all on >= 2.3 mm voxels;
+    14 after a 10 mm closing, for 1.9 % more volume).  A supplied mask (``meta["mask"] == "supplied"``) or
+    placeholder magnitude (a local field given directly) keeps ``maps.mask``."""
+    from cmbdetect.physics.mask import brain_mask, close_surface_notches
 
     mask = np.asarray(maps.mask, dtype=bool)
     if kind not in DOMAINS:
@@ -48,16 +52,19 @@ def detection_domain(maps: PhysicsMaps, kind: str = "mask") -> np.ndarray:
     meta = maps.meta or {}
     if kind == "mask" or meta.get("mask") == "supplied" or "magnitude" in meta.get("placeholders", ()):
         return mask
+    vs = voxel_sizes(maps.affine)
     try:
-        return brain_mask(maps.magnitude, voxel_sizes(maps.affine)) | mask
+        brain = brain_mask(maps.magnitude, vs) | mask
     except InputError:
         return mask
+    return close_surface_notches(brain, close_mm, vs) if close_mm > 0 else brain
 
 
 def model_grid(maps: PhysicsMaps, metadata: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """Normalised channels, detection domain (:func:`detection_domain`, metadata ``inference.domain``) and voxel
     size (mm) on the grid the model works on, and whether that grid is a resampling of the native one."""
-    mask = detection_domain(maps, metadata.get("inference", {}).get("domain", "mask"))
+    inf = metadata.get("inference", {})
+    mask = detection_domain(maps, inf.get("domain", "mask"), close_mm=float(inf.get("domain_close_mm", 0.0)))
     x, _ = physics_channels(maps, metadata["channels"], clip=float(metadata["normalisation"]["clip"]), domain=mask)
     vs = voxel_sizes(maps.affine)
     factors = resample_factors(maps.affine, metadata.get("spacing"))

@@ -74,29 +74,48 @@ class PatchClassifier(nn.Module):
     """Stage-2 classifier: 3D CNN on a multi-channel patch + physics features -> class logits.
 
     The CNN embedding (global average + max pooled) is concatenated with the (standardised) physics
-    feature vector before the heads.  ``n_heads`` independent linear heads form a small committee
+    feature vector before the heads.  With ``centre > 0`` the average and maximum over the central
+    ``centre``-wide cube of the last feature map are added: global pooling alone cannot tell the candidate
+    at the patch centre from a stronger vein or lesion elsewhere in the patch (with a 24-voxel patch and
+    ``centre=2`` that cube covers the central 8 voxels of the input).  ``n_heads`` independent linear heads form a small committee
     (query-by-committee): the mean of their softmaxes is the prediction, their disagreement the
     epistemic part of the uncertainty.  Output ``[N, n_heads, n_classes]`` logits.
     """
 
     def __init__(self, in_channels: int, n_features: int, n_classes: int = 4, *, base: int = 8,
-                 n_heads: int = 3, dropout: float = 0.2):
+                 n_heads: int = 3, dropout: float = 0.2, centre: int = 0):
         super().__init__()
         self.n_features = n_features
+        self.centre = int(centre)
         self.conv = nn.Sequential(
             nn.Conv3d(in_channels, base, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool3d(2),
             nn.Conv3d(base, 2 * base, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool3d(2),
             nn.Conv3d(2 * base, 2 * base, 3, padding=1), nn.LeakyReLU(0.1),
         )
-        hidden = 4 * base + n_features
+        hidden = (8 if self.centre > 0 else 4) * base + n_features
         self.trunk = nn.Sequential(nn.Linear(hidden, 32), nn.LeakyReLU(0.1), nn.Dropout(dropout))
         self.heads = nn.ModuleList([nn.Linear(32, n_classes) for _ in range(n_heads)])
 
     def forward(self, patch: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         z = self.conv(patch)
-        z = torch.cat([z.mean(dim=(2, 3, 4)), z.amax(dim=(2, 3, 4)), features], dim=1)
+        pooled = [z.mean(dim=(2, 3, 4)), z.amax(dim=(2, 3, 4))]
+        if self.centre > 0:
+            c = centre_crop(z, self.centre)
+            pooled += [c.mean(dim=(2, 3, 4)), c.amax(dim=(2, 3, 4))]
+        z = torch.cat([*pooled, features], dim=1)
         z = self.trunk(z)
         return torch.stack([h(z) for h in self.heads], dim=1)
+
+
+def centre_crop(z: torch.Tensor, width: int) -> torch.Tensor:
+    """The central ``width``-wide cube of a ``[N, C, X, Y, Z]`` feature map (the whole axis where it is
+    narrower; for odd/even mismatches the extra voxel is taken on the low side)."""
+    sl = [slice(None), slice(None)]
+    for n in z.shape[2:]:
+        w = min(int(width), int(n))
+        lo = (int(n) - w) // 2
+        sl.append(slice(lo, lo + w))
+    return z[tuple(sl)]
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -183,7 +183,7 @@ def create_random_model(out_dir: str | Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     det_arch = {"in_channels": len(ALL_CHANNELS), "base": 4, "depth": 1}
     cls_arch = {"in_channels": len(ALL_CHANNELS), "n_features": len(FEATURE_NAMES), "n_classes": len(CLASSES),
-                "base": 4, "n_heads": 3}
+                "base": 4, "n_heads": 3, "centre": 2}
     meta = base_metadata(detector_arch=det_arch, classifier_arch=cls_arch, patch_size=16)
     meta["thresholds"] = {"heatmap": 0.0, "min_distance_mm": 4.0, "max_candidates": 10}
     meta["inference"] = {"tile": 48, "overlap": 8}

@@ -74,6 +74,9 @@ class TrainOptions:
     #: mask drops) stay visible on the magnitude channel; "mask" = only where chi is valid (older models).
     #: On the 88 training subjects 73 of 871 microbleed centres lie outside the chi mask, 33 outside the brain mask.
     domain: str = "brain"
+    #: closing (mm) of the "brain" domain's surface notches (metadata ``inference.domain_close_mm``; 0 = none):
+    #: the voids of cortical bleeds that reach the surface (:func:`cmbdetect.models.inference.detection_domain`)
+    domain_close_mm: float = 10.0
     #: voxel size (mm) of the model grid; None = the median voxel size of the training subjects.  The shipped
     #: recipe fixes 1 x 1 x 1.5 mm: with thick-slice cohorts in the data the median drifted to 1 x 1 x 2.24 mm,
     #: and resampling 1.5 mm test slices to it cost sensitivity on the development cohorts (seed 101: 0.887,
@@ -85,6 +88,10 @@ class TrainOptions:
     class_weighting: bool = True
     stage2_epochs: int = 20
     classifier_patch: int = 24
+    #: stage-2 centre pooling (:class:`cmbdetect.models.networks.PatchClassifier` ``centre``): the width of the
+    #: central cube of the last feature map pooled next to the global pooling (0: global pooling only, the
+    #: architecture of earlier models).  Applies to new classifiers (a fine-tuned one keeps its architecture).
+    classifier_centre: int = 2
     val_fraction: float = 0.2
     target_recall: float = 0.98
     min_distance_mm: float = 3.0
@@ -132,7 +139,7 @@ def _new_metadata(subjects, opts: TrainOptions) -> dict:
         if opts.spacing_mm is None else np.asarray(opts.spacing_mm, dtype=float)
     det = {"in_channels": len(opts.channels), "base": opts.base, "depth": opts.depth}
     cls = {"in_channels": len(opts.channels), "n_features": len(FEATURE_NAMES), "n_classes": len(CLASSES),
-           "base": 8, "n_heads": 3}
+           "base": 8, "n_heads": 3, "centre": int(opts.classifier_centre)}
     return base_metadata(channels=opts.channels, spacing=spacing, detector_arch=det, classifier_arch=cls,
                          patch_size=opts.classifier_patch)
 
@@ -169,11 +176,15 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
         meta = {k: v for k, v in base.metadata.items()}
         det, cls = base.detector, base.classifier
         if not opts.init_classifier:  # stage 2 from scratch (ablations that change only stage 2)
+            arch = meta["architecture"]
+            meta["architecture"] = {**arch, "classifier": {**arch["classifier"],
+                                                           "centre": int(opts.classifier_centre)}}
             torch.manual_seed(opts.seed)
             cls = build_networks(meta)[1]
     else:
         meta = _new_metadata([subjects[i] for i in train_idx], opts)
-        meta["inference"] = {**meta.get("inference", {}), "domain": opts.domain}
+        meta["inference"] = {**meta.get("inference", {}), "domain": opts.domain,
+                             "domain_close_mm": float(opts.domain_close_mm)}
         det, cls = build_networks(meta)
     vols, ratios = zip(*[_volume(s, meta, opts.patch, det.multiple) for s in subjects])
     augment = IntensityAugmentation(clip=float(meta["normalisation"]["clip"])) if opts.augment else None

@@ -125,6 +125,16 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def close_surface_notches(mask: np.ndarray, radius_mm: float, voxel_size) -> np.ndarray:
+    """``mask`` closed by a ball of ``radius_mm`` (true voxel sizes), then hole-filled: notches in its surface
+    narrower than about ``2 * radius_mm`` are filled.  A superset of ``mask``; ``radius_mm <= 0`` returns a
+    copy."""
+    m = np.asarray(mask, dtype=bool)
+    if radius_mm <= 0:
+        return m.copy()
+    return fill_holes(_close(m, float(radius_mm), np.asarray(voxel_size, dtype=float)))
+
+
 def brain_mask(
     mag3d: np.ndarray,
     voxel_size,

@@ -43,6 +43,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--domain", choices=("brain", "mask"), default="brain",
                    help="where the models look: the magnitude brain mask (default; juxtacortical lesions in the rim "
                    "that background removal erodes stay visible) or only the chi mask (as older models)")
+    p.add_argument("--domain-close", type=float, default=10.0, metavar="MM",
+                   help="with --domain brain: fill surface notches of the brain mask narrower than about 2*MM, "
+                   "where the voids of cortical bleeds cut into it (default 10; 0 = none, as older models)")
+    p.add_argument("--new-classifier", action="store_true",
+                   help="with --init: train stage 2 from scratch (the current architecture) instead of fine-tuning "
+                   "the init model's classifier; with --steps 0 the init model's detector is kept as it is")
+    p.add_argument("--classifier-centre", type=int, default=2, metavar="W",
+                   help="stage-2 centre pooling width on the last feature map (default 2; 0 = global pooling "
+                   "only, the architecture of earlier models)")
     p.add_argument("--ablation", choices=("none", "no-balancing", "no-hard-negatives", "no-physics-channels",
                                           "bce-heatmap", "dice-bce-heatmap"), default="none",
                    help="train a baseline variant for the ablation table: no-balancing = uniform patches, "
@@ -80,6 +89,16 @@ def options_from_args(args):
         if args.epochs < 1:
             raise InputError(f"--epochs must be >= 1, got {args.epochs}")
         kw["stage2_epochs"] = args.epochs
+    if not 0.0 <= args.domain_close <= 30.0:
+        raise InputError(f"--domain-close must be between 0 and 30 mm, got {args.domain_close}")
+    kw["domain_close_mm"] = args.domain_close
+    if not 0 <= args.classifier_centre <= 6:
+        raise InputError(f"--classifier-centre must be between 0 and 6, got {args.classifier_centre}")
+    kw["classifier_centre"] = args.classifier_centre
+    if args.new_classifier:
+        if args.init is None:
+            raise InputError("--new-classifier needs --init (a new model always gets a new classifier)")
+        kw["init_classifier"] = False
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     kw.update({"none": {}, "no-balancing": {"balanced": False, "class_weighting": False, "heatmap_loss": "bce"},

@@ -167,3 +167,26 @@ def test_ball_morphology_matches_distance_transform(rng):
         edt_dilated = ndimage.distance_transform_edt(~m, sampling=vs) <= r
         assert np.array_equal(_erode(m, r, vs), edt_eroded)
         assert np.array_equal(_dilate(m, r, vs), edt_dilated)
+
+
+def test_close_surface_notches_fills_a_narrow_notch_and_little_else():
+    """A sphere (radius 15 mm, 1 x 1 x 1.5 mm voxels) with a notch 5 mm wide and 7 mm deep cut into its
+    surface: a 6 mm closing fills the notch (all of its inner part) and adds under 2 % outside the original sphere; 0 mm is a copy."""
+    from cmbdetect.physics.mask import close_surface_notches
+
+    vs = np.array([1.0, 1.0, 1.5])
+    shape = (44, 44, 30)
+    idx = np.indices(shape).astype(float)
+    c = (np.array(shape) - 1) / 2
+    r = np.sqrt(sum(((idx[a] - c[a]) * vs[a]) ** 2 for a in range(3)))
+    sphere = r <= 15.0
+    notch = sphere & (np.abs(idx[1] - c[1]) <= 2.5) & (np.abs((idx[2] - c[2]) * vs[2]) <= 2.5) & \
+        ((idx[0] - c[0]) >= 8.0)
+    cut = sphere & ~notch
+    closed = close_surface_notches(cut, 6.0, vs)
+    assert (closed >= cut).all()
+    deep = notch & ((idx[0] - c[0]) <= 12.0)  # the inner part; near the curved surface the ball fills less
+    assert closed[deep].all() and closed[notch].mean() > 0.8
+    assert (closed & ~sphere).sum() < 0.02 * sphere.sum()
+    same = close_surface_notches(cut, 0.0, vs)
+    assert (same == cut).all() and same is not cut

@@ -210,6 +210,27 @@ def test_brain_domain_keeps_the_rim_on_the_magnitude_only(oblique_affine):
         detection_domain(maps, "everywhere")
 
 
+def test_brain_domain_closing_is_passed_through_from_the_metadata(oblique_affine):
+    """``close_mm`` closes the "brain" domain (:func:`close_surface_notches`, tested in test_mask), metadata
+    ``inference.domain_close_mm`` reaches it, and domain "mask" ignores it."""
+    from cmbdetect.physics.mask import close_surface_notches
+
+    shape, vs = (40, 40, 28), (1.0, 1.0, 1.5)
+    maps = tiny_maps(oblique_affine(shape, vs), shape=shape)
+    idx = np.indices(shape).astype(float)
+    notch = (np.abs(idx[1] - 20) <= 2) & (np.abs(idx[2] - 14) <= 1) & (idx[0] >= 28)
+    maps.magnitude = np.where(notch, 0.0, maps.magnitude).astype(np.float32)
+    maps.mask = maps.mask & ~notch
+    plain = detection_domain(maps, "brain")
+    closed = detection_domain(maps, "brain", close_mm=6.0)
+    assert (closed == close_surface_notches(plain, 6.0, vs)).all()
+    assert closed.sum() > plain.sum() and (closed >= plain).all()
+    assert (detection_domain(maps, "mask", close_mm=6.0) == maps.mask).all()
+    meta = {"channels": list(ALL_CHANNELS), "normalisation": {"clip": 12.0}, "spacing": None,
+            "inference": {"domain": "brain", "domain_close_mm": 6.0}}
+    assert (model_grid(maps, meta)[1] == closed).all()
+
+
 def test_detect_folds_in_the_stage1_score_when_the_model_has_stacking(random_model, oblique_affine):
     """Identity stacking weights change nothing; weights that trust only the stage-1 score make the microbleed
     probability a function of that score (before the physics gate)."""
