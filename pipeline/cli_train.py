@@ -43,9 +43,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--domain", choices=("brain", "mask"), default="brain",
                    help="where the models look: the magnitude brain mask (default; juxtacortical lesions in the rim "
                    "that background removal erodes stay visible) or only the chi mask (as older models)")
-    p.add_argument("--domain-close", type=float, default=10.0, metavar="MM",
+    p.add_argument("--domain-close", type=float, default=0.0, metavar="MM",
                    help="with --domain brain: fill surface notches of the brain mask narrower than about 2*MM, "
-                   "where the voids of cortical bleeds cut into it (default 10; 0 = none, as older models)")
+                   "where the voids of cortical bleeds cut into it (default 0 = none; 10 is the measured "
+                   "alternative, not better on validation)")
     p.add_argument("--new-classifier", action="store_true",
                    help="with --init: train stage 2 from scratch (the current architecture) instead of fine-tuning "
                    "the init model's classifier; with --steps 0 the init model's detector is kept as it is")

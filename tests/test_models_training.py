@@ -106,11 +106,11 @@ def test_cli_train_options_and_bad_values():
     with pytest.raises(InputError):
         cli_train.options_from_args(args)
     opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m"]))
-    assert opts.classifier_centre == 2 and opts.domain_close_mm == 10.0 and opts.init_classifier
+    assert opts.classifier_centre == 2 and opts.domain_close_mm == 0.0 and opts.init_classifier
     opts = cli_train.options_from_args(parser.parse_args(
         ["train", "--bids-dir", "a", "--out", "m", "--init", "default", "--new-classifier", "--classifier-centre", "0",
-         "--domain-close", "0"]))
-    assert opts.classifier_centre == 0 and opts.domain_close_mm == 0.0 and not opts.init_classifier
+         "--domain-close", "10"]))
+    assert opts.classifier_centre == 0 and opts.domain_close_mm == 10.0 and not opts.init_classifier
     for bad, match in ((["--new-classifier"], "needs --init"), (["--classifier-centre", "9"], "classifier-centre"),
                        (["--domain-close", "-1"], "domain-close")):
         with pytest.raises(InputError, match=match):
