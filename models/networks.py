@@ -77,8 +77,8 @@ class PatchClassifier(nn.Module):
     feature vector before the heads.  With ``centre > 0`` the average and maximum over the central
     ``centre``-wide cube of the last feature map are added: global pooling alone cannot tell the candidate
     at the patch centre from a stronger vein or lesion elsewhere in the patch (with a 24-voxel patch and
-    ``centre=2`` that cube covers the central 8 voxels of the input).  ``n_heads`` independent linear heads form a small committee
-    (query-by-committee): the mean of their softmaxes is the prediction, their disagreement the
+    ``centre=2`` that cube covers the central 8 voxels of the input).  ``n_heads`` independent linear heads form
+    a small committee (query-by-committee): the mean of their softmaxes is the prediction, their disagreement the
     epistemic part of the uncertainty.  Output ``[N, n_heads, n_classes]`` logits.
     """
 

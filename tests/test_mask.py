@@ -171,7 +171,8 @@ def test_ball_morphology_matches_distance_transform(rng):
 
 def test_close_surface_notches_fills_a_narrow_notch_and_little_else():
     """A sphere (radius 15 mm, 1 x 1 x 1.5 mm voxels) with a notch 5 mm wide and 7 mm deep cut into its
-    surface: a 6 mm closing fills the notch (all of its inner part) and adds under 2 % outside the original sphere; 0 mm is a copy."""
+    surface: a 6 mm closing fills the notch (all of its inner part) and adds under 2 % outside the original
+    sphere; 0 mm is a copy."""
     from cmbdetect.physics.mask import close_surface_notches
 
     vs = np.array([1.0, 1.0, 1.5])
