@@ -57,7 +57,7 @@ def detection_domain(maps: PhysicsMaps, kind: str = "mask", *, close_mm: float =
         brain = brain_mask(maps.magnitude, vs) | mask
     except InputError:
         return mask
-    return close_surface_notches(brain, close_mm, vs) if close_mm > 0 else brain
+    return close_surface_notches(brain, close_mm, vs)  # close_mm <= 0: the brain mask as it is
 
 
 def model_grid(maps: PhysicsMaps, metadata: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:

@@ -222,7 +222,7 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     stage1_recall = float(np.mean(best >= threshold)) if best.size else float("nan")
     log(f"[stage 1] threshold {threshold:.3f}: validation recall {stage1_recall:.3f} ({best.size} lesions)")
     # stage-2 examples
-    ex_train, ex_val = [], []
+    ex_train = []
     for i in train_idx:
         # the highest-scoring stage-1 candidates: true hits and the hardest false positives
         c = volume_candidates(det, vols[i], threshold=threshold, min_distance_mm=opts.min_distance_mm,
