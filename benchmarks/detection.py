@@ -2,11 +2,12 @@
 table, and inference time / memory on a 256x256x128 subject.
 
 1. Test cohort: ``--test-dir`` (simulated if absent: ``--subjects`` subjects, ``--seed`` 101 by default,
-   disjoint from the training seeds 1-6; shape 96x112x64 at 1x1x1.5 mm, random B0/echoes/microbleed
+   disjoint from the training seeds 1-7; shape 96x112x64 at 1x1x1.5 mm, random B0/echoes/microbleed
    counts).  Physics maps come from ``physics.chain.compute_physics_maps`` (cached in ``--cache-dir``).
 2. Every model (``--model`` and each ``--ablation NAME=FOLDER``) runs ``models.inference.detect`` on each
    subject; ``models.evaluate.evaluate_detections`` gives sensitivity at 0.5 FP/subject (FROC over the
-   microbleed probability), operating-point sensitivity / FP per subject, stage-2 AUC; plus the number of
+   microbleed probability), operating-point sensitivity / FP per subject, stage-1 recall (microbleeds with
+   any candidate within 5 mm: the end of the FROC), stage-2 AUC; plus the number of
    true calcifications called microbleed.  Peer in the same run: a non-learned physics baseline (local
    maxima of chi above ``--chi-threshold`` ppm, scored by chi).
 3. Timing (``--timing``): ``detect`` on a synthetic 256x256x128 PhysicsMaps in a fresh process with 2
@@ -66,7 +67,7 @@ def evaluate_model(subjects, run_subject):
     r = evaluate_detections(preds, truth, hit_mm=HIT_MM)
     return {"sens@0.5FP": r.sensitivity_at_fp.get("0.5"), "sens@1FP": r.sensitivity_at_fp.get("1"),
             "sensitivity": r.sensitivity, "fp_per_subject": r.fp_per_subject, "precision": r.precision,
-            "f1": r.f1, "stage2_auc": r.stage2_auc, "calc_called_mb": calc_called, "n_true": r.n_true,
+            "f1": r.f1, "stage2_auc": r.stage2_auc, "stage1_recall": r.froc_sensitivity[-1], "calc_called_mb": calc_called, "n_true": r.n_true,
             "s_per_subject": float(np.mean(times))}
 
 
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
         n_mb = sum(k == "microbleed" for s in subjects for k in s.lesion_kinds)
         n_calc = sum(k == "calcification" for s in subjects for k in s.lesion_kinds)
         print(f"\ntest cohort: {len(subjects)} subjects in {test}, {n_mb} microbleeds, {n_calc} calcifications")
-        keys = ("sens@0.5FP", "sens@1FP", "sensitivity", "fp_per_subject", "stage2_auc", "calc_called_mb",
+        keys = ("sens@0.5FP", "sens@1FP", "sensitivity", "fp_per_subject", "stage1_recall", "stage2_auc",
+                "calc_called_mb",
                 "s_per_subject")
         print("| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
         for name, r in results.items():
