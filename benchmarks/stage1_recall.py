@@ -1,0 +1,104 @@
+"""Stage-1 recall of each member of a model on its own validation subjects, split by voxel size.
+
+The recall-tuned operating point (``thresholds.heatmap`` and ``thresholds.max_candidates`` of each member) is
+applied exactly as at inference (:func:`cmbdetect.models.inference.stage1_candidates` on the model grid); a
+lesion is found when a candidate lies within ``--hit-mm`` (VALDO: 5 mm) of its centre on the native grid.
+The validation subjects are those named in the member's ``metadata.json`` (``training.data.validation``),
+looked up in the training BIDS folders (``--bids-dir``; physics maps cached in ``--cache-dir``).
+
+Voxel classes: "fine" = in-plane voxel < ``--coarse-mm`` and voxel volume < ``--coarse-mm3``; else "coarse".
+For each member and class: microbleeds found / total, and calcifications found / total.  Peer in the same
+run: the chi-peak physics baseline of ``benchmarks/detection.py`` limited to the same number of candidates.
+
+Usage: ``python benchmarks/stage1_recall.py --model default --bids-dir /tmp/cmb-train-{a..g}
+--cache-dir /tmp/cmb-cache``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from detection import physics_baseline  # noqa: E402  (the same peer as the detection benchmark)
+
+
+def found(cands_native: np.ndarray, lesion_vox: np.ndarray, vs: np.ndarray, *, hit_mm: float) -> np.ndarray:
+    """For each lesion (native voxel centre), whether a candidate lies within ``hit_mm``."""
+    if len(cands_native) == 0 or len(lesion_vox) == 0:
+        return np.zeros(len(lesion_vox), bool)
+    d = np.sqrt((((cands_native[None] - lesion_vox[:, None]) * vs) ** 2).sum(-1))
+    return (d <= hit_mm).any(axis=1)
+
+
+def voxel_class(vs, *, coarse_mm: float, coarse_mm3: float) -> str:
+    return "coarse" if min(vs[0], vs[1]) >= coarse_mm or float(np.prod(vs)) >= coarse_mm3 else "fine"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--bids-dir", nargs="+", default=[f"/tmp/cmb-train-{x}" for x in "abcdefg"])
+    ap.add_argument("--cache-dir", default="/tmp/cmb-cache")
+    ap.add_argument("--hit-mm", type=float, default=5.0)
+    ap.add_argument("--coarse-mm", type=float, default=1.8)
+    ap.add_argument("--coarse-mm3", type=float, default=6.0)
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    a = ap.parse_args(argv)
+
+    from cmbdetect.models.inference import map_back, model_grid, stage1_candidates
+    from cmbdetect.models.registry import load_model
+    from cmbdetect.models.training_data import load_training_subjects
+    from cmbdetect.physics.geometry import voxel_sizes
+
+    model = load_model(a.model)
+    subjects = {s.label: s for s in load_training_subjects(a.bids_dir, cache_dir=a.cache_dir, log=lambda m: None)}
+    results = {}
+    for k, part in enumerate(model.parts):
+        meta = part.metadata
+        val = list(meta["training"]["data"]["validation"])
+        missing = [v for v in val if v not in subjects]
+        if missing:
+            print(f"member {k}: validation subjects not in --bids-dir: {', '.join(missing[:3])}", file=sys.stderr)
+            return 1
+        n_cap = int(meta["thresholds"]["max_candidates"])
+        tally = {}
+        for label in val:
+            s = subjects[label]
+            vs = voxel_sizes(s.maps.affine)
+            x, mask, gvs, resampled = model_grid(s.maps, meta)
+            c, _, _ = stage1_candidates(part, x, mask, gvs)
+            c = map_back(c, s.maps.shape, x.shape[1:]) if resampled and len(c) else c
+            peer = np.array([p for p, _ in physics_baseline(s.maps)[:n_cap]]).reshape(-1, 3)
+            cls = voxel_class(vs, coarse_mm=a.coarse_mm, coarse_mm3=a.coarse_mm3)
+            vox = np.asarray(s.lesion_vox, float).reshape(-1, 3)
+            for kind in ("microbleed", "calcification"):
+                sel = np.array([kk == kind for kk in s.lesion_kinds], bool)
+                t = tally.setdefault(f"{kind} {cls}", [0, 0, 0])
+                t[0] += int(found(c, vox[sel], vs, hit_mm=a.hit_mm).sum())
+                t[1] += int(found(peer, vox[sel], vs, hit_mm=a.hit_mm).sum())
+                t[2] += int(sel.sum())
+        results[f"member-{k}"] = tally
+        print(f"member {k} ({len(val)} validation subjects, threshold {meta['thresholds']['heatmap']}, "
+              f"<= {n_cap} candidates/subject)")
+        print("| lesions | voxels | stage 1 found | recall | chi-peak baseline (same cap) |\n|---|---|---|---|---|")
+        for key in sorted(tally):
+            f, p, n = tally[key]
+            kind, cls = key.split()
+            print(f"| {kind} | {cls} | {f}/{n} | {f / n:.3f} | {p / n:.3f} |" if n else f"| {kind} | {cls} | 0/0 | - | - |")
+        mb = [tally.get(f"microbleed {c}", [0, 0, 0]) for c in ("fine", "coarse")]
+        allf = [tally[k2] for k2 in tally]
+        print(f"microbleeds, all voxels: {sum(t[0] for t in mb)}/{sum(t[2] for t in mb)}; focal lesions (with "
+              f"calcifications): {sum(t[0] for t in allf)}/{sum(t[2] for t in allf)}\n", flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
