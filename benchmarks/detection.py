@@ -67,7 +67,8 @@ def evaluate_model(subjects, run_subject):
     r = evaluate_detections(preds, truth, hit_mm=HIT_MM)
     return {"sens@0.5FP": r.sensitivity_at_fp.get("0.5"), "sens@1FP": r.sensitivity_at_fp.get("1"),
             "sensitivity": r.sensitivity, "fp_per_subject": r.fp_per_subject, "precision": r.precision,
-            "f1": r.f1, "stage2_auc": r.stage2_auc, "stage1_recall": r.froc_sensitivity[-1], "calc_called_mb": calc_called, "n_true": r.n_true,
+            "f1": r.f1, "stage2_auc": r.stage2_auc, "stage1_recall": r.froc_sensitivity[-1],
+            "calc_called_mb": calc_called, "n_true": r.n_true,
             "s_per_subject": float(np.mean(times))}
 
 

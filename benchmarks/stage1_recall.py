@@ -90,7 +90,8 @@ def main(argv=None) -> int:
         for key in sorted(tally):
             f, p, n = tally[key]
             kind, cls = key.split()
-            print(f"| {kind} | {cls} | {f}/{n} | {f / n:.3f} | {p / n:.3f} |" if n else f"| {kind} | {cls} | 0/0 | - | - |")
+            cells = f"{f / n:.3f} | {p / n:.3f}" if n else "- | -"
+            print(f"| {kind} | {cls} | {f}/{n} | {cells} |")
         mb = [tally.get(f"microbleed {c}", [0, 0, 0]) for c in ("fine", "coarse")]
         allf = [tally[k2] for k2 in tally]
         print(f"microbleeds, all voxels: {sum(t[0] for t in mb)}/{sum(t[2] for t in mb)}; focal lesions (with "
