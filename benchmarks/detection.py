@@ -6,8 +6,8 @@ table, and inference time / memory on a 256x256x128 subject.
    counts).  Physics maps come from ``physics.chain.compute_physics_maps`` (cached in ``--cache-dir``).
 2. Every model (``--model`` and each ``--ablation NAME=FOLDER``) runs ``models.inference.detect`` on each
    subject; ``models.evaluate.evaluate_detections`` gives sensitivity at 0.5 FP/subject (FROC over the
-   microbleed probability), operating-point sensitivity / FP per subject, stage-1 recall (microbleeds with
-   any candidate within 5 mm: the end of the FROC), stage-2 AUC; plus the number of
+   microbleed probability), operating-point sensitivity / FP per subject, stage-1 recall (microbleeds matched
+   one-to-one within 5 mm by any candidate, whatever its label: the end of the FROC), stage-2 AUC; plus the number of
    true calcifications called microbleed.  Peer in the same run: a non-learned physics baseline (local
    maxima of chi above ``--chi-threshold`` ppm, scored by chi).
 3. Timing (``--timing``): ``detect`` on a synthetic 256x256x128 PhysicsMaps in a fresh process with 2
@@ -172,8 +172,7 @@ def main(argv=None) -> int:
         n_calc = sum(k == "calcification" for s in subjects for k in s.lesion_kinds)
         print(f"\ntest cohort: {len(subjects)} subjects in {test}, {n_mb} microbleeds, {n_calc} calcifications")
         keys = ("sens@0.5FP", "sens@1FP", "sensitivity", "fp_per_subject", "stage1_recall", "stage2_auc",
-                "calc_called_mb",
-                "s_per_subject")
+                "calc_called_mb", "s_per_subject")
         print("| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
         for name, r in results.items():
             cells = ["-" if r[k] is None else (f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k])) for k in keys]
