@@ -136,6 +136,26 @@ def stage1_stacking(va_logits, labels, s1, calibration: dict) -> dict | None:
     return fit_stacking(p.reshape(-1), np.repeat(np.asarray(s1, dtype=float), heads), is_mb)
 
 
+def validation_metrics(p_mb: np.ndarray, labels: np.ndarray, *, stage1_recall: float, n_subjects: int,
+                       n_microbleeds: int) -> dict:
+    """Validation figures of a model from its stage-1 candidates on the validation subjects: ``p_mb`` their
+    microbleed probabilities and ``labels`` their classes (:data:`CLASSES` indices; empty when stage 1 found
+    nothing).  Sensitivity is over all ``n_microbleeds`` true microbleeds of the subjects (a lesion that stage 1
+    missed counts as missed); FP per subject over ``n_subjects``."""
+    p_mb, labels = np.asarray(p_mb, dtype=float), np.asarray(labels, dtype=int)
+    is_mb = labels == CLASSES.index("microbleed")
+    called = p_mb >= 0.5
+    return {
+        "split": "validation", "n_validation_subjects": int(n_subjects),
+        "stage1_recall_focal_lesions": float(stage1_recall),
+        "stage1_candidates_per_subject": float(len(labels) / max(n_subjects, 1)),
+        "stage2_auc_microbleed_vs_rest": microbleed_auc(p_mb, is_mb),
+        "sensitivity_microbleed_at_p0.5": float((called & is_mb).sum() / max(n_microbleeds, 1)),
+        "fp_per_subject_at_p0.5": float((called & ~is_mb).sum() / max(n_subjects, 1)),
+        "calcifications_called_microbleed": int((called & (labels == CLASSES.index("calcification"))).sum()),
+    }
+
+
 def _new_metadata(subjects, opts: TrainOptions) -> dict:
     spacing = np.round(np.median([voxel_sizes(s.maps.affine) for s in subjects], axis=0), 2) \
         if opts.spacing_mm is None else np.asarray(opts.spacing_mm, dtype=float)
@@ -242,7 +262,7 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     fv = features_vector(tr.features, names, fmean, fstd)
     cw = train_classifier(cls, tr, fv, epochs=opts.stage2_epochs, class_weighting=opts.class_weighting,
                           lr_schedule=opts.lr_schedule, seed=opts.seed, augment=augment, channels=channels, log=log)
-    use_val = sum(len(e) for e in ex_val) >= 4
+    use_val = sum(len(e) for e in ex_val) >= 4  # else calibration falls back to the training examples
     va = concat_sets(ex_val) if use_val else tr
     va_logits = committee_logits(cls, va.patches, features_vector(va.features, names, fmean, fstd),
                                  tta=opts.stage2_tta)
@@ -253,23 +273,22 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
         meta["calibration"]["stacking"] = stage1_stacking(va_logits, va.labels, s1_val, meta["calibration"])
     meta["thresholds"] = {"heatmap": threshold, "min_distance_mm": opts.min_distance_mm,
                           "max_candidates": opts.max_candidates}
-    head_p = calibrated_probabilities(va_logits, meta["calibration"])
     if use_val:
-        head_p = apply_stacking(head_p, s1_val, meta["calibration"].get("stacking"))
-    head_p, _ = physics_gate(head_p, va.features)
-    p_mb = head_p.mean(axis=1)[:, 0]
-    is_mb = va.labels == CLASSES.index("microbleed")
-    n_mb_val = sum(sum(k == "microbleed" for k in subjects[i].lesion_kinds) for i in val_idx)
-    called = p_mb >= 0.5
-    meta["metrics"] = {
-        "split": "validation", "n_validation_subjects": len(val_idx),
-        "stage1_recall_focal_lesions": stage1_recall,
-        "stage1_candidates_per_subject": float(len(va) / max(len(val_idx), 1)),
-        "stage2_auc_microbleed_vs_rest": microbleed_auc(p_mb, is_mb),
-        "sensitivity_microbleed_at_p0.5": float((called & is_mb).sum() / max(n_mb_val, 1)),
-        "fp_per_subject_at_p0.5": float((called & ~is_mb).sum() / max(len(val_idx), 1)),
-        "calcifications_called_microbleed": int((called & (va.labels == CLASSES.index("calcification"))).sum()),
-    }
+        head_p = apply_stacking(calibrated_probabilities(va_logits, meta["calibration"]), s1_val,
+                                meta["calibration"].get("stacking"))
+        val_set = va
+    else:  # the metrics stay those of the validation candidates, however few (never the training examples)
+        val_set = concat_sets(ex_val) if any(len(e) for e in ex_val) else None
+        head_p = calibrated_probabilities(committee_logits(
+            cls, val_set.patches, features_vector(val_set.features, names, fmean, fstd), tta=opts.stage2_tta),
+            meta["calibration"]) if val_set is not None else np.zeros((0, 1, len(CLASSES)))
+    if val_set is not None:
+        head_p, _ = physics_gate(head_p, val_set.features)
+    meta["metrics"] = validation_metrics(
+        head_p.mean(axis=1)[:, CLASSES.index("microbleed")],
+        val_set.labels if val_set is not None else np.zeros(0, int), stage1_recall=stage1_recall,
+        n_subjects=len(val_idx),
+        n_microbleeds=sum(sum(k == "microbleed" for k in subjects[i].lesion_kinds) for i in val_idx))
     meta["training"] = {
         "command": command, "seed": opts.seed, "options": {k: (list(v) if isinstance(v, tuple) else v)
                                                            for k, v in asdict(opts).items()},

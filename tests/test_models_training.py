@@ -81,6 +81,23 @@ def test_microbleed_auc_hand_values():
     assert np.isnan(microbleed_auc(p, np.zeros(4, bool)))
 
 
+def test_validation_metrics_hand_values_and_no_candidates():
+    """Figures come from the validation candidates only; with none, nothing is found (never the training set)."""
+    from cmbdetect.models.train import validation_metrics
+
+    mb, calc, vein = 0, 1, 2
+    m = validation_metrics(np.array([0.9, 0.6, 0.2, 0.7, 0.8, 0.1]), np.array([mb, mb, mb, calc, vein, vein]),
+                           stage1_recall=0.75, n_subjects=2, n_microbleeds=4)
+    assert m["sensitivity_microbleed_at_p0.5"] == 0.5  # 2 of the 4 true microbleeds called (one never a candidate)
+    assert m["fp_per_subject_at_p0.5"] == 1.0 and m["calcifications_called_microbleed"] == 1
+    assert m["stage1_candidates_per_subject"] == 3.0 and m["stage1_recall_focal_lesions"] == 0.75
+    assert abs(m["stage2_auc_microbleed_vs_rest"] - 5 / 9) < 1e-12  # pairs (mb > rest): 3 + 1 + 1 of 9
+    none = validation_metrics(np.zeros(0), np.zeros(0, int), stage1_recall=0.0, n_subjects=18, n_microbleeds=163)
+    assert none["sensitivity_microbleed_at_p0.5"] == 0.0 and none["fp_per_subject_at_p0.5"] == 0.0
+    assert none["stage1_candidates_per_subject"] == 0.0 and none["calcifications_called_microbleed"] == 0
+    assert np.isnan(none["stage2_auc_microbleed_vs_rest"])
+
+
 def test_cli_train_options_and_bad_values():
     from cmbdetect.pipeline import cli_train
 
@@ -212,3 +229,24 @@ def test_model_spacing_is_the_option_or_the_training_median():
             for d, dz in ((1.0, 1.5), (0.75, 2.5), (0.8, 2.5))]
     assert _new_metadata(subs, TrainOptions())["spacing"] == [0.8, 0.8, 2.5]
     assert _new_metadata(subs, TrainOptions(spacing_mm=(1.0, 1.0, 1.5)))["spacing"] == [1.0, 1.0, 1.5]
+
+
+@pytest.mark.slow
+def test_train_without_validation_candidates_reports_nothing_found(tmp_path, monkeypatch):
+    """A stage 1 that finds nothing (a heatmap below the floor everywhere) gives validation sensitivity 0, not
+    figures of the training examples that calibration falls back to."""
+    import json
+
+    import cmbdetect.models.train as train_mod
+    from cmbdetect.models.train import TrainOptions, train
+    from cmbdetect.pipeline.simulate import simulate_dataset
+
+    bids = tmp_path / "bids"
+    simulate_dataset(bids, subjects=3, seed=5, shape=(48, 48, 32), voxel_size=(1.0, 1.0, 1.5), n_microbleeds=5,
+                     echoes=1)
+    monkeypatch.setattr(train_mod, "volume_candidates", lambda *a, **k: (np.zeros((0, 3)), np.zeros(0), np.zeros(0)))
+    out = train(bids, tmp_path / "m", options=TrainOptions(stage1_steps=2, stage2_epochs=1, patch=24, batch=2),
+                cache_dir=tmp_path / "cache", log=lambda m: None)
+    m = json.loads((out / "metadata.json").read_text())["metrics"]
+    assert m["stage1_recall_focal_lesions"] == 0.0 and m["stage1_candidates_per_subject"] == 0.0
+    assert m["sensitivity_microbleed_at_p0.5"] == 0.0 and m["fp_per_subject_at_p0.5"] == 0.0
