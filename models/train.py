@@ -96,6 +96,10 @@ class TrainOptions:
     classifier_centre: int = 2
     val_fraction: float = 0.2
     target_recall: float = 0.98
+    #: lowest stage-1 threshold the recall tuning may choose.  0.02 suits the focal loss, whose heatmap peaks
+    #: near 1 at lesion centres; a BCE-trained heatmap peaks near 0.005 (seed-0 validation subjects), all below
+    #: 0.02, so the BCE ablations use 1e-4 and the candidate cap decides (``cmbdetect train --ablation``).
+    heatmap_floor: float = 0.02
     min_distance_mm: float = 3.0
     max_candidates: int = 200
     max_hard_negatives: int = 48
@@ -233,7 +237,7 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
                        channels=channels, checkpoint=checkpoint, log=log)
     det.eval()
     # recall-tuned threshold on validation subjects
-    floor = 0.02
+    floor = opts.heatmap_floor
     flips = tuple(tuple(f) for f in opts.stage1_tta_flips)
     val_cands = {i: volume_candidates(det, vols[i], threshold=floor, min_distance_mm=opts.min_distance_mm,
                                       max_candidates=opts.max_candidates, flips=flips) for i in val_idx}

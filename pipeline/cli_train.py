@@ -102,11 +102,13 @@ def options_from_args(args):
         kw["init_classifier"] = False
     if args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
-    kw.update({"none": {}, "no-balancing": {"balanced": False, "class_weighting": False, "heatmap_loss": "bce"},
+    bce_floor = 1e-4  # a BCE heatmap peaks far below the focal loss's floor of 0.02 (TrainOptions.heatmap_floor)
+    kw.update({"none": {}, "no-balancing": {"balanced": False, "class_weighting": False, "heatmap_loss": "bce",
+                                            "heatmap_floor": bce_floor},
                "no-hard-negatives": {"hard_negatives": False, "init_classifier": False},
                "no-physics-channels": {"channels": APPEARANCE_CHANNELS},
-               "bce-heatmap": {"heatmap_loss": "bce"},
-               "dice-bce-heatmap": {"heatmap_loss": "dice_bce"}}[args.ablation])
+               "bce-heatmap": {"heatmap_loss": "bce", "heatmap_floor": bce_floor},
+               "dice-bce-heatmap": {"heatmap_loss": "dice_bce", "heatmap_floor": bce_floor}}[args.ablation])
     return TrainOptions(**kw)
 
 

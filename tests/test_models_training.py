@@ -107,7 +107,11 @@ def test_cli_train_options_and_bad_values():
                               "--steps", "5"])
     opts = cli_train.options_from_args(args)
     assert opts.channels == ("magnitude", "swi") and opts.stage1_steps == 5 and args.bids_dir == ["a", "b"]
-    assert not opts.augment and opts.truth_copies == 1 and opts.stage2_tta
+    assert not opts.augment and opts.truth_copies == 1 and opts.stage2_tta and opts.heatmap_floor == 0.02
+    for name in ("no-balancing", "bce-heatmap", "dice-bce-heatmap"):  # BCE heatmaps peak below the focal floor
+        opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m",
+                                                              "--ablation", name]))
+        assert opts.heatmap_floor == 1e-4 and opts.heatmap_loss in ("bce", "dice_bce")
     opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--augment"]))
     assert opts.augment and opts.truth_copies == 3 and opts.truth_jitter == 1.5
     assert opts.spacing_mm is None and opts.domain == "brain"
