@@ -53,10 +53,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--classifier-centre", type=int, default=2, metavar="W",
                    help="stage-2 centre pooling width on the last feature map (default 2; 0 = global pooling "
                    "only, the architecture of earlier models)")
-    p.add_argument("--ablation", choices=("none", "no-balancing", "no-hard-negatives", "no-physics-channels",
-                                          "bce-heatmap", "dice-bce-heatmap"), default="none",
+    p.add_argument("--ablation", choices=("none", "no-balancing", "uniform-patches", "no-hard-negatives",
+                                          "no-physics-channels", "bce-heatmap", "dice-bce-heatmap"), default="none",
                    help="train a baseline variant for the ablation table: no-balancing = uniform patches, "
-                   "plain BCE heatmap, unweighted CE; no-hard-negatives = stage 2 without stage-1 false "
+                   "plain BCE heatmap, unweighted CE; uniform-patches = only the patch sampling uniform; "
+                   "no-hard-negatives = stage 2 without stage-1 false "
                    "positives (use with --init and --steps 0); no-physics-channels = magnitude + SWI inputs; "
                    "bce-heatmap / dice-bce-heatmap = other heatmap losses")
     return p
@@ -105,6 +106,7 @@ def options_from_args(args):
     bce_floor = 1e-4  # a BCE heatmap peaks far below the focal loss's floor of 0.02 (TrainOptions.heatmap_floor)
     kw.update({"none": {}, "no-balancing": {"balanced": False, "class_weighting": False, "heatmap_loss": "bce",
                                             "heatmap_floor": bce_floor},
+               "uniform-patches": {"balanced": False},
                "no-hard-negatives": {"hard_negatives": False, "init_classifier": False},
                "no-physics-channels": {"channels": APPEARANCE_CHANNELS},
                "bce-heatmap": {"heatmap_loss": "bce", "heatmap_floor": bce_floor},

@@ -112,6 +112,9 @@ def test_cli_train_options_and_bad_values():
         opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m",
                                                               "--ablation", name]))
         assert opts.heatmap_floor == 1e-4 and opts.heatmap_loss in ("bce", "dice_bce")
+    opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m",
+                                                          "--ablation", "uniform-patches"]))
+    assert not opts.balanced and opts.heatmap_loss == "focal" and opts.class_weighting and opts.heatmap_floor == 0.02
     opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--augment"]))
     assert opts.augment and opts.truth_copies == 3 and opts.truth_jitter == 1.5
     assert opts.spacing_mm is None and opts.domain == "brain"
