@@ -277,21 +277,18 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
         meta["calibration"]["stacking"] = stage1_stacking(va_logits, va.labels, s1_val, meta["calibration"])
     meta["thresholds"] = {"heatmap": threshold, "min_distance_mm": opts.min_distance_mm,
                           "max_candidates": opts.max_candidates}
-    if use_val:
-        head_p = apply_stacking(calibrated_probabilities(va_logits, meta["calibration"]), s1_val,
-                                meta["calibration"].get("stacking"))
-        val_set = va
-    else:  # the metrics stay those of the validation candidates, however few (never the training examples)
-        val_set = concat_sets(ex_val) if any(len(e) for e in ex_val) else None
-        head_p = calibrated_probabilities(committee_logits(
-            cls, val_set.patches, features_vector(val_set.features, names, fmean, fstd), tta=opts.stage2_tta),
-            meta["calibration"]) if val_set is not None else np.zeros((0, 1, len(CLASSES)))
-    if val_set is not None:
+    p_mb, val_labels = np.zeros(0), np.zeros(0, int)  # stage 1 left no validation candidate
+    if use_val or any(len(e) for e in ex_val):  # the validation candidates, however few; never the training set
+        val_set = va if use_val else concat_sets(ex_val)
+        logits = va_logits if use_val else committee_logits(
+            cls, val_set.patches, features_vector(val_set.features, names, fmean, fstd), tta=opts.stage2_tta)
+        head_p = calibrated_probabilities(logits, meta["calibration"])
+        if use_val:
+            head_p = apply_stacking(head_p, s1_val, meta["calibration"].get("stacking"))
         head_p, _ = physics_gate(head_p, val_set.features)
+        p_mb, val_labels = head_p.mean(axis=1)[:, CLASSES.index("microbleed")], val_set.labels
     meta["metrics"] = validation_metrics(
-        head_p.mean(axis=1)[:, CLASSES.index("microbleed")],
-        val_set.labels if val_set is not None else np.zeros(0, int), stage1_recall=stage1_recall,
-        n_subjects=len(val_idx),
+        p_mb, val_labels, stage1_recall=stage1_recall, n_subjects=len(val_idx),
         n_microbleeds=sum(sum(k == "microbleed" for k in subjects[i].lesion_kinds) for i in val_idx))
     meta["training"] = {
         "command": command, "seed": opts.seed, "options": {k: (list(v) if isinstance(v, tuple) else v)
