@@ -10,6 +10,13 @@ Voxel classes: "fine" = in-plane voxel < ``--coarse-mm`` and voxel volume < ``--
 For each member and class: microbleeds found / total, and calcifications found / total.  Peer in the same
 run: the chi-peak physics baseline of ``benchmarks/detection.py`` limited to the same number of candidates.
 
+Detectability (simulated cohorts): each microbleed's field contrast-to-noise ratio, the peak of its closed-form
+field as the voxel grid measures it (:func:`cmbdetect.physics.forward.voxel_averaged_sphere_field`, B0 along
+scanner z as the simulator has it) over the standard deviation of the local-field error (measured minus true
+local field, inside the chi mask) within ``--cnr-radius-mm`` of the lesion.  Below 1 the lesion's own field is
+smaller than the error of the local field around it, so neither the phase nor chi shows it; recall is printed
+by CNR band and for CNR >= 1.
+
 Usage: ``python benchmarks/stage1_recall.py --model default --bids-dir /tmp/cmb-train-{a..g}
 --cache-dir /tmp/cmb-cache``.
 """
@@ -36,6 +43,31 @@ def found(cands_native: np.ndarray, lesion_vox: np.ndarray, vs: np.ndarray, *, h
     return (d <= hit_mm).any(axis=1)
 
 
+def lesion_field_cnr(lesion, affine: np.ndarray, field_error: np.ndarray, *, radius_mm: float = 12.0) -> float:
+    """Field CNR of one simulated lesion (:class:`cmbdetect.pipeline.truth.Lesion`): the peak |voxel-averaged
+    closed-form field| (ppm) within ``radius_mm`` over the std of ``field_error`` (ppm, NaN outside the mask)
+    there; NaN when fewer than 20 error voxels lie in that box."""
+    from cmbdetect.physics.forward import voxel_averaged_sphere_field
+    from cmbdetect.physics.geometry import voxel_sizes
+
+    cv = np.asarray(lesion.centre_vox, float)
+    r = np.ceil(radius_mm / voxel_sizes(affine)).astype(int)
+    lo = np.maximum(np.floor(cv).astype(int) - r, 0)
+    hi = np.minimum(np.floor(cv).astype(int) + r + 1, field_error.shape)
+    if np.any(hi <= lo):
+        return float("nan")
+    crop_aff = np.array(affine, float)
+    crop_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    f = voxel_averaged_sphere_field(lesion.chi_ppm, lesion.diameter_mm / 2, tuple(hi - lo), crop_aff, cv - lo)
+    e = field_error[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    if np.isfinite(e).sum() < 20:
+        return float("nan")
+    return float(np.abs(f).max() / max(np.nanstd(e), 1e-12))
+
+
+CNR_BANDS = ((0.0, 1.0), (1.0, 3.0), (3.0, np.inf))
+
+
 def voxel_class(vs, *, coarse_mm: float, coarse_mm3: float) -> str:
     return "coarse" if min(vs[0], vs[1]) >= coarse_mm or float(np.prod(vs)) >= coarse_mm3 else "fine"
 
@@ -48,6 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hit-mm", type=float, default=5.0)
     ap.add_argument("--coarse-mm", type=float, default=1.8)
     ap.add_argument("--coarse-mm3", type=float, default=6.0)
+    ap.add_argument("--cnr-radius-mm", type=float, default=12.0)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     a = ap.parse_args(argv)
 
@@ -55,8 +88,10 @@ def main(argv=None) -> int:
     from cmbdetect.models.registry import load_model
     from cmbdetect.models.training_data import load_training_subjects
     from cmbdetect.physics.geometry import voxel_sizes
+    from cmbdetect.pipeline.truth import read_truth
 
     model = load_model(a.model)
+    roots = {Path(d).resolve().name: Path(d) for d in a.bids_dir}
     subjects = {s.label: s for s in load_training_subjects(a.bids_dir, cache_dir=a.cache_dir, log=lambda m: None)}
     results = {}
     for k, part in enumerate(model.parts):
@@ -67,7 +102,7 @@ def main(argv=None) -> int:
             print(f"member {k}: validation subjects not in --bids-dir: {', '.join(missing[:3])}", file=sys.stderr)
             return 1
         n_cap = int(meta["thresholds"]["max_candidates"])
-        tally = {}
+        tally, cnr_rows = {}, []
         for label in val:
             s = subjects[label]
             vs = voxel_sizes(s.maps.affine)
@@ -77,25 +112,40 @@ def main(argv=None) -> int:
             peer = np.array([p for p, _ in physics_baseline(s.maps)[:n_cap]]).reshape(-1, 3)
             cls = voxel_class(vs, coarse_mm=a.coarse_mm, coarse_mm3=a.coarse_mm3)
             vox = np.asarray(s.lesion_vox, float).reshape(-1, 3)
+            dataset, sub = label.split("_sub-", 1)
+            truth = read_truth(roots[dataset] / "derivatives" / "groundtruth", sub)
+            err = np.where(s.maps.mask, s.maps.local_field_ppm - truth.local_field_ppm, np.nan)
+            for les in truth.of_kind("microbleed"):
+                hit = bool(found(c, np.asarray(les.centre_vox, float)[None], vs, hit_mm=a.hit_mm)[0])
+                cnr_rows.append((lesion_field_cnr(les, s.maps.affine, err, radius_mm=a.cnr_radius_mm), hit))
             for kind in ("microbleed", "calcification"):
                 sel = np.array([kk == kind for kk in s.lesion_kinds], bool)
                 t = tally.setdefault(f"{kind} {cls}", [0, 0, 0])
                 t[0] += int(found(c, vox[sel], vs, hit_mm=a.hit_mm).sum())
                 t[1] += int(found(peer, vox[sel], vs, hit_mm=a.hit_mm).sum())
                 t[2] += int(sel.sum())
+        cnr = np.array([r[0] for r in cnr_rows]).reshape(-1)
+        hit = np.array([r[1] for r in cnr_rows], bool).reshape(-1)
+        bands = {f"{lo:g}-{hi:g}": [int(hit[(cnr >= lo) & (cnr < hi)].sum()), int(((cnr >= lo) & (cnr < hi)).sum())]
+                 for lo, hi in CNR_BANDS}
+        tally["microbleed field CNR"] = bands
         results[f"member-{k}"] = tally
         print(f"member {k} ({len(val)} validation subjects, threshold {meta['thresholds']['heatmap']}, "
               f"<= {n_cap} candidates/subject)")
         print("| lesions | voxels | stage 1 found | recall | chi-peak baseline (same cap) |\n|---|---|---|---|---|")
-        for key in sorted(tally):
+        for key in sorted(k2 for k2 in tally if k2 != "microbleed field CNR"):
             f, p, n = tally[key]
             kind, cls = key.split()
             cells = f"{f / n:.3f} | {p / n:.3f}" if n else "- | -"
             print(f"| {kind} | {cls} | {f}/{n} | {cells} |")
         mb = [tally.get(f"microbleed {c}", [0, 0, 0]) for c in ("fine", "coarse")]
-        allf = [tally[k2] for k2 in tally]
+        allf = [tally[k2] for k2 in tally if k2 != "microbleed field CNR"]
         print(f"microbleeds, all voxels: {sum(t[0] for t in mb)}/{sum(t[2] for t in mb)}; focal lesions (with "
-              f"calcifications): {sum(t[0] for t in allf)}/{sum(t[2] for t in allf)}\n", flush=True)
+              f"calcifications): {sum(t[0] for t in allf)}/{sum(t[2] for t in allf)}")
+        print("microbleeds by field CNR: " + "; ".join(f"{b}: {f}/{n}" for b, (f, n) in bands.items()))
+        vis = cnr >= 1.0
+        print(f"microbleeds with field CNR >= 1: {int(hit[vis].sum())}/{int(vis.sum())} = "
+              f"{hit[vis].mean() if vis.any() else float('nan'):.3f}\n", flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -8,7 +8,10 @@ Heatmap losses (inputs: logits and target heatmap ``[N, 1, X, Y, Z]``):
   positives (target == 1): ``-(1-p)^alpha log p``; others: ``-(1-y)^beta p^alpha log(1-p)``; summed over
   the patch and divided by ``max(1, number of positives in the patch)``.
 - :func:`bce_heatmap_loss` - the plain baseline: voxel-mean binary cross-entropy against the soft target.
-- :func:`dice_bce_loss` - soft Dice + BCE composite on the lesion core (target >= 0.5).
+- :func:`dice_bce_loss` - soft Dice + BCE composite on the lesion core (target >= 0.5); the Dice term only on
+  patches that hold a core (on an empty patch soft Dice is ``sum p / (sum p + eps)``, a penalty of about 1 per
+  voxel against BCE's 1/n_voxels: with lesion-free patches most of the (importance-weighted) data, it drove the
+  heatmap to zero everywhere - 1.3 candidates per validation subject after 1200 steps).
 Classification losses (logits ``[N, C]`` or committee ``[N, H, C]``, averaged over heads):
 - :func:`weighted_cross_entropy` (class weights; all ones = plain CE), :func:`focal_cross_entropy`.
 """
@@ -52,11 +55,17 @@ def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, *, eps: float = 1.
     return 1.0 - (2.0 * inter + eps) / (probs.sum(dim=dims) + target.sum(dim=dims) + eps)
 
 
-def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 1.0) -> torch.Tensor:
-    """Soft Dice + BCE composite per sample on the binarised core ``target >= 0.5``."""
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 1.0,
+                  dice_on_empty: bool = False) -> torch.Tensor:
+    """Soft Dice + BCE composite per sample on the binarised core ``target >= 0.5``.  The Dice term counts only
+    for samples with a core voxel unless ``dice_on_empty`` (the form that collapses; kept for the record)."""
     core = (target >= 0.5).to(logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(logits, core, reduction="none").mean(dim=tuple(range(1, logits.ndim)))
-    return bce + dice_weight * soft_dice_loss(torch.sigmoid(logits), core)
+    dims = tuple(range(1, logits.ndim))
+    bce = F.binary_cross_entropy_with_logits(logits, core, reduction="none").mean(dim=dims)
+    dice = soft_dice_loss(torch.sigmoid(logits), core)
+    if not dice_on_empty:
+        dice = dice * (core.sum(dim=dims) > 0).to(dice.dtype)
+    return bce + dice_weight * dice
 
 
 def heatmap_loss(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -121,3 +121,23 @@ def voxel_offsets_mm(shape, affine: np.ndarray, centre_vox) -> np.ndarray:
     idx = np.indices(shape, dtype=float).reshape(3, -1).T - np.asarray(centre_vox, dtype=float)
     a = np.asarray(affine, dtype=float)[:3, :3]
     return (idx @ a.T).reshape(*shape, 3)
+
+
+def voxel_averaged_sphere_field(delta_chi_ppm: float, radius_mm: float, shape, affine: np.ndarray, centre_vox, *,
+                                b0_dir_world=(0.0, 0.0, 1.0), subsamples: int = 3) -> np.ndarray:
+    """Closed-form field (ppm of B0) of a sphere as a voxel grid measures it: :func:`sphere_field` averaged over
+    ``subsamples**3`` points evenly spread inside each voxel (partial volume; ``subsamples=1``: the voxel centre).
+
+    ``shape`` and ``centre_vox`` (continuous voxel index of the sphere centre, may lie outside the grid) are on
+    the grid of ``affine`` (voxel -> scanner RAS mm; oblique allowed); ``b0_dir_world`` is B0 in scanner axes.
+    A small lesion on coarse voxels is thereby weakened, as in the acquired field map."""
+    n = int(subsamples)
+    if n < 1:
+        raise ValueError("subsamples must be >= 1")
+    frac = (np.arange(n) + 0.5) / n - 0.5
+    sub = np.stack(np.meshgrid(frac, frac, frac, indexing="ij"), -1).reshape(-1, 3)
+    out = np.zeros(tuple(shape), dtype=float)
+    for d in sub:  # one point per voxel at a time keeps memory at one (*shape, 3) offset array
+        out += sphere_field(delta_chi_ppm, radius_mm, voxel_offsets_mm(shape, affine, np.asarray(centre_vox) - d),
+                            b0_dir_world)
+    return out / len(sub)

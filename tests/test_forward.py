@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cmbdetect.physics.forward import forward_field, sphere_field, voxel_offsets_mm
+from cmbdetect.physics.forward import forward_field, sphere_field, voxel_averaged_sphere_field, voxel_offsets_mm
 from cmbdetect.physics.geometry import b0_direction, voxel_sizes
 from phantoms import _sphere_pv
 
@@ -92,3 +92,28 @@ def test_agrees_with_qsm_forward():
         ours = forward_field(chi, (1.0, 1.0, 1.0), b)
         rel = np.sqrt(np.mean((ours - ref) ** 2)) / np.sqrt(np.mean(ref**2))
         assert rel < 0.01, f"B0 {b}: relative RMS difference {rel:.4f}"
+
+
+def test_voxel_averaged_sphere_field(oblique_affine):
+    """One sample per voxel is the closed form at voxel centres; far from the sphere the voxel average equals
+    the point value (within 3 %); the measured peak of a 2 mm sphere falls as voxels grow, below the closed-form
+    surface maximum 2*dchi/3."""
+    shape = (15, 15, 15)
+    affine = oblique_affine(shape, (1.2, 1.2, 1.5), (12.0, -7.0, 5.0))
+    centre = np.array([7.2, 6.9, 7.4])
+    one = voxel_averaged_sphere_field(0.8, 1.5, shape, affine, centre, subsamples=1)
+    np.testing.assert_allclose(one, sphere_field(0.8, 1.5, voxel_offsets_mm(shape, affine, centre)), atol=1e-12)
+    avg = voxel_averaged_sphere_field(0.8, 1.5, shape, affine, centre, subsamples=4)
+    r = np.linalg.norm(voxel_offsets_mm(shape, affine, centre), axis=-1)
+    far = (r > 7.0) & (np.abs(one) > 1e-4)
+    assert far.sum() > 50
+    assert np.abs(avg[far] - one[far]).max() <= 0.03 * np.abs(one[far]).max()
+    peaks = []
+    for v in (0.5, 1.0, 2.5):
+        n = int(np.ceil(16 / v)) | 1
+        aff = oblique_affine((n,) * 3, (v, v, v), (0.0, 0.0, 0.0))
+        f = voxel_averaged_sphere_field(1.0, 1.0, (n,) * 3, aff, ((n - 1) / 2,) * 3, subsamples=5)
+        peaks.append(np.abs(f).max())
+    assert peaks[0] > peaks[1] > peaks[2] and peaks[0] < 2.0 / 3.0
+    with pytest.raises(ValueError):
+        voxel_averaged_sphere_field(1.0, 1.0, (3, 3, 3), np.eye(4), (1, 1, 1), subsamples=0)

@@ -48,6 +48,12 @@ def test_bce_and_dice():
     lg = torch.zeros(1, 2, requires_grad=True)
     losses.dice_bce_loss(lg, torch.tensor([[1.0, 0.2]])).sum().backward()
     assert lg.grad[0, 0] < 0 and lg.grad[0, 1] > 0
+    # an empty patch (no core voxel) gets BCE only, unless dice_on_empty: then + sum p / (sum p + 1)
+    empty_lg, empty_t = torch.zeros(1, 4), torch.full((1, 4), 0.2)
+    assert abs(float(losses.dice_bce_loss(empty_lg, empty_t)[0]) - float(losses.bce_heatmap_loss(
+        empty_lg, torch.zeros(1, 4))[0])) < 1e-6
+    both = float(losses.dice_bce_loss(empty_lg, empty_t, dice_on_empty=True)[0])
+    assert abs(both - (math.log(2) + 2.0 / 3.0)) < 1e-6
 
 
 def test_weighted_cross_entropy_and_focal_ce():
