@@ -32,13 +32,12 @@ B0 = 3.0
 
 
 def load_real_crop(folder: Path = REAL):
-    """Magnitude and phase (radians) ``[E, X, Y, Z]`` and the affine of the real 3-echo crop."""
-    import nibabel as nib
+    """Magnitude and phase (radians) ``[E, X, Y, Z]`` and the affine of the real 3-echo crop (project reader)."""
+    from cmbdetect.pipeline.io_nifti import load_nifti_acquisition
 
-    img = nib.load(folder / "Mag.nii.gz")
-    mag = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), -1, 0)
-    phase = np.moveaxis(np.asarray(nib.load(folder / "Phase.nii.gz").dataobj, dtype=np.float32), -1, 0)
-    return mag, phase * np.float32(np.pi / 0.0036744), img.affine
+    acq = load_nifti_acquisition(folder / "Mag.nii.gz", folder / "Phase.nii.gz", te=list(TE), b0=B0,
+                                 phase_units="scale:0.0036744")
+    return acq.mag, acq.phase, acq.affine
 
 
 def inserted_subjects(*, n: int, n_mb: int, n_calc: int, diameter_mm, chi_ppm, seed0: int = 0):

@@ -23,6 +23,17 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def real_crop(shared_data):
+    """The real 3-echo GRE crop of ``../shared`` read by the project's NIfTI reader (TE 4/8/12 ms and 3 T as its
+    source project's tests use; phase scaled to +-0.0036744): an :class:`Acquisition`, phase in radians."""
+    from cmbdetect.pipeline.io_nifti import load_nifti_acquisition
+
+    d = shared_data / "real" / "gre-3echo-crop"
+    return load_nifti_acquisition(d / "Mag.nii.gz", d / "Phase.nii.gz", te=[0.004, 0.008, 0.012], b0=3.0,
+                                  phase_units="scale:0.0036744")
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 

@@ -32,15 +32,10 @@ def _check_maps(maps: PhysicsMaps, shape, multi_echo: bool, chain: bool = True):
         assert key in maps.meta
 
 
-def test_real_three_echo_crop(shared_data):
-    nib = pytest.importorskip("nibabel")
-    d = shared_data / "real" / "gre-3echo-crop"
-    mag_img = nib.load(d / "Mag.nii.gz")
-    mag = np.moveaxis(np.asarray(mag_img.dataobj, dtype=np.float32), -1, 0)
-    phase = np.moveaxis(np.asarray(nib.load(d / "Phase.nii.gz").dataobj, dtype=np.float32), -1, 0)
-    phase = phase * np.float32(np.pi / 0.0036744)
-    maps = compute_physics_maps(mag=mag, phase=phase, te=[0.004, 0.008, 0.012], b0=3.0, affine=mag_img.affine)
-    _check_maps(maps, mag.shape[1:], multi_echo=True)
+def test_real_three_echo_crop(real_crop):
+    acq = real_crop
+    maps = compute_physics_maps(mag=acq.mag, phase=acq.phase, te=acq.te, b0=acq.b0, affine=acq.affine)
+    _check_maps(maps, acq.mag.shape[1:], multi_echo=True)
     assert maps.meta["swi"]["echo_index"] == 2  # 12 ms is the echo closest to 20 ms
     # in vivo brain: local field of a few hundredths of a ppm, chi of a few tenths
     assert 0.003 < float(np.std(maps.local_field_ppm[maps.mask])) < 0.1
