@@ -8,7 +8,10 @@ sphere fields, sub-voxel signal integration; diameters ``--diameter-mm``, |chi| 
 subject.  The physics chain and ``models.inference.detect`` then run as on any scan, and the metrics of
 ``benchmarks/detection.py`` are computed over the subjects (5 mm hits, FROC over the microbleed probability).
 The crop without insertions is reported too: every detection there at p >= 0.5 is a false positive on real
-tissue.  Peer in the same run: the chi-peak physics baseline.
+tissue.  ``--acquired-voxel-mm X Y Z``: after the insertion each copy (and the clean crop) is re-acquired on a
+coarser grid of the same field of view by keeping the central part of k-space
+(:func:`cmbdetect.pipeline.simulate_insert.acquire_coarser`).  Peer in the same run: the chi-peak physics
+baseline.
 
 Usage: ``python benchmarks/real_insertion.py [--model default] [--subjects 20] [--out results.json]``.
 """
@@ -40,22 +43,36 @@ def load_real_crop(folder: Path = REAL):
     return acq.mag, acq.phase, acq.affine
 
 
-def inserted_subjects(*, n: int, n_mb: int, n_calc: int, diameter_mm, chi_ppm, seed0: int = 0):
-    """``n`` subjects (:class:`cmbdetect.models.training_data.TrainingSubject`) made from the real crop."""
+def inserted_subjects(*, n: int, n_mb: int, n_calc: int, diameter_mm, chi_ppm, seed0: int = 0,
+                      acquired_voxel_mm=None):
+    """``n`` subjects (:class:`cmbdetect.models.training_data.TrainingSubject`) made from the real crop, the
+    clean crop first; re-acquired at ``acquired_voxel_mm`` (3 sizes, mm) when given."""
     from cmbdetect.models.training_data import TrainingSubject
     from cmbdetect.physics.chain import compute_physics_maps
-    from cmbdetect.pipeline.simulate_insert import draw_insertion_sites, insert_spheres
+    from cmbdetect.physics.geometry import voxel_sizes
+    from cmbdetect.pipeline.simulate_insert import acquire_coarser, draw_insertion_sites, insert_spheres
 
     mag, phase, aff = load_real_crop()
-    clean = compute_physics_maps(mag=mag, phase=phase, te=list(TE), b0=B0, affine=aff)
-    subjects = [TrainingSubject("real-crop", clean, np.zeros((0, 3)), [], np.zeros(0), None)]
+    old = np.array(mag.shape[1:])
+    new = old if acquired_voxel_mm is None else np.clip(
+        np.rint(old * voxel_sizes(aff) / np.asarray(acquired_voxel_mm, float)).astype(int), 8, old)
+
+    def physics(m, p):
+        if acquired_voxel_mm is not None:
+            m, p, a = acquire_coarser(m, p, aff, new)
+        else:
+            a = aff
+        return compute_physics_maps(mag=m, phase=p, te=list(TE), b0=B0, affine=a)
+
+    clean_native = compute_physics_maps(mag=mag, phase=phase, te=list(TE), b0=B0, affine=aff)
+    subjects = [TrainingSubject("real-crop", physics(mag, phase), np.zeros((0, 3)), [], np.zeros(0), None)]
     for s in range(seed0, seed0 + n):
-        les = draw_insertion_sites(clean.mask, aff, np.random.default_rng(s),
+        les = draw_insertion_sites(clean_native.mask, aff, np.random.default_rng(s),
                                    kinds=["microbleed"] * n_mb + ["calcification"] * n_calc,
                                    diameter_mm=diameter_mm, chi_ppm=chi_ppm)
         m2, p2 = insert_spheres(mag, phase, te=TE, b0=B0, affine=aff, lesions=les)
-        maps = compute_physics_maps(mag=m2, phase=p2, te=list(TE), b0=B0, affine=aff)
-        subjects.append(TrainingSubject(f"seed-{s}", maps, np.array([l.centre_vox for l in les]).reshape(-1, 3),
+        centres = np.array([l.centre_vox for l in les]).reshape(-1, 3) * (new / old)
+        subjects.append(TrainingSubject(f"seed-{s}", physics(m2, p2), centres,
                                         [l.kind for l in les], np.array([l.diameter_mm for l in les]), None))
     return subjects
 
@@ -70,14 +87,19 @@ def main(argv=None) -> int:
     ap.add_argument("--diameter-mm", type=float, nargs=2, default=(2.0, 5.0))
     ap.add_argument("--chi-ppm", type=float, nargs=2, default=(0.5, 1.5))
     ap.add_argument("--chi-threshold", type=float, default=0.1)
+    ap.add_argument("--acquired-voxel-mm", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                    help="re-acquire every copy on this coarser grid (k-space crop) after the insertion")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if not REAL.is_dir():
         print(f"real data not found at {REAL} (only present beside the team's checkout)", file=sys.stderr)
         return 1
     subjects = inserted_subjects(n=a.subjects, n_mb=a.microbleeds, n_calc=a.calcifications,
-                                 diameter_mm=tuple(a.diameter_mm), chi_ppm=tuple(a.chi_ppm), seed0=a.seed)
+                                 diameter_mm=tuple(a.diameter_mm), chi_ppm=tuple(a.chi_ppm), seed0=a.seed,
+                                 acquired_voxel_mm=a.acquired_voxel_mm)
     clean, inserted = subjects[0], subjects[1:]
+    from cmbdetect.physics.geometry import voxel_sizes
+
     results = {}
     for name, runner in (("physics baseline (chi peaks)", _baseline_runner(a.chi_threshold)),
                          (f"cmbdetect ({a.model})", _model_runner(a.model))):
@@ -90,7 +112,8 @@ def main(argv=None) -> int:
     n_mb = sum(k == "microbleed" for s in inserted for k in s.lesion_kinds)
     n_calc = sum(k == "calcification" for s in inserted for k in s.lesion_kinds)
     print(f"\n{len(inserted)} inserted copies of the real crop, {n_mb} microbleeds, {n_calc} calcifications "
-          f"(diameter {a.diameter_mm[0]:g}-{a.diameter_mm[1]:g} mm, |chi| {a.chi_ppm[0]:g}-{a.chi_ppm[1]:g} ppm)")
+          f"(diameter {a.diameter_mm[0]:g}-{a.diameter_mm[1]:g} mm, |chi| {a.chi_ppm[0]:g}-{a.chi_ppm[1]:g} ppm); "
+          f"voxels {' x '.join(f'{v:.2f}' for v in voxel_sizes(clean.maps.affine))} mm")
     keys = ("sens@0.5FP", "sens@1FP", "sensitivity", "fp_per_subject", "stage1_recall", "stage2_auc",
             "calc_called_mb", "clean_crop_detections_p>=0.5", "clean_crop_max_p")
     print("| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))

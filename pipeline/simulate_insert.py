@@ -13,6 +13,8 @@ so the sphere's interior gives no signal (hemosiderin and calcium: very short T2
 field across each voxel makes the blooming void grow with the echo time, as in a scan.  Further out (beyond
 ``near_radii`` radii) the voxel-centre field is used.  The sign convention is the project's
 (:mod:`cmbdetect.physics.phase`): a paramagnetic sphere raises the phase along B0.
+:func:`acquire_coarser` then re-acquires the result with a smaller k-space matrix (coarser voxels), so lesions
+are inserted at the fine resolution and blurred by the acquisition, as in a scan.
 """
 from __future__ import annotations
 
@@ -98,3 +100,25 @@ def draw_insertion_sites(mask: np.ndarray, affine: np.ndarray, rng: np.random.Ge
                                   diameter_mm=d, chi_ppm=chi, region="inserted"))
                 break
     return out
+
+
+def acquire_coarser(mag: np.ndarray, phase: np.ndarray, affine: np.ndarray,
+                    new_shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same object acquired with a smaller matrix over the same field of view: the central ``new_shape`` of
+    k-space of each echo's complex signal is kept (a scanner's lower resolution: sinc point-spread function,
+    Gibbs ringing; intensities preserved).  Voxel ``i`` of the new grid samples the old index ``i * old/new``
+    (the DFT's sample positions), so the affine's columns are scaled by ``old/new`` and its origin kept, and a
+    lesion at old voxel ``c`` lies at ``c * new/old``.  Returns ``(mag, wrapped phase, affine)``."""
+    mag = np.asarray(mag, np.float32)
+    old = np.array(mag.shape[1:])
+    new = np.array(new_shape, int)
+    if new.shape != (3,) or np.any(new < 1) or np.any(new > old):
+        raise ValueError(f"new_shape {tuple(new_shape)} must be 3 sizes between 1 and {tuple(old)}")
+    axes = (1, 2, 3)
+    k = np.fft.fftshift(np.fft.fftn(mag * np.exp(1j * np.asarray(phase, np.float64)), axes=axes), axes=axes)
+    lo = old // 2 - new // 2
+    k = k[:, lo[0]:lo[0] + new[0], lo[1]:lo[1] + new[1], lo[2]:lo[2] + new[2]]
+    s = np.fft.ifftn(np.fft.ifftshift(k, axes=axes), axes=axes) * (np.prod(new) / np.prod(old))
+    aff = np.array(affine, float)
+    aff[:3, :3] = aff[:3, :3] * (old / new)
+    return np.abs(s).astype(np.float32), wrap_phase(np.angle(s)), aff

@@ -9,7 +9,7 @@ from cmbdetect.physics.constants import GAMMA_BAR_HZ_PER_T
 from cmbdetect.physics.forward import sphere_field, voxel_offsets_mm
 from cmbdetect.physics.geometry import voxel_sizes
 from cmbdetect.physics.phase import wrap_phase
-from cmbdetect.pipeline.simulate_insert import draw_insertion_sites, insert_spheres
+from cmbdetect.pipeline.simulate_insert import acquire_coarser, draw_insertion_sites, insert_spheres
 from cmbdetect.pipeline.truth import Lesion
 
 TE = (0.005, 0.015, 0.025)
@@ -117,3 +117,28 @@ def test_real_crop_with_inserted_lesions(real_crop):
     assert len(dets) == 2 and all(x.label == "microbleed" for x in dets)
     assert (dist[:, :2] < 5.0).any(axis=0).all()  # both microbleeds hit
     assert (dist[:, 2] > 5.0).all()  # the calcification is not called microbleed
+
+
+def test_acquire_coarser_keeps_positions_and_intensity(oblique_affine):
+    shape = (41, 38, 30)
+    aff = oblique_affine(shape, (0.5, 0.5, 1.0))
+    idx = np.indices(shape).astype(float)
+    c = np.array([20.3, 17.6, 13.2])
+    blob = np.exp(-0.5 * (((idx - c[:, None, None, None]) * np.array([0.5, 0.5, 1.0])[:, None, None, None]) ** 2)
+                  .sum(0) / 3.0**2)
+    mag = np.stack([100 * blob, 60 * blob]).astype(np.float32)
+    phase = np.stack([np.full(shape, 0.4), np.full(shape, -1.1)]).astype(np.float32)
+    m2, p2, a2 = acquire_coarser(mag, phase, aff, (20, 19, 15))
+    assert m2.shape == p2.shape == (2, 20, 19, 15)
+    np.testing.assert_allclose(voxel_sizes(a2), voxel_sizes(aff) * np.array(shape) / (20, 19, 15), rtol=1e-9)
+    from cmbdetect.physics.geometry import voxel_to_world
+
+    i2 = np.indices(m2.shape[1:]).reshape(3, -1).astype(float)
+    w = m2[0].reshape(-1)
+    centroid_new = voxel_to_world(a2, (i2 * w).sum(1) / w.sum())
+    np.testing.assert_allclose(centroid_new, voxel_to_world(aff, c), atol=0.05)  # same place in the scanner
+    vol, vol2 = np.prod(voxel_sizes(aff)), np.prod(voxel_sizes(a2))  # the integral of the signal is kept
+    np.testing.assert_allclose(m2.sum(axis=(1, 2, 3)) * vol2, mag.sum(axis=(1, 2, 3)) * vol, rtol=1e-3)
+    np.testing.assert_allclose(p2[0][m2[0] > 20], 0.4, atol=1e-3)
+    with pytest.raises(ValueError):
+        acquire_coarser(mag, phase, aff, (50, 19, 15))
