@@ -56,9 +56,7 @@ def lesion_field_cnr(lesion, affine: np.ndarray, field_error: np.ndarray, *, rad
     hi = np.minimum(np.floor(cv).astype(int) + r + 1, field_error.shape)
     if np.any(hi <= lo):
         return float("nan")
-    crop_aff = np.array(affine, float)
-    crop_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    f = voxel_averaged_sphere_field(lesion.chi_ppm, lesion.diameter_mm / 2, tuple(hi - lo), crop_aff, cv - lo)
+    f = voxel_averaged_sphere_field(lesion.chi_ppm, lesion.diameter_mm / 2, tuple(hi - lo), affine, cv - lo)
     e = field_error[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     if np.isfinite(e).sum() < 20:
         return float("nan")

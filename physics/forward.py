@@ -123,6 +123,16 @@ def voxel_offsets_mm(shape, affine: np.ndarray, centre_vox) -> np.ndarray:
     return (idx @ a.T).reshape(*shape, 3)
 
 
+def subvoxel_offsets(n: int) -> np.ndarray:
+    """``n**3`` points evenly spread inside a voxel, as offsets from its centre in voxel units ``[n**3, 3]``
+    (each in ``(-0.5, 0.5)``; ``n=1``: the centre)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError("subsamples must be >= 1")
+    f = (np.arange(n) + 0.5) / n - 0.5
+    return np.stack(np.meshgrid(f, f, f, indexing="ij"), -1).reshape(-1, 3)
+
+
 def voxel_averaged_sphere_field(delta_chi_ppm: float, radius_mm: float, shape, affine: np.ndarray, centre_vox, *,
                                 b0_dir_world=(0.0, 0.0, 1.0), subsamples: int = 3) -> np.ndarray:
     """Closed-form field (ppm of B0) of a sphere as a voxel grid measures it: :func:`sphere_field` averaged over
@@ -131,11 +141,7 @@ def voxel_averaged_sphere_field(delta_chi_ppm: float, radius_mm: float, shape, a
     ``shape`` and ``centre_vox`` (continuous voxel index of the sphere centre, may lie outside the grid) are on
     the grid of ``affine`` (voxel -> scanner RAS mm; oblique allowed); ``b0_dir_world`` is B0 in scanner axes.
     A small lesion on coarse voxels is thereby weakened, as in the acquired field map."""
-    n = int(subsamples)
-    if n < 1:
-        raise ValueError("subsamples must be >= 1")
-    frac = (np.arange(n) + 0.5) / n - 0.5
-    sub = np.stack(np.meshgrid(frac, frac, frac, indexing="ij"), -1).reshape(-1, 3)
+    sub = subvoxel_offsets(subsamples)
     out = np.zeros(tuple(shape), dtype=float)
     for d in sub:  # one point per voxel at a time keeps memory at one (*shape, 3) offset array
         out += sphere_field(delta_chi_ppm, radius_mm, voxel_offsets_mm(shape, affine, np.asarray(centre_vox) - d),

@@ -22,15 +22,10 @@ import numpy as np
 from scipy import ndimage
 
 from cmbdetect.physics.constants import GAMMA_BAR_HZ_PER_T
-from cmbdetect.physics.forward import sphere_field, voxel_offsets_mm
+from cmbdetect.physics.forward import sphere_field, subvoxel_offsets, voxel_offsets_mm
 from cmbdetect.physics.geometry import voxel_sizes, voxel_to_world
 from cmbdetect.physics.phase import wrap_phase
 from cmbdetect.pipeline.truth import Lesion
-
-
-def _subvoxel_points(n: int) -> np.ndarray:
-    f = (np.arange(n) + 0.5) / n - 0.5
-    return np.stack(np.meshgrid(f, f, f, indexing="ij"), -1).reshape(-1, 3)
 
 
 def insert_spheres(mag: np.ndarray, phase: np.ndarray, *, te, b0: float, affine: np.ndarray,
@@ -50,7 +45,7 @@ def insert_spheres(mag: np.ndarray, phase: np.ndarray, *, te, b0: float, affine:
     rad_per_ppm = 2 * np.pi * GAMMA_BAR_HZ_PER_T * float(b0) * te * 1e-6
     vs = voxel_sizes(affine)
     shape = np.array(mag.shape[1:])
-    pts = _subvoxel_points(int(subsamples))
+    pts = subvoxel_offsets(subsamples)
     for les in lesions:
         a = les.diameter_mm / 2.0
         reach = a * (abs(les.chi_ppm) / (3 * reach_ppm)) ** (1 / 3)  # |field| <= chi/3 (a/r)^3 * 2
