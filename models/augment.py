@@ -56,6 +56,37 @@ class IntensityAugmentation:
         return out.astype(np.float32, copy=False)
 
 
+@dataclass(frozen=True)
+class ResolutionAugmentation:
+    """A patch as a coarser acquisition would show it (stage 2).  With probability ``probability`` a target
+    voxel size is drawn per patch, uniform between the grid's voxel and ``max_voxel_mm`` (one draw for the two
+    in-plane axes, one for the third), and every channel is smoothed by a Gaussian of FWHM
+    ``sqrt(target^2 - grid^2)`` per axis: the extra width of the coarser point spread.  Smoothing is linear and
+    positive, so it never turns paramagnetic into diamagnetic; voxels outside the mask stay 0."""
+
+    probability: float = 0.5
+    max_voxel_mm: float = 3.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.probability <= 1.0 or self.max_voxel_mm <= 0.0:
+            raise ValueError(f"invalid resolution augmentation settings {self}")
+
+    def apply(self, x: np.ndarray, voxel_size, rng: np.random.Generator) -> np.ndarray:
+        """Augmented copy of one patch ``[C, X, Y, Z]`` on a grid of ``voxel_size`` mm (float32)."""
+        from scipy import ndimage
+
+        if rng.random() >= self.probability:
+            return np.asarray(x, np.float32)
+        vs = np.asarray(voxel_size, float)
+        inplane = rng.uniform(min(vs[0], self.max_voxel_mm), self.max_voxel_mm)
+        through = rng.uniform(min(vs[2], self.max_voxel_mm), self.max_voxel_mm)
+        target = np.array([inplane, inplane, through])
+        sigma_vox = np.sqrt(np.maximum(target**2 - vs**2, 0.0)) / (2.0 * np.sqrt(2.0 * np.log(2.0))) / vs
+        inside = np.any(x != 0, axis=0)
+        out = np.stack([ndimage.gaussian_filter(ch.astype(np.float32), sigma_vox, mode="nearest") for ch in x])
+        return (out * inside).astype(np.float32)
+
+
 def swap_xy(a: np.ndarray, *, first_spatial_axis: int) -> np.ndarray:
     """Exchange the first two spatial axes (an in-plane 90-degree rotation combined with a flip; the dipole
     pattern is symmetric about B0, which stays the third axis).  Only valid when those two axes have the

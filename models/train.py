@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmbdetect.models.augment import IntensityAugmentation
+from cmbdetect.models.augment import IntensityAugmentation, ResolutionAugmentation
 from cmbdetect.models.channels import ALL_CHANNELS
 from cmbdetect.models.classifier import calibrated_probabilities, committee_logits, features_vector, physics_gate
 from cmbdetect.models.detection import CLASSES
@@ -59,6 +59,9 @@ class TrainOptions:
     #: epochs, stage-2 TTA) it measured 0.817 sensitivity at 0.5 FP/subject, against 0.944 for the shipped
     #: recipe (56 subjects, 1200 steps, no augmentation) with the same TTA.
     augment: bool = False
+    #: probability of the coarser-acquisition blur of stage-2 patches (:class:`ResolutionAugmentation`, up to
+    #: 3 mm voxels; needs a fixed model grid, ``spacing``).  0 = off, the shipped recipe.
+    stage2_resolution_augment: float = 0.0
     #: jittered copies of each true lesion among the stage-2 examples, and the jitter (model voxels per axis)
     truth_copies: int = 1
     truth_jitter: float = 1.0
@@ -264,8 +267,14 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
         else feature_statistics(tr.features, names)
     meta["features"] = {"names": names, "mean": fmean, "std": fstd}
     fv = features_vector(tr.features, names, fmean, fstd)
+    resolution = None
+    if opts.stage2_resolution_augment > 0:
+        if meta.get("spacing") is None:
+            raise InputError("stage-2 resolution augmentation needs a fixed model grid (--spacing)")
+        resolution = ResolutionAugmentation(probability=float(opts.stage2_resolution_augment))
     cw = train_classifier(cls, tr, fv, epochs=opts.stage2_epochs, class_weighting=opts.class_weighting,
-                          lr_schedule=opts.lr_schedule, seed=opts.seed, augment=augment, channels=channels, log=log)
+                          lr_schedule=opts.lr_schedule, seed=opts.seed, augment=augment, channels=channels,
+                          resolution=resolution, voxel_size=meta.get("spacing"), log=log)
     use_val = sum(len(e) for e in ex_val) >= 4  # else calibration falls back to the training examples
     va = concat_sets(ex_val) if use_val else tr
     va_logits = committee_logits(cls, va.patches, features_vector(va.features, names, fmean, fstd),

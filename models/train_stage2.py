@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cmbdetect.models.augment import IntensityAugmentation
+from cmbdetect.models.augment import IntensityAugmentation, ResolutionAugmentation
 from cmbdetect.models.calibration import fit_bias_temperature, undo_class_weights
 from cmbdetect.models.classifier import extract_patches, features_vector
 from cmbdetect.models.detection import CLASSES
@@ -85,10 +85,12 @@ def feature_statistics(features: list[dict], names) -> tuple[list[float], list[f
 
 def train_classifier(net: PatchClassifier, data: Stage2Set, fv: np.ndarray, *, epochs: int, class_weighting: bool,
                      loss: str = "ce", batch: int = 32, lr: float = 2e-3, lr_schedule: str = "constant", seed: int = 0,
-                     augment: IntensityAugmentation | None = None, channels=(), log=print) -> np.ndarray:
+                     augment: IntensityAugmentation | None = None, channels=(),
+                     resolution: ResolutionAugmentation | None = None, voxel_size=None, log=print) -> np.ndarray:
     """Train the committee; returns the class weights used (ones without class weighting).
     ``lr_schedule``: "constant" or "cosine" (per epoch, :func:`cosine_lr`); ``augment``/``channels``: intensity
-    augmentation of each patch (random flips always)."""
+    augmentation of each patch (random flips always); ``resolution``/``voxel_size`` (mm, the model grid's): the
+    coarser-acquisition blur of :class:`ResolutionAugmentation`, before the intensity augmentation."""
     n_cls = len(CLASSES)
     cw = inverse_frequency_weights(data.labels, n_cls) if class_weighting else torch.ones(n_cls)
     rng = np.random.default_rng(seed)
@@ -111,6 +113,9 @@ def train_classifier(net: PatchClassifier, data: Stage2Set, fv: np.ndarray, *, e
             flips = [a + 2 for a in range(3) if np.random.default_rng([seed, epoch, s, a]).random() < 0.5]
             if flips:
                 x = torch.flip(x, dims=flips)
+            if resolution is not None:
+                rrng = np.random.default_rng([seed, epoch, s, 89])
+                x = torch.from_numpy(np.stack([resolution.apply(p, voxel_size, rrng) for p in x.numpy()]))
             if augment is not None:
                 arng = np.random.default_rng([seed, epoch, s, 97])
                 x = torch.from_numpy(np.stack([augment.apply(p, channels, arng) for p in x.numpy()]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmbdetect.models.augment import IntensityAugmentation, swap_xy
+from cmbdetect.models.augment import IntensityAugmentation, ResolutionAugmentation, swap_xy
 from cmbdetect.models.channels import ALL_CHANNELS
 
 CH = ALL_CHANNELS  # magnitude, local_field, chi, chi_pos, chi_neg
@@ -75,3 +75,26 @@ def test_swap_xy_moves_the_heatmap_target_with_the_patch(rng):
         heat_peak = np.unravel_index(np.argmax(hb[0, 0].numpy()), (20, 20, 20))
         assert np.all(np.abs(np.array(img_peak) / 2 - np.array(heat_peak)) <= 1), (k, img_peak, heat_peak)
     assert swap_xy(x, first_spatial_axis=1)[0, 25, 10, 20] == 5.0
+
+
+def test_resolution_blur_widens_a_spike_keeps_sign_and_outside():
+    """A paramagnetic spike (and its diamagnetic twin in another channel) blurred as a 3 mm acquisition on a
+    1 x 1 x 1.5 mm grid: wider (same width along the two in-plane axes), lower peak, signs kept, the outside
+    still 0; probability 0 is the identity; reproducible with the seed."""
+    x = np.zeros((2, 17, 17, 17), np.float32)
+    x[0, 8, 8, 8], x[1, 8, 8, 8] = 5.0, -5.0
+    x[:, :, :, :2] = 0.0
+    x[:, :, :, 2:] += np.float32(1e-6)  # inside the mask: everything from slice 2 on
+    aug = ResolutionAugmentation(probability=1.0, max_voxel_mm=3.0)
+    out = aug.apply(x, (1.0, 1.0, 1.5), np.random.default_rng(4))
+    again = aug.apply(x, (1.0, 1.0, 1.5), np.random.default_rng(4))
+    np.testing.assert_array_equal(out, again)
+    assert out[0].min() >= 0 and out[1].max() <= 1e-6 and 0 < out[0].max() < 5.0
+    assert np.all(out[:, :, :, :2] == 0)
+    prof = out[0].sum(axis=2)
+    var = [float((prof.sum(axis=1 - a) * (np.arange(17) - 8) ** 2).sum() / prof.sum()) for a in (0, 1)]
+    assert var[0] > 0.2 and abs(var[0] - var[1]) < 1e-3 * var[0]
+    np.testing.assert_array_equal(ResolutionAugmentation(probability=0.0).apply(x, (1, 1, 1.5),
+                                                                               np.random.default_rng(0)), x)
+    with pytest.raises(ValueError):
+        ResolutionAugmentation(probability=1.5)

@@ -117,6 +117,13 @@ def test_cli_train_options_and_bad_values():
     assert not opts.balanced and opts.heatmap_loss == "focal" and opts.class_weighting and opts.heatmap_floor == 0.02
     opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--augment"]))
     assert opts.augment and opts.truth_copies == 3 and opts.truth_jitter == 1.5
+    assert opts.stage2_resolution_augment == 0.0
+    opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m",
+                                                          "--stage2-resolution-augment", "0.5"]))
+    assert opts.stage2_resolution_augment == 0.5
+    with pytest.raises(InputError, match="resolution"):
+        cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m",
+                                                       "--stage2-resolution-augment", "1.5"]))
     assert opts.spacing_mm is None and opts.domain == "brain"
     opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", "--spacing",
                                                           "1,1,1.5", "--domain", "mask"]))
