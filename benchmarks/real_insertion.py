@@ -58,14 +58,14 @@ def inserted_subjects(*, n: int, n_mb: int, n_calc: int, diameter_mm, chi_ppm, s
         np.rint(old * voxel_sizes(aff) / np.asarray(acquired_voxel_mm, float)).astype(int), 8, old)
 
     def physics(m, p):
+        a = aff
         if acquired_voxel_mm is not None:
             m, p, a = acquire_coarser(m, p, aff, new)
-        else:
-            a = aff
         return compute_physics_maps(mag=m, phase=p, te=list(TE), b0=B0, affine=a)
 
-    clean_native = compute_physics_maps(mag=mag, phase=phase, te=list(TE), b0=B0, affine=aff)
-    subjects = [TrainingSubject("real-crop", physics(mag, phase), np.zeros((0, 3)), [], np.zeros(0), None)]
+    clean_native = compute_physics_maps(mag=mag, phase=phase, te=list(TE), b0=B0, affine=aff)  # sites come from it
+    clean = clean_native if acquired_voxel_mm is None else physics(mag, phase)
+    subjects = [TrainingSubject("real-crop", clean, np.zeros((0, 3)), [], np.zeros(0), None)]
     for s in range(seed0, seed0 + n):
         les = draw_insertion_sites(clean_native.mask, aff, np.random.default_rng(s),
                                    kinds=["microbleed"] * n_mb + ["calcification"] * n_calc,
@@ -97,9 +97,9 @@ def main(argv=None) -> int:
     subjects = inserted_subjects(n=a.subjects, n_mb=a.microbleeds, n_calc=a.calcifications,
                                  diameter_mm=tuple(a.diameter_mm), chi_ppm=tuple(a.chi_ppm), seed0=a.seed,
                                  acquired_voxel_mm=a.acquired_voxel_mm)
-    clean, inserted = subjects[0], subjects[1:]
     from cmbdetect.physics.geometry import voxel_sizes
 
+    clean, inserted = subjects[0], subjects[1:]
     results = {}
     for name, runner in (("physics baseline (chi peaks)", _baseline_runner(a.chi_threshold)),
                          (f"cmbdetect ({a.model})", _model_runner(a.model))):

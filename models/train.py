@@ -287,7 +287,7 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     meta["thresholds"] = {"heatmap": threshold, "min_distance_mm": opts.min_distance_mm,
                           "max_candidates": opts.max_candidates}
     p_mb, val_labels = np.zeros(0), np.zeros(0, int)  # stage 1 left no validation candidate
-    if use_val or any(len(e) for e in ex_val):  # the validation candidates, however few; never the training set
+    if any(len(e) for e in ex_val):  # the validation candidates, however few; never the training set
         val_set = va if use_val else concat_sets(ex_val)
         logits = va_logits if use_val else committee_logits(
             cls, val_set.patches, features_vector(val_set.features, names, fmean, fstd), tta=opts.stage2_tta)
