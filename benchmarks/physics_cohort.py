@@ -9,7 +9,8 @@ them).  Configurations: ``default``; ``no-reliability`` (``min_coherence=0``: th
 the multi-echo reliability mask); ``all-echo-coherence`` (the reliability coherence over every echo, as
 before the ``B0 * TE <= 0.2 T*s`` limit); ``no-closing`` (``brain_mask(close_mm=0)``); ``spatial-0.3`` (the opt-in
 single-echo spatial coherence threshold); ``previous`` (neither closing nor reliability mask: the chain of
-the first release).
+the first release); ``faces-median`` (the brain-mask background level read as the plain median of the volume's
+faces, as before the slab fix: tissue on a slab's faces raised it).
 
 Usage: ``python benchmarks/physics_cohort.py --bids-dir /tmp/cmb-test [--only default,no-reliability]``.
 """
@@ -33,7 +34,28 @@ CONFIGS = {
     "no-closing": ({"close_mm": 0.0}, {}),
     "spatial-0.3": ({}, {"min_spatial_coherence": 0.3}),
     "previous": ({"close_mm": 0.0}, {"min_coherence": 0.0}),
+    "faces-median": ({"faces_median_background": True}, {}),
 }
+
+
+def faces_median_threshold(mag: np.ndarray, voxel_size, smooth_mm: float = 1.0) -> float:
+    """The brain-mask threshold as it was before the slab fix: the background level is the plain median of
+    the six faces of the smoothed magnitude (tissue on a slab's faces included)."""
+    from scipy import ndimage
+
+    from cmbdetect.physics import mask as m
+
+    sm = ndimage.gaussian_filter(np.asarray(mag, np.float32), sigma=smooth_mm / np.asarray(voxel_size, float),
+                                 mode="nearest")
+    robust_max = float(np.percentile(sm, 99.5))
+    sample = np.clip(sm[sm > 0.02 * robust_max], None, robust_max)
+    bright = sample[sample > m._otsu(sample)]
+    tissue = float(np.median(bright)) if bright.size else robust_max
+    faces = np.concatenate([np.ravel(np.take(sm, [0, -1], axis=a)) for a in range(3)])
+    background = min(float(np.median(faces)), tissue)
+    if background < 0.6 * tissue:
+        return background + m.TISSUE_FRACTION * (tissue - background)
+    return m.NO_BACKGROUND_FRACTION * tissue
 
 
 def run_config(acq, mask_kw: dict, chain_kw: dict):
@@ -43,7 +65,10 @@ def run_config(acq, mask_kw: dict, chain_kw: dict):
     original = mask_module.brain_mask
 
     def patched(*a, **k):
-        return original(*a, **{**k, **mask_kw})
+        kw = {**k, **mask_kw}
+        if kw.pop("faces_median_background", False):
+            kw["threshold"] = faces_median_threshold(a[0], a[1])
+        return original(*a, **kw)
 
     with mock.patch("cmbdetect.physics.mask.brain_mask", patched):
         return compute_physics_maps(mag=acq.mag, phase=acq.phase, te=acq.te, b0=acq.b0, affine=acq.affine,

@@ -38,11 +38,14 @@ def _auto_threshold(sm: np.ndarray) -> float:
     """Threshold between background and tissue of a smoothed magnitude.
 
     Tissue level: median of the bright Otsu class of the voxels above a 2 % noise floor.
-    Background level: median over the six faces of the volume (noise, zeros of a skull-stripped
-    image, or tissue for a crop inside the brain), capped at the tissue level.  The threshold is
-    ``background + 0.45 * (tissue - background)`` when the faces are dark (< 60 % of tissue), else
-    ``0.3 * tissue`` (the field of view holds no background).  Unlike a plain Otsu threshold this
-    stays right at low SNR (a bright noise floor), without background, and for skull-stripped input.
+    Background: the six faces of the volume (noise, zeros of a skull-stripped image, or tissue for a
+    crop inside the brain).  When their median is below 60 % of the tissue level the field of view
+    holds background, whose level is the median of the face voxels below 60 % of tissue (a slab that
+    cuts through the brain has tissue on its top and bottom faces, which must not raise the background
+    level: at the skull base that would cut out dimmer cerebellum and brainstem), and the threshold is
+    ``background + 0.45 * (tissue - background)``; else it is ``0.3 * tissue`` (no background in the
+    field of view).  Unlike a plain Otsu threshold this stays right at low SNR (a bright noise floor),
+    without background, for a slab and for skull-stripped input.
     """
     robust_max = float(np.percentile(sm, 99.5))
     if robust_max <= 0:
@@ -53,8 +56,8 @@ def _auto_threshold(sm: np.ndarray) -> float:
     bright = sample[sample > _otsu(sample)]
     tissue = float(np.median(bright)) if bright.size else robust_max
     faces = np.concatenate([np.ravel(np.take(sm, [0, -1], axis=a)) for a in range(3)])
-    background = min(float(np.median(faces)), tissue)
-    if background < 0.6 * tissue:
+    if float(np.median(faces)) < 0.6 * tissue:
+        background = float(np.median(faces[faces < 0.6 * tissue]))
         return background + TISSUE_FRACTION * (tissue - background)
     return NO_BACKGROUND_FRACTION * tissue
 

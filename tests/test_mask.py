@@ -191,3 +191,21 @@ def test_close_surface_notches_fills_a_narrow_notch_and_little_else():
     assert (closed & ~sphere).sum() < 0.02 * sphere.sum()
     same = close_surface_notches(cut, 0.0, vs)
     assert (same == cut).all() and same is not cut
+
+
+def test_slab_with_tissue_on_its_faces_keeps_dimmer_tissue(rng):
+    """A slab through the middle of the head, its field of view tight around the brain, has brain on about
+    half of its faces; those tissue voxels must not raise the background level.  A dimmer third of the brain
+    (60 % of the tissue signal, like a shaded cerebellum or brainstem at the skull base) stays in the mask
+    (with the faces' plain median as the background level, 3 % of it did)."""
+    vs = (1.0, 1.0, 1.5)
+    mag, brain, scalp = synthetic_head(rng, voxel_size=vs)
+    crop = (slice(6, 50), slice(6, 54), slice(14, 26))
+    mag, brain, scalp = mag[crop], brain[crop], scalp[crop]
+    dim = brain & (np.indices(mag.shape)[1] < mag.shape[1] // 3)
+    mag = np.where(dim, 0.6 * mag, mag).astype(np.float32)
+    m = brain_mask(mag, vs)
+    assert (m & dim).sum() / dim.sum() > 0.7  # the rest is the eroded rim (a third of the brain's surface)
+    assert (m & brain).sum() / brain.sum() > 0.85
+    assert not (m & scalp).any()
+    assert (m & ~brain).sum() < 0.01 * brain.sum()
