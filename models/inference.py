@@ -99,15 +99,17 @@ def stage1_candidates(model: LoadedModel, x: np.ndarray, mask: np.ndarray, vs: n
 
 
 def stage2_probabilities(part: LoadedModel, patches: np.ndarray, feats: list[dict], *,
-                         prevalence: float | None, stage1_scores=None) -> np.ndarray:
+                         prevalence: float | None, stage1_scores=None, tta: bool | None = None) -> np.ndarray:
     """One model's calibrated per-head probabilities ``[N, heads, classes]``: the stage-1 evidence folded in
     when the model has ``calibration.stacking`` (:mod:`cmbdetect.models.stacking`; ``stage1_scores`` [N]),
-    then the prevalence re-weighting."""
+    then the prevalence re-weighting.  ``tta``: the 8 patch flips (None: as the model's
+    ``inference.stage2_tta``)."""
     meta = part.metadata
     cal = meta["calibration"]
     fmeta = meta["features"]
     fv = features_vector(feats, fmeta["names"], fmeta["mean"], fmeta["std"])
-    tta = bool(meta.get("inference", {}).get("stage2_tta", False))
+    if tta is None:
+        tta = bool(meta.get("inference", {}).get("stage2_tta", False))
     p = calibrated_probabilities(committee_logits(part.classifier, patches, fv, tta=tta), cal)
     if cal.get("stacking") is not None and stage1_scores is not None:
         p = apply_stacking(p, stage1_scores, cal["stacking"], index=CLASSES.index("microbleed"))
@@ -115,6 +117,42 @@ def stage2_probabilities(part: LoadedModel, patches: np.ndarray, feats: list[dic
         p = adjust_prevalence(p, pi_train=float(cal["training_prevalence"]), pi_deploy=float(prevalence),
                               index=CLASSES.index("microbleed"))
     return p
+
+
+def committee_probabilities(model: LoadedModel, patches: np.ndarray, feats: list[dict], scores: np.ndarray, *,
+                            prevalence: float | None) -> np.ndarray:
+    """All members' per-head probabilities ``[N, heads, classes]`` for candidates in stage-1 order.
+
+    With ``inference.stage2_screen = {"full_top": K, "floor": f}`` in the model's metadata (a large stage-1
+    budget), every candidate first gets one plain pass of each member (no flips); the flip-averaged pass
+    (``inference.stage2_tta``) is then run only for the ``K`` best stage-1 candidates and for any other whose
+    plain-pass microbleed or calcification probability reaches ``f`` in some head (at the training prior).
+    The rest keep their plain-pass probabilities: they are "vein" or "other" with confidence.  Without the key,
+    or when no member uses flips, every candidate gets the full pass."""
+    screen = model.metadata.get("inference", {}).get("stage2_screen")
+    uses_tta = any(bool(p.metadata.get("inference", {}).get("stage2_tta", False)) for p in model.parts)
+
+    def run(idx, tta, prev):
+        return [stage2_probabilities(p, patches[idx], [feats[i] for i in idx], prevalence=prev,
+                                     stage1_scores=scores[idx], tta=tta) for p in model.parts]
+
+    n = len(patches)
+    if not screen or not uses_tta or n <= int(screen["full_top"]):
+        return np.concatenate(run(np.arange(n), None, prevalence), axis=1)
+    plain = run(np.arange(n), False, None)
+    keep = np.arange(n) < int(screen["full_top"])
+    keep |= np.concatenate(plain, axis=1)[..., [CLASSES.index("microbleed"), CLASSES.index("calcification")]] \
+        .max(axis=(1, 2)) >= float(screen["floor"])
+    full = run(np.flatnonzero(keep), None, prevalence)
+    out = []
+    for part, p_plain, p_full in zip(model.parts, plain, full):
+        if prevalence is not None:
+            p_plain = adjust_prevalence(p_plain, pi_train=float(part.metadata["calibration"]["training_prevalence"]),
+                                        pi_deploy=float(prevalence), index=CLASSES.index("microbleed"))
+        p_plain = np.array(p_plain, copy=True)
+        p_plain[keep] = p_full
+        out.append(p_plain)
+    return np.concatenate(out, axis=1)
 
 
 def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
@@ -125,7 +163,8 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
     prior probability that a stage-1 candidate is a microbleed (0 < p < 1); probabilities are re-weighted
     from the training prior stored in the model metadata by Bayes' rule.  ``None`` keeps the training prior.
     An ensemble averages the members' stage-1 heatmaps, and its stage-2 committee is all members' heads
-    (probability = their mean; disagreement between members counts towards the uncertainty).
+    (probability = their mean; disagreement between members counts towards the uncertainty); a large
+    stage-1 budget is screened by a plain stage-2 pass (:func:`committee_probabilities`).
     """
     if prevalence is not None and not (0.0 < float(prevalence) < 1.0):
         raise InputError(f"prevalence must be strictly between 0 and 1, got {prevalence}")
@@ -138,8 +177,7 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
     patches = extract_patches(x, centres, int(meta["patch_size"]))
     native = map_back(centres, maps.shape, x.shape[1:]) if resampled else centres
     feats = candidate_features(maps, native)
-    head_p = np.concatenate([stage2_probabilities(p, patches, feats, prevalence=prevalence, stage1_scores=scores)
-                             for p in m.parts], axis=1)
+    head_p = committee_probabilities(m, patches, feats, scores, prevalence=prevalence)
     head_p, gated = physics_gate(head_p, feats)
     probs, unc, disagreement = committee_uncertainty(head_p)
     out = []

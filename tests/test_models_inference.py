@@ -246,3 +246,43 @@ def test_detect_folds_in_the_stage1_score_when_the_model_has_stacking(random_mod
     for d in detect(maps, model=m):
         if not d.features["physics_gate"]:
             assert d.probabilities["microbleed"] == pytest.approx(d.score, abs=1e-5)
+
+
+def test_stage2_screen_runs_the_flip_pass_only_where_it_can_matter(random_model, oblique_affine):
+    """With ``inference.stage2_screen`` every candidate gets a plain pass and the flip-averaged pass is kept for
+    the top-K stage-1 candidates and those whose plain microbleed/calcification probability reaches the floor:
+    K >= N or floor 0 reproduce the full pass for all, floor above 1 and K = 0 the plain pass for all, and a
+    floor in between mixes the two exactly per candidate (prevalence re-weighting included)."""
+    from cmbdetect.models.classifier import extract_patches
+    from cmbdetect.models.features import candidate_features
+    from cmbdetect.models.inference import committee_probabilities, stage1_candidates
+    from cmbdetect.models.registry import load_model
+
+    maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
+    m = load_model(str(random_model))
+    m.metadata["thresholds"].update(heatmap=0.0, max_candidates=12)
+    x, mask, vs, _ = model_grid(maps, m.metadata)
+    centres, scores, _ = stage1_candidates(m, x, mask, vs)
+    assert len(centres) >= 6
+    patches = extract_patches(x, centres, int(m.metadata["patch_size"]))
+    feats = candidate_features(maps, centres)
+    inf = m.metadata.setdefault("inference", {})
+    inf["stage2_tta"] = False
+    plain = committee_probabilities(m, patches, feats, scores, prevalence=0.2)
+    inf["stage2_tta"] = True
+    full = committee_probabilities(m, patches, feats, scores, prevalence=0.2)
+    assert not np.allclose(plain, full, atol=1e-4)
+    for screen, expect in (({"full_top": 100, "floor": 0.5}, full), ({"full_top": 0, "floor": 0.0}, full),
+                           ({"full_top": 0, "floor": 1.1}, plain)):
+        inf["stage2_screen"] = screen
+        assert np.allclose(committee_probabilities(m, patches, feats, scores, prevalence=0.2), expect, atol=1e-6)
+    inf["stage2_screen"] = {"full_top": 0, "floor": 1.1}
+    at_prior = committee_probabilities(m, patches, feats, scores, prevalence=None)  # the screen reads this prior
+    mb_calc = at_prior[..., [CLASSES.index("microbleed"), CLASSES.index("calcification")]].max(axis=(1, 2))
+    floor = float(np.median(mb_calc))
+    inf["stage2_screen"] = {"full_top": 2, "floor": floor}
+    mixed = committee_probabilities(m, patches, feats, scores, prevalence=0.2)
+    flipped = (np.arange(len(patches)) < 2) | (mb_calc >= floor)
+    assert 2 < flipped.sum() < len(patches)
+    assert np.allclose(mixed[flipped], full[flipped], atol=1e-6)
+    assert np.allclose(mixed[~flipped], plain[~flipped], atol=1e-6)
