@@ -22,7 +22,9 @@ subjects were each in another member's training set, so the ensemble's operating
 none of them saw (simulated with the training recipe, other seeds).  Each microbleed's rank in the model's
 stage-1 list (its best candidate within ``--hit-mm``, the list uncapped down to heatmap 0.0005) gives recall
 at the operating point, recall against the candidate budget, and the budget that reaches ``--target``
-recall, over all microbleeds and over those with field CNR >= 1.
+recall, over all microbleeds and over those with field CNR >= 1.  ``--set-operating-point`` then writes that
+budget (rounded up to ``--budget-step``) into the model folder with the stage-2 screen that keeps it affordable
+(:func:`cmbdetect.models.ensemble.set_operating_point`) and the figures at the new operating point.
 
 Usage: ``python benchmarks/stage1_recall.py --model default --bids-dir /tmp/cmb-train-{a..g}
 --cache-dir /tmp/cmb-cache``; ``python benchmarks/stage1_recall.py --model default --held-out /tmp/val-{a..g}
@@ -144,6 +146,11 @@ def main(argv=None) -> int:
     ap.add_argument("--held-out", nargs="+", default=None, metavar="DIR",
                     help="held-out validation cohort(s) for the whole model (see above)")
     ap.add_argument("--target", type=float, default=0.98, help="recall target (held-out mode)")
+    ap.add_argument("--set-operating-point", action="store_true",
+                    help="held-out mode: write the budget for --target over all microbleeds into the model folder")
+    ap.add_argument("--budget-step", type=int, default=100)
+    ap.add_argument("--screen-floor", type=float, default=0.02,
+                    help="stage-2 screen: flip-averaged pass where a plain-pass head gives >= this")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     a = ap.parse_args(argv)
     if a.held_out:
@@ -237,9 +244,42 @@ def held_out_main(a) -> int:
         if r["rank"] is None or r["rank"] >= int(th["max_candidates"]):
             print(f"  missed at the operating point: {r['subject']} d {r['diameter_mm']:.1f} mm, voxel "
                   f"{r['voxel_mm']}, CNR {r['cnr']:.1f}, rank {r['rank']}, score {r['score']}")
+    if a.set_operating_point:
+        rep = set_held_out_operating_point(a, model, rows, rep, len(subjects))
     if a.out:
         Path(a.out).write_text(json.dumps({"report": rep, "lesions": rows}, indent=2) + "\n")
     return 0
+
+
+def set_held_out_operating_point(a, model, rows: list[dict], rep: dict, n_subjects: int) -> dict:
+    """Write the budget that reaches ``a.target`` over all microbleeds (rounded up to ``a.budget_step``) into the
+    model folder, with the figures at that budget; returns the report at the new operating point."""
+    from cmbdetect.models.ensemble import set_operating_point
+
+    need = rep["all"][f"budget_for_{a.target:g}"]
+    if need is None:
+        print(f"no budget reaches {a.target:g} over all microbleeds; operating point not changed", file=sys.stderr)
+        return rep
+    budget = int(np.ceil(need / a.budget_step) * a.budget_step)
+    thr = float(model.metadata["thresholds"]["heatmap"])
+    new = held_out_report(rows, threshold=thr, budget=budget, target=a.target)
+    coarse = [r for r in rows if voxel_class(np.array(r["voxel_mm"]), coarse_mm=a.coarse_mm,
+                                             coarse_mm3=a.coarse_mm3) == "coarse"]
+    fine = [r for r in rows if r not in coarse]
+    by_class = {k: held_out_report(v, threshold=thr, budget=budget, target=a.target)["all"]["operating_point"]
+                for k, v in (("fine", fine), ("coarse", coarse)) if v}
+    validation = {"benchmark": "benchmarks/stage1_recall.py --held-out " + " ".join(Path(d).name for d in a.held_out)
+                  + f" --set-operating-point --target {a.target:g}",
+                  "subjects": n_subjects, "microbleeds": new["all"]["n"],
+                  "microbleeds_field_cnr_ge_1": new["cnr>=1"]["n"],
+                  "stage1_recall_microbleeds": round(new["all"]["operating_point"], 4),
+                  "stage1_recall_microbleeds_field_cnr_ge_1": round(new["cnr>=1"]["operating_point"], 4),
+                  **{f"stage1_recall_{k}_voxels": round(v, 4) for k, v in by_class.items()},
+                  f"budget_for_{a.target:g}": int(need), "max_candidates": budget, "screen_floor": a.screen_floor}
+    set_operating_point(model.path, max_candidates=budget, screen_floor=a.screen_floor, validation=validation)
+    print(f"operating point written to {model.path}: <= {budget} candidates/subject, stage-2 screen floor "
+          f"{a.screen_floor:g}; " + json.dumps(validation))
+    return new
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ with consecutive seeds, so each has its own initialisation, patch draws and trai
 At inference (:func:`cmbdetect.models.inference.detect`): stage 1 uses the mean of the members' heatmaps with
 the lowest member threshold (recall first); stage 2 pools every member's calibrated committee heads, so the
 probability is their mean and disagreement *between* members adds to the query-by-committee uncertainty.
+
+The ensemble's own stage-1 budget is tuned on a validation cohort that no member trained on
+(:func:`set_operating_point`, called by ``benchmarks/stage1_recall.py --held-out ... --set-operating-point``);
+:func:`write_ensemble` starts from the members' budgets.
 """
 from __future__ import annotations
 
@@ -52,6 +56,34 @@ def ensemble_metadata(members: list, names: list[str], *, name: str, command: st
     return meta
 
 
+def _write_metadata(out: Path, meta: dict) -> None:
+    tmp = out / f".metadata.json.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / "metadata.json")
+
+
+def set_operating_point(model_dir: str | Path, *, max_candidates: int, screen_floor: float,
+                        validation: dict) -> Path:
+    """Set a model folder's stage-1 budget (``thresholds.max_candidates``) and the stage-2 screen that keeps a
+    large budget affordable (``inference.stage2_screen``: a plain pass for every candidate, the flip-averaged
+    pass only where a head gives microbleed or calcification ``>= screen_floor``;
+    :func:`cmbdetect.models.inference.committee_probabilities`), and record the validation figures that chose
+    them (``metrics.held_out_validation``).  The metadata is rewritten atomically; returns the folder."""
+    out = Path(model_dir)
+    path = out / "metadata.json"
+    if not path.is_file():
+        raise InputError(f"no metadata.json in {out}")
+    if int(max_candidates) < 1 or not (0.0 <= float(screen_floor) <= 1.0):
+        raise InputError(f"need max_candidates >= 1 and 0 <= screen_floor <= 1, got {max_candidates}, "
+                         f"{screen_floor}")
+    meta = json.loads(path.read_text())
+    meta["thresholds"]["max_candidates"] = int(max_candidates)
+    meta.setdefault("inference", {})["stage2_screen"] = {"full_top": 0, "floor": float(screen_floor)}
+    meta.setdefault("metrics", {})["held_out_validation"] = validation
+    _write_metadata(out, meta)
+    return out
+
+
 def write_ensemble(out_dir: str | Path, *, command: str = "") -> Path:
     """Write ``out_dir/metadata.json`` for the member folders ``member-0, member-1, ...`` already in
     ``out_dir`` (atomically, last); returns ``out_dir``."""
@@ -62,8 +94,5 @@ def write_ensemble(out_dir: str | Path, *, command: str = "") -> Path:
     if not names:
         raise InputError(f"no member folders ({member_name(0)}, ...) in {out}")
     members = [load_model(out / n) for n in names]
-    meta = ensemble_metadata(members, names, name=out.name, command=command)
-    tmp = out / f".metadata.json.{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / "metadata.json")
+    _write_metadata(out, ensemble_metadata(members, names, name=out.name, command=command))
     return out

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_models_inference import tiny_maps
 
-from cmbdetect.models.ensemble import member_name, write_ensemble
+from cmbdetect.models.ensemble import member_name, set_operating_point, write_ensemble
 from cmbdetect.models.inference import detect
 from cmbdetect.models.registry import create_random_model, load_model
 from cmbdetect.physics.errors import InputError
@@ -64,3 +64,26 @@ def test_ensemble_members_must_share_inputs(tmp_path):
         write_ensemble(path)
     with pytest.raises(InputError, match="no member"):
         write_ensemble(tmp_path / "empty")
+
+
+def test_set_operating_point_changes_the_budget_and_the_screen_and_records_why(tmp_path, oblique_affine):
+    """The ensemble's stage-1 budget and stage-2 screen are set in its metadata (atomically) with the validation
+    figures; detect() then returns up to that many candidates.  Bad values are refused."""
+    maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
+    path = _ensemble(tmp_path, [0, 5])
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["thresholds"]["heatmap"] = 0.0
+    (path / "metadata.json").write_text(json.dumps(meta))
+    set_operating_point(path, max_candidates=2, screen_floor=0.02, validation={"recall": 0.9})
+    m = load_model(path)
+    assert m.metadata["thresholds"]["max_candidates"] == 2
+    assert m.metadata["inference"]["stage2_screen"] == {"full_top": 0, "floor": 0.02}
+    assert m.metadata["metrics"]["held_out_validation"] == {"recall": 0.9}
+    assert 1 <= len(detect(maps, model=m)) <= 2
+    set_operating_point(path, max_candidates=40, screen_floor=0.02, validation={})
+    assert len(detect(maps, model=str(path))) > 2
+    assert not list(path.glob(".metadata.json.*"))
+    with pytest.raises(InputError):
+        set_operating_point(path, max_candidates=0, screen_floor=0.02, validation={})
+    with pytest.raises(InputError):
+        set_operating_point(tmp_path / "nowhere", max_candidates=10, screen_floor=0.02, validation={})
