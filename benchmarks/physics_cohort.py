@@ -43,19 +43,11 @@ def faces_median_threshold(mag: np.ndarray, voxel_size, smooth_mm: float = 1.0) 
     the six faces of the smoothed magnitude (tissue on a slab's faces included)."""
     from scipy import ndimage
 
-    from cmbdetect.physics import mask as m
+    from cmbdetect.physics.mask import _auto_threshold
 
     sm = ndimage.gaussian_filter(np.asarray(mag, np.float32), sigma=smooth_mm / np.asarray(voxel_size, float),
                                  mode="nearest")
-    robust_max = float(np.percentile(sm, 99.5))
-    sample = np.clip(sm[sm > 0.02 * robust_max], None, robust_max)
-    bright = sample[sample > m._otsu(sample)]
-    tissue = float(np.median(bright)) if bright.size else robust_max
-    faces = np.concatenate([np.ravel(np.take(sm, [0, -1], axis=a)) for a in range(3)])
-    background = min(float(np.median(faces)), tissue)
-    if background < 0.6 * tissue:
-        return background + m.TISSUE_FRACTION * (tissue - background)
-    return m.NO_BACKGROUND_FRACTION * tissue
+    return _auto_threshold(sm, all_faces=True)
 
 
 def run_config(acq, mask_kw: dict, chain_kw: dict):

@@ -88,8 +88,7 @@ def held_out_ranks(model, subjects, roots, *, hit_mm: float, cnr_radius_mm: floa
     """One row per microbleed of ``subjects``: rank of its best stage-1 candidate in the whole model's list
     (0 = top; ``None`` when no candidate within ``hit_mm``), that candidate's heatmap score, voxel size and
     field CNR."""
-    from cmbdetect.models.detector import find_candidates
-    from cmbdetect.models.inference import _heatmap, map_back, model_grid
+    from cmbdetect.models.inference import map_back, model_grid, stage1_candidates
     from cmbdetect.physics.geometry import voxel_sizes
     from cmbdetect.pipeline.truth import read_truth
 
@@ -98,11 +97,7 @@ def held_out_ranks(model, subjects, roots, *, hit_mm: float, cnr_radius_mm: floa
     for s in subjects:
         vs = voxel_sizes(s.maps.affine)
         x, mask, gvs, resampled = model_grid(s.maps, meta)
-        outs = [_heatmap(p, x) for p in model.parts]
-        c, sc, _ = find_candidates(np.mean([h for h, _ in outs], axis=0), np.mean([z for _, z in outs], axis=0),
-                                   voxel_size=gvs, stride=model.parts[0].detector.stride, threshold=5e-4,
-                                   min_distance_mm=float(meta["thresholds"]["min_distance_mm"]),
-                                   max_candidates=100_000, mask=mask)
+        c, sc, _ = stage1_candidates(model, x, mask, gvs, threshold=5e-4, max_candidates=100_000)
         c = map_back(c, s.maps.shape, x.shape[1:]) if resampled and len(c) else c
         dataset, sub = s.label.split("_sub-", 1)
         truth = read_truth(roots[dataset] / "derivatives" / "groundtruth", sub)

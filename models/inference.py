@@ -85,16 +85,18 @@ def _heatmap(part: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stage1_candidates(model: LoadedModel, x: np.ndarray, mask: np.ndarray, vs: np.ndarray, *,
-                      threshold: float | None = None):
-    """Stage-1 candidates on the model grid: ``(centres_vox, scores, diameters_mm)``.  For an ensemble, the
-    heatmap (and diameter map) is the mean of the members'; the threshold is the ensemble's."""
+                      threshold: float | None = None, max_candidates: int | None = None):
+    """Stage-1 candidates on the model grid: ``(centres_vox, scores, diameters_mm)``, best first.  For an
+    ensemble, the heatmap (and diameter map) is the mean of the members'; the threshold and the budget are the
+    model's unless given."""
     th = model.metadata["thresholds"]
     outs = [_heatmap(p, x) for p in model.parts]
     heat = np.mean([h for h, _ in outs], axis=0)
     size = np.mean([z for _, z in outs], axis=0)
     return find_candidates(heat, size, voxel_size=vs, stride=model.parts[0].detector.stride,
                            threshold=float(th["heatmap"] if threshold is None else threshold),
-                           min_distance_mm=float(th["min_distance_mm"]), max_candidates=int(th["max_candidates"]),
+                           min_distance_mm=float(th["min_distance_mm"]),
+                           max_candidates=int(th["max_candidates"] if max_candidates is None else max_candidates),
                            mask=mask)
 
 

@@ -34,7 +34,7 @@ TISSUE_FRACTION = 0.45
 NO_BACKGROUND_FRACTION = 0.3
 
 
-def _auto_threshold(sm: np.ndarray) -> float:
+def _auto_threshold(sm: np.ndarray, *, all_faces: bool = False) -> float:
     """Threshold between background and tissue of a smoothed magnitude.
 
     Tissue level: median of the bright Otsu class of the voxels above a 2 % noise floor.
@@ -45,7 +45,8 @@ def _auto_threshold(sm: np.ndarray) -> float:
     level: at the skull base that would cut out dimmer cerebellum and brainstem), and the threshold is
     ``background + 0.45 * (tissue - background)``; else it is ``0.3 * tissue`` (no background in the
     field of view).  Unlike a plain Otsu threshold this stays right at low SNR (a bright noise floor),
-    without background, for a slab and for skull-stripped input.
+    without background, for a slab and for skull-stripped input.  ``all_faces``: the background level
+    is the median of all face voxels (the rule before the slab fix; for comparison only).
     """
     robust_max = float(np.percentile(sm, 99.5))
     if robust_max <= 0:
@@ -57,7 +58,7 @@ def _auto_threshold(sm: np.ndarray) -> float:
     tissue = float(np.median(bright)) if bright.size else robust_max
     faces = np.concatenate([np.ravel(np.take(sm, [0, -1], axis=a)) for a in range(3)])
     if float(np.median(faces)) < 0.6 * tissue:
-        background = float(np.median(faces[faces < 0.6 * tissue]))
+        background = float(np.median(faces if all_faces else faces[faces < 0.6 * tissue]))
         return background + TISSUE_FRACTION * (tissue - background)
     return NO_BACKGROUND_FRACTION * tissue
 
