@@ -9,7 +9,7 @@ Deterministic for a seed (per-step seeding, deterministic torch algorithms, fixe
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,18 +120,25 @@ def _volume(subj, meta, patch, multiple) -> tuple[Stage1Volume, np.ndarray]:
                         subj.lesion_diameters_mm[focal], [k for k, f in zip(subj.lesion_kinds, focal) if f]), ratio
 
 
-def validation_examples(subjects, vols, ratios, val_idx, val_cands, threshold: float, opts: TrainOptions):
+def validation_examples(subjects, vols, ratios, val_idx, val_cands, threshold: float, opts: TrainOptions, *,
+                        logits=None):
     """Stage-2 examples of the validation subjects' stage-1 candidates at ``threshold`` (no added truths) and
-    their stage-1 scores, in the same order."""
-    ex_val, s1 = [], []
+    their stage-1 scores, in the same order.  ``logits`` (a function of one subject's examples): computed one
+    subject at a time, returned as a third item, and the patches dropped (``[N, 0]``), so that a large
+    candidate budget (``max_candidates`` in the thousands) does not hold every validation patch at once."""
+    ex_val, s1, lg = [], [], []
     for i in val_idx:
         c, s, _ = val_cands[i]
         keep = s >= threshold
-        ex_val.append(subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c[keep],
-                                       patch=opts.classifier_patch, subject_index=i, include_truth=False,
-                                       seed=opts.seed))
+        ex = subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c[keep],
+                              patch=opts.classifier_patch, subject_index=i, include_truth=False, seed=opts.seed)
+        if logits is not None:
+            lg.append(logits(ex))
+            ex = replace(ex, patches=np.zeros((len(ex), 0), dtype=np.float32))
+        ex_val.append(ex)
         s1.append(np.asarray(s[keep], dtype=float))
-    return ex_val, (np.concatenate(s1) if s1 else np.zeros(0))
+    s1 = np.concatenate(s1) if s1 else np.zeros(0)
+    return (ex_val, s1) if logits is None else (ex_val, s1, lg)
 
 
 def stage1_stacking(va_logits, labels, s1, calibration: dict) -> dict | None:
@@ -185,6 +192,10 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     """
     t0 = time.time()
     opts = options
+    train_stage2 = opts.stage2_epochs > 0
+    if not train_stage2 and (init is None or not opts.init_classifier):
+        raise InputError("0 stage-2 epochs re-fits the calibration of a trained classifier: it needs --init "
+                         "(without --new-classifier)")
     torch.set_num_threads(opts.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(opts.seed)
@@ -253,12 +264,11 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     for i in train_idx:
         # the highest-scoring stage-1 candidates: true hits and the hardest false positives
         c = volume_candidates(det, vols[i], threshold=threshold, min_distance_mm=opts.min_distance_mm,
-                              max_candidates=opts.max_hard_negatives, flips=flips)[0] if opts.hard_negatives \
-            else np.zeros((0, 3))
+                              max_candidates=opts.max_hard_negatives, flips=flips)[0] \
+            if opts.hard_negatives and train_stage2 else np.zeros((0, 3))
         ex_train.append(subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c,
                                          patch=opts.classifier_patch, subject_index=i, truth_copies=opts.truth_copies,
                                          jitter=opts.truth_jitter, seed=opts.seed))
-    ex_val, s1_val = validation_examples(subjects, vols, ratios, val_idx, val_cands, threshold, opts)
     tr = concat_sets(ex_train)
     log(f"[stage 2] {len(tr)} training examples: " +
         ", ".join(f"{c} {int((tr.labels == k).sum())}" for k, c in enumerate(CLASSES)))
@@ -272,13 +282,23 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
         if meta.get("spacing") is None:
             raise InputError("stage-2 resolution augmentation needs a fixed model grid (--spacing)")
         resolution = ResolutionAugmentation(probability=float(opts.stage2_resolution_augment))
-    cw = train_classifier(cls, tr, fv, epochs=opts.stage2_epochs, class_weighting=opts.class_weighting,
-                          lr_schedule=opts.lr_schedule, seed=opts.seed, augment=augment, channels=channels,
-                          resolution=resolution, voxel_size=meta.get("spacing"), log=log)
-    use_val = sum(len(e) for e in ex_val) >= 4  # else calibration falls back to the training examples
-    va = concat_sets(ex_val) if use_val else tr
-    va_logits = committee_logits(cls, va.patches, features_vector(va.features, names, fmean, fstd),
-                                 tta=opts.stage2_tta)
+    if train_stage2:
+        cw = train_classifier(cls, tr, fv, epochs=opts.stage2_epochs, class_weighting=opts.class_weighting,
+                              lr_schedule=opts.lr_schedule, seed=opts.seed, augment=augment, channels=channels,
+                              resolution=resolution, voxel_size=meta.get("spacing"), log=log)
+    else:  # recalibration only: the init classifier and the class weights it was trained with
+        cw = np.asarray(meta["calibration"]["class_weights"], dtype=float)
+        log("[stage 2] classifier kept (0 epochs): calibration and stacking re-fitted")
+
+    def logits_of(ex):
+        return committee_logits(cls, ex.patches, features_vector(ex.features, names, fmean, fstd),
+                                tta=opts.stage2_tta)
+
+    ex_val, s1_val, lg_val = validation_examples(subjects, vols, ratios, val_idx, val_cands, threshold, opts,
+                                                 logits=logits_of)
+    n_val_ex = sum(len(e) for e in ex_val)
+    use_val = n_val_ex >= 4  # else calibration falls back to the training examples
+    va, va_logits = (concat_sets(ex_val), np.concatenate(lg_val)) if use_val else (tr, logits_of(tr))
     meta["inference"] = {**meta.get("inference", {}), "stage2_tta": bool(opts.stage2_tta),
                          "stage1_tta_flips": [list(f) for f in opts.stage1_tta_flips]}
     meta["calibration"] = calibrate(va_logits, va.labels, cw)
@@ -287,10 +307,8 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     meta["thresholds"] = {"heatmap": threshold, "min_distance_mm": opts.min_distance_mm,
                           "max_candidates": opts.max_candidates}
     p_mb, val_labels = np.zeros(0), np.zeros(0, int)  # stage 1 left no validation candidate
-    if any(len(e) for e in ex_val):  # the validation candidates, however few; never the training set
-        val_set = va if use_val else concat_sets(ex_val)
-        logits = va_logits if use_val else committee_logits(
-            cls, val_set.patches, features_vector(val_set.features, names, fmean, fstd), tta=opts.stage2_tta)
+    if n_val_ex:  # the validation candidates, however few; never the training set
+        val_set, logits = concat_sets(ex_val), np.concatenate(lg_val)
         head_p = calibrated_probabilities(logits, meta["calibration"])
         if use_val:
             head_p = apply_stacking(head_p, s1_val, meta["calibration"].get("stacking"))

@@ -29,7 +29,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="fine-tune from this model name or folder")
     p.add_argument("--cache-dir", default=None, help="where to cache physics maps (default OUT/cache)")
     p.add_argument("--steps", type=int, default=None, help="stage-1 optimisation steps (default 300)")
-    p.add_argument("--epochs", type=int, default=None, help="stage-2 epochs (default 20)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="stage-2 epochs (default 20; 0 with --init keeps the init model's classifier and re-fits "
+                   "its calibration and stacking on the validation candidates)")
+    p.add_argument("--max-candidates", type=int, default=None, metavar="N",
+                   help="stage-1 candidate budget per subject: for the recall-tuned threshold, the validation "
+                   "candidates that calibrate stage 2, and the model's own budget (default 200)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--sigma-size-fraction", type=float, default=None, metavar="F",
                    help="size-adaptive heatmap targets: sigma = max(2 mm, F * lesion diameter) (default 0: fixed)")
@@ -95,9 +100,14 @@ def options_from_args(args):
             raise InputError(f"--steps must be >= 0, got {args.steps}")
         kw["stage1_steps"] = args.steps
     if args.epochs is not None:
-        if args.epochs < 1:
-            raise InputError(f"--epochs must be >= 1, got {args.epochs}")
+        if args.epochs < 0 or (args.epochs == 0 and (args.init is None or args.new_classifier)):
+            raise InputError(f"--epochs must be >= 1 (or 0 with --init and without --new-classifier: "
+                             f"recalibration only), got {args.epochs}")
         kw["stage2_epochs"] = args.epochs
+    if args.max_candidates is not None:
+        if not 1 <= args.max_candidates <= 100_000:
+            raise InputError(f"--max-candidates must be between 1 and 100000, got {args.max_candidates}")
+        kw["max_candidates"] = args.max_candidates
     if not 0.0 <= args.domain_close <= 30.0:
         raise InputError(f"--domain-close must be between 0 and 30 mm, got {args.domain_close}")
     kw["domain_close_mm"] = args.domain_close

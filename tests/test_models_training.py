@@ -142,8 +142,15 @@ def test_cli_train_options_and_bad_values():
         ["train", "--bids-dir", "a", "--out", "m", "--init", "default", "--new-classifier", "--classifier-centre", "0",
          "--domain-close", "10"]))
     assert opts.classifier_centre == 0 and opts.domain_close_mm == 10.0 and not opts.init_classifier
+    assert opts.max_candidates == 200 and opts.stage2_epochs == 20
+    opts = cli_train.options_from_args(parser.parse_args(
+        ["train", "--bids-dir", "a", "--out", "m", "--init", "default", "--epochs", "0", "--max-candidates", "1200"]))
+    assert opts.stage2_epochs == 0 and opts.max_candidates == 1200 and opts.init_classifier
     for bad, match in ((["--new-classifier"], "needs --init"), (["--classifier-centre", "9"], "classifier-centre"),
-                       (["--domain-close", "-1"], "domain-close")):
+                       (["--domain-close", "-1"], "domain-close"), (["--epochs", "0"], "recalibration"),
+                       (["--epochs", "0", "--init", "default", "--new-classifier"], "recalibration"),
+                       (["--epochs", "-1", "--init", "default"], "epochs"),
+                       (["--max-candidates", "0"], "max-candidates")):
         with pytest.raises(InputError, match=match):
             cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", *bad]))
 
@@ -185,6 +192,35 @@ def test_train_end_to_end_deterministic_and_resumable(tmp_path):
     subj = load_training_subjects(bids, cache_dir=cache, log=lambda m: None)[0]
     dets = detect(subj.maps, model=a)
     assert all(d.label in ("microbleed", "calcification", "vein", "other") for d in dets)
+
+
+def test_zero_epochs_recalibrates_the_init_classifier_on_a_new_budget(tmp_path):
+    """``--epochs 0 --init M --max-candidates N``: the networks are M's bit for bit, the class weights its
+    classifier was trained with are kept, and the calibration and stacking are re-fitted on the validation
+    candidates of the new budget, which the model then uses; without an init model it is refused."""
+    from cmbdetect.models.registry import load_model
+    from cmbdetect.models.train import TrainOptions, train
+    from cmbdetect.pipeline.simulate import simulate_dataset
+
+    bids = tmp_path / "bids"
+    simulate_dataset(bids, subjects=3, seed=5, shape=(48, 48, 32), voxel_size=(1.0, 1.0, 1.5), n_microbleeds=5,
+                     echoes=1)
+    cache, quiet = tmp_path / "cache", (lambda m: None)
+    base = load_model(train(bids, tmp_path / "a", options=TrainOptions(stage1_steps=4, stage2_epochs=1, patch=24,
+                                                                        batch=2, max_candidates=3,
+                                                                        heatmap_floor=1e-6),
+                            cache_dir=cache, log=quiet))
+    opts = TrainOptions(stage1_steps=0, stage2_epochs=0, patch=24, batch=2, max_candidates=40, heatmap_floor=1e-6)
+    re = load_model(train(bids, tmp_path / "b", options=opts, init=str(tmp_path / "a"), cache_dir=cache, log=quiet))
+    for a, b in ((base.detector, re.detector), (base.classifier, re.classifier)):
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert re.metadata["calibration"]["class_weights"] == base.metadata["calibration"]["class_weights"]
+    assert re.metadata["thresholds"]["max_candidates"] == 40 and base.metadata["thresholds"]["max_candidates"] == 3
+    per_subject = re.metadata["metrics"]["stage1_candidates_per_subject"]
+    assert 3 < per_subject <= 40 and base.metadata["metrics"]["stage1_candidates_per_subject"] <= 3
+    assert re.metadata["calibration"]["temperature"] != base.metadata["calibration"]["temperature"]
+    with pytest.raises(InputError, match="--init"):
+        train(bids, tmp_path / "c", options=opts, cache_dir=cache, log=quiet)
 
 
 def test_map_cache_is_tied_to_the_physics_code(tmp_path, monkeypatch):
