@@ -106,6 +106,11 @@ class TrainOptions:
     min_distance_mm: float = 3.0
     max_candidates: int = 200
     max_hard_negatives: int = 48
+    #: with hard negatives: also draw ``max_hard_negatives`` candidates at random from the stage-1 ranks
+    #: ``max_hard_negatives`` .. ``hard_negative_budget`` of each training subject (0 = only the top ones), so
+    #: that stage 2 sees the weaker candidates a large budget (``max_candidates``) sends it, such as the
+    #: satellite peaks a few mm from a strong lesion.
+    hard_negative_budget: int = 0
     threads: int = 2
     init_classifier: bool = True
     extra: dict = field(default_factory=dict)
@@ -118,6 +123,21 @@ def _volume(subj, meta, patch, multiple) -> tuple[Stage1Volume, np.ndarray]:
     focal = np.array([k in FOCAL_KINDS for k in subj.lesion_kinds], dtype=bool)
     return Stage1Volume(x, mask, vs, subj.lesion_vox[focal] / ratio if focal.any() else np.zeros((0, 3)),
                         subj.lesion_diameters_mm[focal], [k for k, f in zip(subj.lesion_kinds, focal) if f]), ratio
+
+
+def mined_candidates(det, vol: Stage1Volume, *, threshold: float, opts: TrainOptions, flips,
+                     subject_index: int) -> np.ndarray:
+    """Stage-1 candidates of a training volume for stage 2 (model grid): the ``max_hard_negatives`` best (true
+    hits and the hardest false positives) and, with ``hard_negative_budget`` larger, as many again drawn
+    uniformly (seeded per subject) from the ranks below them down to that budget."""
+    n_top, budget = int(opts.max_hard_negatives), int(opts.hard_negative_budget)
+    c = volume_candidates(det, vol, threshold=threshold, min_distance_mm=opts.min_distance_mm,
+                          max_candidates=max(n_top, budget), flips=flips)[0]
+    if len(c) <= n_top:
+        return c
+    rng = np.random.default_rng([opts.seed, subject_index, 31])
+    low = rng.choice(np.arange(n_top, len(c)), size=min(n_top, len(c) - n_top), replace=False)
+    return np.concatenate([c[:n_top], c[np.sort(low)]])
 
 
 def validation_examples(subjects, vols, ratios, val_idx, val_cands, threshold: float, opts: TrainOptions, *,
@@ -262,9 +282,7 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     # stage-2 examples
     ex_train = []
     for i in train_idx:
-        # the highest-scoring stage-1 candidates: true hits and the hardest false positives
-        c = volume_candidates(det, vols[i], threshold=threshold, min_distance_mm=opts.min_distance_mm,
-                              max_candidates=opts.max_hard_negatives, flips=flips)[0] \
+        c = mined_candidates(det, vols[i], threshold=threshold, opts=opts, flips=flips, subject_index=i) \
             if opts.hard_negatives and train_stage2 else np.zeros((0, 3))
         ex_train.append(subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c,
                                          patch=opts.classifier_patch, subject_index=i, truth_copies=opts.truth_copies,

@@ -55,6 +55,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="with --domain brain: fill surface notches of the brain mask narrower than about 2*MM, "
                    "where the voids of cortical bleeds cut into it (default 0 = none; 10 is the measured "
                    "alternative, not better on validation)")
+    p.add_argument("--hard-negative-budget", type=int, default=None, metavar="N",
+                   help="stage-2 hard negatives: besides the 48 best stage-1 candidates of each training subject, "
+                   "48 drawn at random from its ranks 49..N (default 0: only the best)")
     p.add_argument("--new-classifier", action="store_true",
                    help="with --init: train stage 2 from scratch (the current architecture) instead of fine-tuning "
                    "the init model's classifier; with --steps 0 the init model's detector is kept as it is")
@@ -104,6 +107,10 @@ def options_from_args(args):
             raise InputError(f"--epochs must be >= 1 (or 0 with --init and without --new-classifier: "
                              f"recalibration only), got {args.epochs}")
         kw["stage2_epochs"] = args.epochs
+    if args.hard_negative_budget is not None:
+        if not 0 <= args.hard_negative_budget <= 100_000:
+            raise InputError(f"--hard-negative-budget must be between 0 and 100000, got {args.hard_negative_budget}")
+        kw["hard_negative_budget"] = args.hard_negative_budget
     if args.max_candidates is not None:
         if not 1 <= args.max_candidates <= 100_000:
             raise InputError(f"--max-candidates must be between 1 and 100000, got {args.max_candidates}")

@@ -1,6 +1,7 @@
 """Training helpers: tiling invariance, patch targets under flips, recall threshold, AUC, CLI options;
 and (slow) a tiny end-to-end training run."""
 import argparse
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -146,11 +147,16 @@ def test_cli_train_options_and_bad_values():
     opts = cli_train.options_from_args(parser.parse_args(
         ["train", "--bids-dir", "a", "--out", "m", "--init", "default", "--epochs", "0", "--max-candidates", "1200"]))
     assert opts.stage2_epochs == 0 and opts.max_candidates == 1200 and opts.init_classifier
+    assert opts.hard_negative_budget == 0
+    opts = cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m",
+                                                          "--hard-negative-budget", "1200"]))
+    assert opts.hard_negative_budget == 1200
     for bad, match in ((["--new-classifier"], "needs --init"), (["--classifier-centre", "9"], "classifier-centre"),
                        (["--domain-close", "-1"], "domain-close"), (["--epochs", "0"], "recalibration"),
                        (["--epochs", "0", "--init", "default", "--new-classifier"], "recalibration"),
                        (["--epochs", "-1", "--init", "default"], "epochs"),
-                       (["--max-candidates", "0"], "max-candidates")):
+                       (["--max-candidates", "0"], "max-candidates"),
+                       (["--hard-negative-budget", "-5"], "hard-negative-budget")):
         with pytest.raises(InputError, match=match):
             cli_train.options_from_args(parser.parse_args(["train", "--bids-dir", "a", "--out", "m", *bad]))
 
@@ -221,6 +227,34 @@ def test_zero_epochs_recalibrates_the_init_classifier_on_a_new_budget(tmp_path):
     assert re.metadata["calibration"]["temperature"] != base.metadata["calibration"]["temperature"]
     with pytest.raises(InputError, match="--init"):
         train(bids, tmp_path / "c", options=opts, cache_dir=cache, log=quiet)
+
+
+def test_mined_candidates_add_a_seeded_draw_from_the_lower_ranks(monkeypatch):
+    """Hard negatives for stage 2: the best ``max_hard_negatives`` candidates, plus (with a larger
+    ``hard_negative_budget``) as many drawn without replacement from the ranks below them, the same for a seed."""
+    import cmbdetect.models.train as train_mod
+    from cmbdetect.models.train import TrainOptions, mined_candidates
+
+    calls = []
+
+    def fake(det, vol, *, threshold, min_distance_mm, max_candidates, flips):
+        calls.append(max_candidates)
+        n = min(max_candidates, 300)  # the volume has 300 peaks, best first
+        return np.arange(n, dtype=float)[:, None].repeat(3, axis=1), np.linspace(1, 0, n), np.ones(n)
+
+    monkeypatch.setattr(train_mod, "volume_candidates", fake)
+    top = mined_candidates(None, None, threshold=0.1, opts=TrainOptions(), flips=((),), subject_index=3)
+    assert calls == [48] and np.array_equal(top[:, 0], np.arange(48))
+    opts = TrainOptions(hard_negative_budget=1200)
+    a = mined_candidates(None, None, threshold=0.1, opts=opts, flips=((),), subject_index=3)[:, 0]
+    b = mined_candidates(None, None, threshold=0.1, opts=opts, flips=((),), subject_index=3)[:, 0]
+    c = mined_candidates(None, None, threshold=0.1, opts=opts, flips=((),), subject_index=4)[:, 0]
+    assert calls[1:] == [1200, 1200, 1200] and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len(a) == 96 and np.array_equal(a[:48], np.arange(48)) and len(set(a[48:])) == 48
+    assert a[48:].min() >= 48 and a[48:].max() < 300 and np.all(np.diff(a[48:]) > 0)
+    few = mined_candidates(None, None, threshold=0.1, opts=replace(opts, hard_negative_budget=60), flips=((),),
+                           subject_index=3)[:, 0]  # only 12 below the top: all of them
+    assert np.array_equal(few, np.arange(60))
 
 
 def test_map_cache_is_tied_to_the_physics_code(tmp_path, monkeypatch):
