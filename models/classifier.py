@@ -15,9 +15,11 @@ from scipy import ndimage
 from cmbdetect.models.calibration import softmax, undo_class_weights
 from cmbdetect.models.detection import CLASSES
 from cmbdetect.models.networks import PatchClassifier
+from cmbdetect.physics.constants import MICROBLEED_MAX_MOMENT_PPM_MM3
 
 _MB = CLASSES.index("microbleed")
 _CALC = CLASSES.index("calcification")
+_OTHER = CLASSES.index("other")
 
 
 def extract_patches(channels: np.ndarray, centres_vox, size: int) -> np.ndarray:
@@ -101,20 +103,25 @@ def calibrated_probabilities(logits: np.ndarray, calibration: dict) -> np.ndarra
 
 
 def physics_gate(probs: np.ndarray, features: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """Forbid "microbleed" for diamagnetic candidates.
+    """Forbid "microbleed" where the physics rules it out.
 
-    A candidate whose ``integrated_chi_ppm_mm3 < 0`` **and** ``dipole_sign < 0`` (both say diamagnetic)
-    cannot be a microbleed (blood products are paramagnetic): its microbleed probability is moved to
-    calcification.  Returns ``(probs, gated)`` with ``gated`` a bool array.  Works on ``[N, C]`` or
-    ``[N, H, C]``.
+    - Diamagnetic: ``integrated_chi_ppm_mm3 < 0`` **and** ``dipole_sign < 0`` (both say so).  Blood products are
+      paramagnetic, so the microbleed probability is moved to calcification.
+    - Too strong: ``integrated_chi_ppm_mm3`` (ppm * mm^3) above the largest moment a microbleed can carry
+      (:data:`cmbdetect.physics.constants.MICROBLEED_MAX_MOMENT_PPM_MM3`, a 10 mm lesion at 10 ppm).  Such a
+      source is a failed chi map, a large haemorrhage or air; the microbleed probability is moved to "other".
+
+    Returns ``(probs, gated)`` with ``gated`` a bool array (either rule).  Works on ``[N, C]`` or ``[N, H, C]``.
     """
     p = np.array(probs, dtype=float, copy=True)
-    gated = np.array([float(f.get("integrated_chi_ppm_mm3", 0.0)) < 0 and float(f.get("dipole_sign", 0.0)) < 0
-                      for f in features], dtype=bool)
-    if gated.any():
-        p[gated, ..., _CALC] += p[gated, ..., _MB]
-        p[gated, ..., _MB] = 0.0
-    return p, gated
+    moment = np.array([float(f.get("integrated_chi_ppm_mm3", 0.0)) for f in features], dtype=float)
+    diamagnetic = (moment < 0) & np.array([float(f.get("dipole_sign", 0.0)) < 0 for f in features], dtype=bool)
+    too_strong = moment > MICROBLEED_MAX_MOMENT_PPM_MM3
+    for rows, to in ((diamagnetic, _CALC), (too_strong, _OTHER)):
+        if rows.any():
+            p[rows, ..., to] += p[rows, ..., _MB]
+            p[rows, ..., _MB] = 0.0
+    return p, diamagnetic | too_strong
 
 
 def committee_uncertainty(head_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

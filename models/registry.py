@@ -30,6 +30,10 @@ REGISTRY: dict[str, str] = {"default": "default"}
 FORMAT_VERSION = 1
 WEIGHT_FILES = ("detector.pt", "classifier.pt")
 #: Physics features fed to stage 2 (keys of ``physics.sources.lesion_features``).
+#: What :func:`cmbdetect.models.classifier.physics_gate` does (recorded in each model's metadata).
+PHYSICS_GATE = ("a candidate whose integrated chi and dipole sign are both negative (diamagnetic) cannot be called "
+                "microbleed: its microbleed probability moves to calcification; nor can one whose integrated chi "
+                "exceeds the largest moment of a microbleed (10 mm at 10 ppm, about 5236 ppm mm^3): it moves to other")
 FEATURE_NAMES: tuple[str, ...] = ("integrated_chi_ppm_mm3", "mean_chi_ppm", "dipole_sign", "dipole_corr", "diameter_mm",
                                   "volume_mm3", "elongation", "sphericity", "blooming_ratio", "void_mean_chi_ppm",
                                   "chi_available")
@@ -172,8 +176,7 @@ def base_metadata(*, channels=ALL_CHANNELS, spacing=None, detector_arch: dict, c
         "thresholds": {"heatmap": 0.3, "min_distance_mm": 3.0, "max_candidates": 200},
         "calibration": {"method": "temperature", "temperature": 1.0, "class_weights": [1.0] * len(CLASSES),
                         "training_prevalence": 0.5},
-        "physics_gate": "a candidate whose integrated chi and dipole sign are both negative (diamagnetic) "
-                        "cannot be called microbleed: its microbleed probability moves to calcification",
+        "physics_gate": PHYSICS_GATE,
         "inference": {"tile": 160, "overlap": 16, "stage2_tta": False, "stage1_tta_flips": [[]]},
     }
 

@@ -6,6 +6,14 @@ GAMMA_BAR_MHZ_PER_T: float = 42.577478
 GAMMA_BAR_HZ_PER_T: float = GAMMA_BAR_MHZ_PER_T * 1e6
 #: Susceptibility of air relative to brain tissue (ppm, SI volume susceptibility).
 CHI_AIR_VS_TISSUE_PPM: float = 9.4
+#: Largest diameter (mm) of a cerebral microbleed (the usual radiological definition: 2-10 mm).
+MICROBLEED_MAX_DIAMETER_MM: float = 10.0
+#: Generous upper bound (ppm, SI, relative to tissue) on the susceptibility of a microbleed's blood products:
+#: QSM studies measure about 0.2-2 ppm; 10 ppm exceeds even the air/tissue step.
+MICROBLEED_MAX_CHI_PPM: float = 10.0
+#: Largest magnetic moment a microbleed can carry, chi * volume of the largest one (ppm * mm^3, about 5236):
+#: a candidate whose integrated chi exceeds it is no microbleed (a failed chi map, a large haemorrhage, air).
+MICROBLEED_MAX_MOMENT_PPM_MM3: float = MICROBLEED_MAX_CHI_PPM * 3.141592653589793 / 6.0 * MICROBLEED_MAX_DIAMETER_MM ** 3
 
 
 def ppm_to_hz(field_ppm, b0_t: float):

@@ -96,6 +96,22 @@ def test_physics_gate_moves_diamagnetic_to_calcification():
     assert np.allclose(committee[0, :, 0], 0.0)
 
 
+def test_physics_gate_moves_an_impossible_moment_to_other():
+    """A paramagnetic source stronger than any microbleed can be (a 10 mm sphere at 10 ppm: about 5236
+    ppm mm^3) is not called microbleed; one just below the bound is left alone."""
+    from cmbdetect.physics.constants import MICROBLEED_MAX_MOMENT_PPM_MM3 as bound
+
+    assert np.isclose(bound, np.pi / 6 * 10.0 ** 3 * 10.0)
+    p = np.array([[0.7, 0.1, 0.1, 0.1], [0.7, 0.1, 0.1, 0.1]])
+    feats = [{"integrated_chi_ppm_mm3": 31000.0, "dipole_sign": 1.0},
+             {"integrated_chi_ppm_mm3": 0.99 * bound, "dipole_sign": 1.0}]
+    out, gated = physics_gate(p, feats)
+    assert gated.tolist() == [True, False]
+    assert np.allclose(out[0], [0.0, 0.1, 0.1, 0.8]) and np.allclose(out[1], p[1])
+    committee, gated = physics_gate(np.stack([p, p], axis=1), feats)
+    assert np.allclose(committee[0, :, 3], 0.8) and gated.tolist() == [True, False]
+
+
 def test_channels_normalised_inside_mask(oblique_affine):
     maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
     x, stats = physics_channels(maps, ALL_CHANNELS)
