@@ -141,24 +141,21 @@ def mined_candidates(det, vol: Stage1Volume, *, threshold: float, opts: TrainOpt
 
 
 def validation_examples(subjects, vols, ratios, val_idx, val_cands, threshold: float, opts: TrainOptions, *,
-                        logits=None):
-    """Stage-2 examples of the validation subjects' stage-1 candidates at ``threshold`` (no added truths) and
-    their stage-1 scores, in the same order.  ``logits`` (a function of one subject's examples): computed one
-    subject at a time, returned as a third item, and the patches dropped (``[N, 0]``), so that a large
-    candidate budget (``max_candidates`` in the thousands) does not hold every validation patch at once."""
+                        logits):
+    """Stage-2 examples of the validation subjects' stage-1 candidates at ``threshold`` (no added truths), their
+    stage-1 scores and their ``logits`` (a function of one subject's examples), in the same order.  The logits
+    are computed one subject at a time and the patches dropped (``[N, 0]``), so that a large candidate budget
+    (``max_candidates`` in the thousands) does not hold every validation patch at once."""
     ex_val, s1, lg = [], [], []
     for i in val_idx:
         c, s, _ = val_cands[i]
         keep = s >= threshold
         ex = subject_examples(subjects[i], vols[i].x, vols[i].mask, ratios[i], cand_centres=c[keep],
                               patch=opts.classifier_patch, subject_index=i, include_truth=False, seed=opts.seed)
-        if logits is not None:
-            lg.append(logits(ex))
-            ex = replace(ex, patches=np.zeros((len(ex), 0), dtype=np.float32))
-        ex_val.append(ex)
+        lg.append(logits(ex))
+        ex_val.append(replace(ex, patches=np.zeros((len(ex), 0), dtype=np.float32)))
         s1.append(np.asarray(s[keep], dtype=float))
-    s1 = np.concatenate(s1) if s1 else np.zeros(0)
-    return (ex_val, s1) if logits is None else (ex_val, s1, lg)
+    return ex_val, (np.concatenate(s1) if s1 else np.zeros(0)), lg
 
 
 def stage1_stacking(va_logits, labels, s1, calibration: dict) -> dict | None:
