@@ -1,4 +1,5 @@
 """Physical constants: the one place each lives."""
+import math
 
 #: Reduced gyromagnetic ratio of 1H, gamma / (2*pi), in MHz per tesla.
 GAMMA_BAR_MHZ_PER_T: float = 42.577478
@@ -13,7 +14,7 @@ MICROBLEED_MAX_DIAMETER_MM: float = 10.0
 MICROBLEED_MAX_CHI_PPM: float = 10.0
 #: Largest magnetic moment a microbleed can carry, chi * volume of the largest one (ppm * mm^3, about 5236):
 #: a candidate whose integrated chi exceeds it is no microbleed (a failed chi map, a large haemorrhage, air).
-MICROBLEED_MAX_MOMENT_PPM_MM3: float = MICROBLEED_MAX_CHI_PPM * 3.141592653589793 / 6.0 * MICROBLEED_MAX_DIAMETER_MM ** 3
+MICROBLEED_MAX_MOMENT_PPM_MM3: float = MICROBLEED_MAX_CHI_PPM * math.pi / 6.0 * MICROBLEED_MAX_DIAMETER_MM ** 3
 
 
 def ppm_to_hz(field_ppm, b0_t: float):
