@@ -20,6 +20,8 @@ import torch
 from cmbdetect.models.channels import ALL_CHANNELS, normalisation_spec
 from cmbdetect.models.detection import CLASSES
 from cmbdetect.models.networks import CentreNet3D, PatchClassifier
+from cmbdetect.physics.constants import (MICROBLEED_MAX_CHI_PPM, MICROBLEED_MAX_DIAMETER_MM,
+                                        MICROBLEED_MAX_MOMENT_PPM_MM3)
 from cmbdetect.physics.errors import InputError
 
 #: Folder holding the shipped models.
@@ -29,11 +31,12 @@ REGISTRY: dict[str, str] = {"default": "default"}
 #: Metadata format version.
 FORMAT_VERSION = 1
 WEIGHT_FILES = ("detector.pt", "classifier.pt")
-#: Physics features fed to stage 2 (keys of ``physics.sources.lesion_features``).
 #: What :func:`cmbdetect.models.classifier.physics_gate` does (recorded in each model's metadata).
 PHYSICS_GATE = ("a candidate whose integrated chi and dipole sign are both negative (diamagnetic) cannot be called "
                 "microbleed: its microbleed probability moves to calcification; nor can one whose integrated chi "
-                "exceeds the largest moment of a microbleed (10 mm at 10 ppm, about 5236 ppm mm^3): it moves to other")
+                f"exceeds the largest moment of a microbleed ({MICROBLEED_MAX_DIAMETER_MM:g} mm at "
+                f"{MICROBLEED_MAX_CHI_PPM:g} ppm, about {MICROBLEED_MAX_MOMENT_PPM_MM3:.0f} ppm mm^3): it moves to other")
+#: Physics features fed to stage 2 (keys of ``physics.sources.lesion_features``).
 FEATURE_NAMES: tuple[str, ...] = ("integrated_chi_ppm_mm3", "mean_chi_ppm", "dipole_sign", "dipole_corr", "diameter_mm",
                                   "volume_mm3", "elongation", "sphericity", "blooming_ratio", "void_mean_chi_ppm",
                                   "chi_available")
