@@ -214,6 +214,8 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
             timings = {**timer.seconds, "total": timer.total(),
                        **{f"node:{k}": v for k, v in outcome.node_seconds.items()}}
             physics = _physics_meta(outcome.node_outputs)
+            for warning in physics.get("warnings", []):
+                progress(label, f"warning: {warning}")
             write_json(build_provenance(command_line=command_line or sys.argv,
                                         parameters={**settings, "execution": options.execution(),
                                                     "physics": physics},

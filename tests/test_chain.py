@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmbdetect.physics.chain import DEFAULT_MIN_COHERENCE, compute_physics_maps, invert_local_field
+from cmbdetect.physics.chain import (DEFAULT_MIN_COHERENCE, IMPLAUSIBLE_CHI_MEDIAN_PPM, chi_map_quality,
+                                     compute_physics_maps, invert_local_field)
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.maps import PhysicsMaps
 from phantoms import make_head_phantom
@@ -157,3 +158,28 @@ def test_reliability_coherence_uses_early_echoes_at_7t():
         info = maps.meta["field_fit"]["reliable_mask"]
         assert ("first 4 echoes" in info["coherence"]) == (limit is None)
     assert lost[float("inf")] >= 2 and lost[None] == 0, lost
+
+
+def test_chi_map_quality_values():
+    chi = np.array([[[0.1, -0.1, 0.3, -2.0, 9.0]]])
+    mask = np.array([[[True, True, True, True, False]]])
+    stats, warning = chi_map_quality(chi, mask)
+    assert stats["chi_abs_median_ppm"] == pytest.approx(0.2) and warning is None
+    assert stats["chi_abs_p99_ppm"] == pytest.approx(float(np.percentile([0.1, 0.1, 0.3, 2.0], 99)), abs=1e-4)
+    stats, warning = chi_map_quality(chi * 3, mask)       # median 0.6 ppm > 0.4
+    assert IMPLAUSIBLE_CHI_MEDIAN_PPM == 0.4 and "implausible" in warning and "0.60 ppm" in warning
+    assert chi_map_quality(chi, np.zeros_like(mask)) == ({"chi_abs_median_ppm": 0.0, "chi_abs_p99_ppm": 0.0}, None)
+
+
+def test_chain_flags_a_failed_chi_map():
+    """A mask that takes in everything outside the head (noise phase, no tissue) makes the chi map fail: the chain
+    says so in one warning and in meta['quality']; with the phantom's own mask it stays quiet."""
+    p = make_head_phantom(seed=5, shape=(64, 64, 56), n_para=4, n_dia=4, te=(0.004, 0.008, 0.012, 0.016, 0.024))
+    good = compute_physics_maps(mag=p.mag, phase=p.phase, te=p.te, b0=p.b0, affine=p.affine, mask=p.mask,
+                                min_coherence=0)
+    assert good.meta["quality"]["chi_abs_median_ppm"] < 0.1
+    assert not any("implausible: median |chi|" in w for w in good.meta["warnings"])
+    bad = compute_physics_maps(mag=p.mag, phase=p.phase, te=p.te, b0=p.b0, affine=p.affine,
+                               mask=np.ones_like(p.mask), min_coherence=0)
+    assert bad.meta["quality"]["chi_abs_median_ppm"] > IMPLAUSIBLE_CHI_MEDIAN_PPM
+    assert sum("susceptibility map implausible" in w for w in bad.meta["warnings"]) == 1
