@@ -159,6 +159,7 @@ def brain_mask(
     close_mm: float = 4.0,
     scalp_open_mm: float = SCALP_OPEN_MM,
     scalp_margin_mm: float = SCALP_MARGIN_MM,
+    scalp_leak_fraction: float = SCALP_LEAK_FRACTION,
 ) -> np.ndarray:
     """Brain mask (bool, same shape) from a 3D magnitude image (arbitrary units).
 
@@ -177,12 +178,34 @@ def brain_mask(
     partial-volume bridges survive the ``open_mm`` opening and the closing then seals the skull gap, so
     the whole scalp joins the mask and background removal fails.  The same steps are therefore also run
     with an opening of ``max(scalp_open_mm, 1.6 * largest voxel size)``, which cuts the scalp off but also
-    cuts open the void of a surface microbleed; the mask is the first result limited to
+    cuts open the void of a surface microbleed; the guarded mask is the first result limited to
     ``scalp_margin_mm`` around the second (largest component), so lesion voids at the brain surface stay
-    and the scalp, which lies beyond the skull, goes.  It is applied only when it removes more than
-    :data:`SCALP_LEAK_FRACTION` of the mask (a whole scalp shell); ``scalp_open_mm <= open_mm`` turns it off.
-    Raises :class:`InputError` when the result is empty.
+    and the scalp, which lies beyond the skull, goes (:func:`brain_masks` gives both).  It is used only when
+    it removes more than ``scalp_leak_fraction`` of the mask (default :data:`SCALP_LEAK_FRACTION`: a whole
+    scalp shell; 0 uses it whenever it removes anything, small scalp patches included);
+    ``scalp_open_mm <= open_mm`` turns it off.  Raises :class:`InputError` when the result is empty.
     """
+    plain, guarded = brain_masks(mag3d, voxel_size, erode_mm=erode_mm, threshold=threshold, smooth_mm=smooth_mm,
+                                 open_mm=open_mm, close_mm=close_mm, scalp_open_mm=scalp_open_mm,
+                                 scalp_margin_mm=scalp_margin_mm)
+    return guarded if guarded.sum() < (1.0 - scalp_leak_fraction) * plain.sum() else plain
+
+
+def brain_masks(
+    mag3d: np.ndarray,
+    voxel_size,
+    *,
+    erode_mm: float = 1.0,
+    threshold: float | None = None,
+    smooth_mm: float = 1.0,
+    open_mm: float = 3.0,
+    close_mm: float = 4.0,
+    scalp_open_mm: float = SCALP_OPEN_MM,
+    scalp_margin_mm: float = SCALP_MARGIN_MM,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The brain mask of :func:`brain_mask` without and with its scalp guard: ``(plain, guarded)``, bool arrays
+    of the image's shape, ``guarded`` a subset of ``plain`` (equal to it when the guard is off or cuts nothing).
+    Raises :class:`InputError` when ``plain`` is empty."""
     mag = np.asarray(mag3d, dtype=np.float32)
     if mag.ndim != 3:
         raise InputError(f"brain mask needs a 3D magnitude image, got shape {mag.shape}")
@@ -199,18 +222,19 @@ def brain_mask(
     box = _foreground_box(fg, margin=2)
     fg = fg[box]
     inner = _shape_mask(fg, vs, open_mm=open_mm, close_mm=close_mm, erode_mm=erode_mm)
-    scalp_open = max(float(scalp_open_mm), 1.6 * float(vs.max()))
-    if scalp_open_mm > open_mm and inner.any():
-        cut = _shape_mask(fg, vs, open_mm=scalp_open, close_mm=close_mm, erode_mm=erode_mm)
-        if cut.any():
-            guarded = _largest_component(inner & _dilate(cut, scalp_margin_mm, vs))
-            if guarded.sum() < (1.0 - SCALP_LEAK_FRACTION) * inner.sum():
-                inner = guarded
     if not inner.any():
         raise InputError("brain mask is empty after erosion; lower erode_mm or give a mask")
-    mask = np.zeros(mag.shape, dtype=bool)
-    mask[box] = inner
-    return mask
+    guarded = inner
+    if scalp_open_mm > open_mm:
+        cut = _shape_mask(fg, vs, open_mm=max(float(scalp_open_mm), 1.6 * float(vs.max())), close_mm=close_mm,
+                          erode_mm=erode_mm)
+        if cut.any():
+            guarded = _largest_component(inner & _dilate(cut, scalp_margin_mm, vs))
+    plain = np.zeros(mag.shape, dtype=bool)
+    plain[box] = inner
+    full = np.zeros(mag.shape, dtype=bool)
+    full[box] = guarded
+    return plain, full
 
 
 def _shape_mask(fg: np.ndarray, vs: np.ndarray, *, open_mm: float, close_mm: float, erode_mm: float) -> np.ndarray:

@@ -208,3 +208,35 @@ def local_field_error_ratio(p: Phantom, local_est: np.ndarray, valid: np.ndarray
     d = (local_est - p.local_field_ppm)[valid]
     b = p.background_field_ppm[valid]
     return float(np.std(b) / max(np.std(d), 1e-12))
+
+
+def coarse_head(rng, voxel_size=(2.3, 2.3, 3.2), gap_mm=4.0, scalp_above_mm=None):
+    """Adult-sized head on thick anisotropic voxels: brain ellipsoid (semi-axes 60/70/55 mm), a dark skull
+    gap of ``gap_mm`` crossed by four tissue-bright partial-volume bridges, a bright 6 mm scalp (fat at
+    1.5 T), and a 9 mm microbleed void centred 1 mm inside the lateral brain surface (blooming reaches
+    the skull gap).  ``scalp_above_mm``: only the scalp above this height (mm from the centre, along the third
+    axis) is there, a bright patch instead of a shell.  Returns (magnitude, brain, scalp, lesion)."""
+    vs = np.asarray(voxel_size)
+    axes = np.array([60.0, 70.0, 55.0])
+    shape = tuple(int(np.ceil(2 * (a + gap_mm + 14.0) / v)) for a, v in zip(axes, vs))
+    c = (np.asarray(shape) - 1) / 2.0
+    idx = np.indices(shape).astype(float)
+    x, y, z = [(idx[n] - c[n]) * vs[n] for n in range(3)]
+    r = np.sqrt((x / axes[0]) ** 2 + (y / axes[1]) ** 2 + (z / axes[2]) ** 2)
+    outside_mm = (r - 1.0) * axes.min()
+    brain = r <= 1.0
+    scalp = (outside_mm >= gap_mm) & (outside_mm <= gap_mm + 6.0)
+    if scalp_above_mm is not None:
+        scalp &= z > scalp_above_mm
+    signal = np.zeros(shape)
+    signal[brain] = 1.0
+    signal[scalp] = 1.4
+    for d in ([0, 0, 1], [0.7, 0, 0.7], [-0.6, 0.5, 0.6], [0, -0.8, 0.6]):
+        p = np.asarray(d) / np.linalg.norm(d) * (axes + gap_mm / 2)
+        signal[np.sqrt((x - p[0]) ** 2 + (y - p[1]) ** 2 + (z - p[2]) ** 2) <= 5.0] = 1.0
+    lesion = np.sqrt((x - axes[0] + 1.0) ** 2 + y ** 2 + z ** 2) <= 4.5
+    signal[lesion] = 0.05
+    sigma = 0.05
+    noisy = np.abs(signal + sigma * rng.standard_normal(shape) + 1j * sigma * rng.standard_normal(shape))
+    return noisy.astype(np.float32), brain, scalp, lesion
+

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.physics.mask import brain_mask, validate_mask
+from cmbdetect.physics.mask import brain_mask, brain_masks, validate_mask
+from phantoms import coarse_head
 
 
 def synthetic_head(rng, shape=(56, 60, 40), voxel_size=(1.0, 1.0, 1.5)):
@@ -211,34 +212,6 @@ def test_slab_with_tissue_on_its_faces_keeps_dimmer_tissue(rng):
     assert (m & ~brain).sum() < 0.01 * brain.sum()
 
 
-def coarse_head(rng, voxel_size=(2.3, 2.3, 3.2), gap_mm=4.0):
-    """Adult-sized head on thick anisotropic voxels: brain ellipsoid (semi-axes 60/70/55 mm), a dark skull
-    gap of ``gap_mm`` crossed by four tissue-bright partial-volume bridges, a bright 6 mm scalp (fat at
-    1.5 T), and a 9 mm microbleed void centred 1 mm inside the lateral brain surface (blooming reaches
-    the skull gap).  Returns (magnitude, brain, scalp, lesion)."""
-    vs = np.asarray(voxel_size)
-    axes = np.array([60.0, 70.0, 55.0])
-    shape = tuple(int(np.ceil(2 * (a + gap_mm + 14.0) / v)) for a, v in zip(axes, vs))
-    c = (np.asarray(shape) - 1) / 2.0
-    idx = np.indices(shape).astype(float)
-    x, y, z = [(idx[n] - c[n]) * vs[n] for n in range(3)]
-    r = np.sqrt((x / axes[0]) ** 2 + (y / axes[1]) ** 2 + (z / axes[2]) ** 2)
-    outside_mm = (r - 1.0) * axes.min()
-    brain = r <= 1.0
-    scalp = (outside_mm >= gap_mm) & (outside_mm <= gap_mm + 6.0)
-    signal = np.zeros(shape)
-    signal[brain] = 1.0
-    signal[scalp] = 1.4
-    for d in ([0, 0, 1], [0.7, 0, 0.7], [-0.6, 0.5, 0.6], [0, -0.8, 0.6]):
-        p = np.asarray(d) / np.linalg.norm(d) * (axes + gap_mm / 2)
-        signal[np.sqrt((x - p[0]) ** 2 + (y - p[1]) ** 2 + (z - p[2]) ** 2) <= 5.0] = 1.0
-    lesion = np.sqrt((x - axes[0] + 1.0) ** 2 + y ** 2 + z ** 2) <= 4.5
-    signal[lesion] = 0.05
-    sigma = 0.05
-    noisy = np.abs(signal + sigma * rng.standard_normal(shape) + 1j * sigma * rng.standard_normal(shape))
-    return noisy.astype(np.float32), brain, scalp, lesion
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_scalp_bridged_across_a_thin_skull_on_thick_slices_is_cut_off(seed):
     """Thick slices + bright scalp: without the scalp guard the closing seals the skull gap and the whole
@@ -253,3 +226,17 @@ def test_scalp_bridged_across_a_thin_skull_on_thick_slices_is_cut_off(seed):
     assert (m & brain).sum() > 0.97 * brain.sum()
     assert m[lesion].all()
     assert m[lesion].mean() > brain_mask(mag, vs, scalp_margin_mm=0.0)[lesion].mean() + 0.2
+
+
+def test_a_scalp_patch_is_cut_only_when_asked():
+    """A bright scalp patch (11 % of the mask) stays in the default mask (the guard cuts only a whole shell) and
+    goes with ``scalp_leak_fraction=0``; :func:`brain_masks` returns both, the guarded one inside the plain one."""
+    vs = (2.3, 2.3, 3.2)
+    mag, brain, scalp, _ = coarse_head(np.random.default_rng(0), voxel_size=vs, scalp_above_mm=35.0)
+    plain, guarded = brain_masks(mag, vs)
+    assert (guarded <= plain).all() and 0.05 < 1 - guarded.sum() / plain.sum() < 0.2
+    assert (brain_mask(mag, vs) == plain).all() and (plain & scalp).sum() > 0.9 * scalp.sum()
+    cut = brain_mask(mag, vs, scalp_leak_fraction=0.0)
+    assert (cut == guarded).all() and not (cut & scalp).any() and (cut & brain).sum() > 0.97 * brain.sum()
+    off_plain, off_guarded = brain_masks(mag, vs, scalp_open_mm=0.0)
+    assert (off_plain == off_guarded).all() and (off_plain == plain).all()

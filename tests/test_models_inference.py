@@ -302,3 +302,27 @@ def test_stage2_screen_runs_the_flip_pass_only_where_it_can_matter(random_model,
     assert 2 < flipped.sum() < len(patches)
     assert np.allclose(mixed[flipped], full[flipped], atol=1e-6)
     assert np.allclose(mixed[~flipped], plain[~flipped], atol=1e-6)
+
+
+def test_brain_domain_leaves_out_a_scalp_patch_that_the_chi_mask_kept(oblique_affine):
+    """A bright scalp patch bridged to the brain on thick slices is too small for the physics chain's scalp guard
+    (it cuts only a whole shell), so the chi mask keeps it; the detection domain leaves it out, and keeps the brain
+    and the centre of a 9 mm microbleed void at the surface."""
+    from phantoms import coarse_head
+    from scipy import ndimage
+
+    from cmbdetect.physics.mask import brain_mask
+
+    vs = (2.3, 2.3, 3.2)
+    mag, brain, scalp, lesion = coarse_head(np.random.default_rng(0), voxel_size=vs, scalp_above_mm=35.0)
+    chi_mask = brain_mask(mag, vs)
+    assert (chi_mask & scalp).sum() > 0.9 * scalp.sum()
+    maps = tiny_maps(oblique_affine(mag.shape, vs), shape=mag.shape)
+    maps.magnitude, maps.mask = mag, chi_mask
+    domain = detection_domain(maps, "brain")
+    assert not (domain & scalp).any()
+    assert (domain & brain).sum() > 0.97 * brain.sum()
+    assert domain[tuple(int(round(x)) for x in ndimage.center_of_mass(lesion))]
+    # nothing to cut: the domain is the brain mask together with the chi mask, as before
+    small = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
+    assert (detection_domain(small, "brain") == (brain_mask(small.magnitude, (1.0, 1.0, 1.5)) | small.mask)).all()
