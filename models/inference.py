@@ -61,7 +61,7 @@ def detection_domain(maps: PhysicsMaps, kind: str = "mask", *, close_mm: float =
         plain, guarded = brain_masks(maps.magnitude, vs)
     except InputError:
         return mask
-    brain = (plain | mask) & ~(plain & ~guarded)
+    brain = guarded | (mask & ~plain)  # the chi mask where it reaches beyond the brain mask, never into the cut
     return close_surface_notches(brain, close_mm, vs)  # close_mm <= 0: the brain mask as it is
 
 

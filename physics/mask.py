@@ -148,7 +148,19 @@ def close_surface_notches(mask: np.ndarray, radius_mm: float, voxel_size) -> np.
     return fill_holes(_close(m, float(radius_mm), np.asarray(voxel_size, dtype=float)))
 
 
-def brain_mask(
+def brain_mask(mag3d: np.ndarray, voxel_size, *, scalp_leak_fraction: float = SCALP_LEAK_FRACTION,
+               **options: float | None) -> np.ndarray:
+    """Brain mask (bool, same shape) from a 3D magnitude image (arbitrary units): the scalp-guarded mask of
+    :func:`brain_masks` when it removes more than ``scalp_leak_fraction`` of the plain one (default
+    :data:`SCALP_LEAK_FRACTION`: a whole scalp shell; 0 uses it whenever it removes anything, small scalp patches
+    included), else the plain one.  ``options``: the keyword arguments of :func:`brain_masks`.  Raises
+    :class:`InputError` when the result is empty.
+    """
+    plain, guarded = brain_masks(mag3d, voxel_size, **options)
+    return guarded if guarded.sum() < (1.0 - scalp_leak_fraction) * plain.sum() else plain
+
+
+def brain_masks(
     mag3d: np.ndarray,
     voxel_size,
     *,
@@ -159,9 +171,10 @@ def brain_mask(
     close_mm: float = 4.0,
     scalp_open_mm: float = SCALP_OPEN_MM,
     scalp_margin_mm: float = SCALP_MARGIN_MM,
-    scalp_leak_fraction: float = SCALP_LEAK_FRACTION,
-) -> np.ndarray:
-    """Brain mask (bool, same shape) from a 3D magnitude image (arbitrary units).
+) -> tuple[np.ndarray, np.ndarray]:
+    """The brain mask from a 3D magnitude image (arbitrary units) without and with its scalp guard:
+    ``(plain, guarded)``, bool arrays of the image's shape, ``guarded`` a subset of ``plain`` (equal to it when the
+    guard is off or cuts nothing).  :func:`brain_mask` picks one.
 
     Steps: Gaussian smoothing (``smooth_mm``, true voxel sizes) -> threshold (``threshold`` in the
     magnitude's units; default 45 % of the way from the background level, read on the faces of
@@ -178,34 +191,11 @@ def brain_mask(
     partial-volume bridges survive the ``open_mm`` opening and the closing then seals the skull gap, so
     the whole scalp joins the mask and background removal fails.  The same steps are therefore also run
     with an opening of ``max(scalp_open_mm, 1.6 * largest voxel size)``, which cuts the scalp off but also
-    cuts open the void of a surface microbleed; the guarded mask is the first result limited to
-    ``scalp_margin_mm`` around the second (largest component), so lesion voids at the brain surface stay
-    and the scalp, which lies beyond the skull, goes (:func:`brain_masks` gives both).  It is used only when
-    it removes more than ``scalp_leak_fraction`` of the mask (default :data:`SCALP_LEAK_FRACTION`: a whole
-    scalp shell; 0 uses it whenever it removes anything, small scalp patches included);
-    ``scalp_open_mm <= open_mm`` turns it off.  Raises :class:`InputError` when the result is empty.
+    cuts open the void of a surface microbleed; the guarded mask is the plain one limited to
+    ``scalp_margin_mm`` around that result (largest component), so lesion voids at the brain surface stay
+    and the scalp, which lies beyond the skull, goes.  ``scalp_open_mm <= open_mm`` turns the guard off.
+    Raises :class:`InputError` when ``plain`` is empty.
     """
-    plain, guarded = brain_masks(mag3d, voxel_size, erode_mm=erode_mm, threshold=threshold, smooth_mm=smooth_mm,
-                                 open_mm=open_mm, close_mm=close_mm, scalp_open_mm=scalp_open_mm,
-                                 scalp_margin_mm=scalp_margin_mm)
-    return guarded if guarded.sum() < (1.0 - scalp_leak_fraction) * plain.sum() else plain
-
-
-def brain_masks(
-    mag3d: np.ndarray,
-    voxel_size,
-    *,
-    erode_mm: float = 1.0,
-    threshold: float | None = None,
-    smooth_mm: float = 1.0,
-    open_mm: float = 3.0,
-    close_mm: float = 4.0,
-    scalp_open_mm: float = SCALP_OPEN_MM,
-    scalp_margin_mm: float = SCALP_MARGIN_MM,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The brain mask of :func:`brain_mask` without and with its scalp guard: ``(plain, guarded)``, bool arrays
-    of the image's shape, ``guarded`` a subset of ``plain`` (equal to it when the guard is off or cuts nothing).
-    Raises :class:`InputError` when ``plain`` is empty."""
     mag = np.asarray(mag3d, dtype=np.float32)
     if mag.ndim != 3:
         raise InputError(f"brain mask needs a 3D magnitude image, got shape {mag.shape}")

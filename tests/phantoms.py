@@ -239,4 +239,3 @@ def coarse_head(rng, voxel_size=(2.3, 2.3, 3.2), gap_mm=4.0, scalp_above_mm=None
     sigma = 0.05
     noisy = np.abs(signal + sigma * rng.standard_normal(shape) + 1j * sigma * rng.standard_normal(shape))
     return noisy.astype(np.float32), brain, scalp, lesion
-
