@@ -46,8 +46,8 @@ def detection_domain(maps: PhysicsMaps, kind: str = "mask", *, close_mm: float =
     (:func:`cmbdetect.physics.mask.brain_masks`) is left out of the domain even where the physics chain keeps it
     (the chain only cuts a whole scalp shell, so as not to move its field-reliability mask): patches of bright
     scalp are no place to look for microbleeds; on the seed-606 test cohort they held 3 of the 6 false positives
-    at p >= 0.5.  A supplied mask
-    (``meta["mask"] == "supplied"``) or placeholder magnitude (a local field given directly) keeps ``maps.mask``."""
+    at p >= 0.5.  A supplied mask (``meta["mask"] == "supplied"``) or placeholder magnitude (a local field given
+    directly) keeps ``maps.mask``."""
     from cmbdetect.physics.mask import brain_masks, close_surface_notches
 
     mask = np.asarray(maps.mask, dtype=bool)

@@ -32,7 +32,7 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
 TISSUE_FRACTION = 0.45
 #: Without background in the field of view (a crop inside the brain): this fraction of tissue.
 NO_BACKGROUND_FRACTION = 0.3
-#: Scalp guard of :func:`brain_mask`: opening radius (mm; at least 1.6 voxels) that cuts the scalp off ...
+#: Scalp guard of :func:`brain_masks`: opening radius (mm; at least 1.6 voxels) that cuts the scalp off ...
 SCALP_OPEN_MM = 5.0
 #: ... and how far (mm) the mask may reach beyond that cut one (surface lesion voids stay, the scalp goes).
 SCALP_MARGIN_MM = 3.0
