@@ -73,18 +73,32 @@ def nms_peaks(heatmap: np.ndarray, voxel_size, *, threshold: float, min_distance
     scores = h[tuple(cand.T)]
     order = np.argsort(-scores, kind="stable")
     cand, scores = cand[order], scores[order]
-    kept: list[int] = []
-    kept_mm = np.zeros((0, 3))
-    for n, c in enumerate(cand):
-        c_mm = c * vs
-        if len(kept_mm) and np.min(np.sum((kept_mm - c_mm) ** 2, axis=1)) < min_distance_mm**2:
-            continue
-        kept.append(n)
-        kept_mm = np.vstack([kept_mm, c_mm])
-        if len(kept) >= max_peaks:
-            break
+    kept = _greedy_suppression(cand * vs, min_distance_mm, max_peaks)
     cand, scores = cand[kept], scores[kept]
     return np.array([_refine(h, c) for c in cand], dtype=float).reshape(-1, 3), scores.astype(float)
+
+
+def _greedy_suppression(points_mm: np.ndarray, min_distance_mm: float, max_keep: int) -> list[int]:
+    """Indices of ``points_mm`` (sorted best first) kept by greedy suppression: a point is dropped when a kept
+    one lies closer than ``min_distance_mm``; at most ``max_keep``.  Kept points are hashed into cubic cells of
+    side ``min_distance_mm``, so each point is compared with the kept points of its 27 neighbouring cells only
+    (linear time; the uncapped candidate lists of the recall benchmarks hold tens of thousands of peaks)."""
+    kept: list[int] = []
+    if min_distance_mm <= 0:
+        return list(range(min(len(points_mm), int(max_keep))))
+    cells: dict[tuple[int, int, int], list[np.ndarray]] = {}
+    keys = np.floor(points_mm / min_distance_mm).astype(int)
+    offsets = [(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]
+    limit = min_distance_mm**2
+    for n, (p, key) in enumerate(zip(points_mm, map(tuple, keys))):
+        near = [q for o in offsets for q in cells.get((key[0] + o[0], key[1] + o[1], key[2] + o[2]), ())]
+        if near and np.min(np.sum((np.array(near) - p) ** 2, axis=1)) < limit:
+            continue
+        kept.append(n)
+        cells.setdefault(key, []).append(p)
+        if len(kept) >= max_keep:
+            break
+    return kept
 
 
 def _refine(h: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -76,3 +76,23 @@ def test_gaussian_targets_size_adaptive_sigma():
     assert np.isclose(fixed[24, 20, 20], np.exp(-16 / 8), atol=1e-6)
     assert np.isclose(wide[24, 20, 20], np.exp(-16 / 32), atol=1e-6)
     assert np.array_equal(small, fixed) and wide[20, 20, 20] == 1.0
+
+
+def test_greedy_suppression_matches_brute_force():
+    """The cell-hashed suppression keeps exactly what the all-pairs greedy rule keeps, points on cell borders
+    and at exactly the minimum distance included."""
+    from cmbdetect.models.heatmap import _greedy_suppression
+
+    rng = np.random.default_rng(3)
+    pts = np.vstack([rng.uniform(-20, 20, (400, 3)), rng.integers(-6, 6, (200, 3)) * 1.5,
+                     [[0, 0, 0], [3, 0, 0], [2.999, 0, 0], [0, 0, -3]]])
+    for d, cap in ((3.0, 10_000), (1.5, 10_000), (3.0, 25)):
+        kept: list[int] = []
+        for n, p in enumerate(pts):
+            if kept and np.min(np.sum((pts[kept] - p) ** 2, axis=1)) < d**2:
+                continue
+            kept.append(n)
+            if len(kept) >= cap:
+                break
+        assert _greedy_suppression(pts, d, cap) == kept
+    assert len(_greedy_suppression(pts, 3.0, 10_000)) < len(pts)
