@@ -57,10 +57,12 @@ def detection_domain(maps: PhysicsMaps, kind: str = "mask", *, close_mm: float =
     if kind == "mask" or meta.get("mask") == "supplied" or "magnitude" in meta.get("placeholders", ()):
         return mask
     vs = voxel_sizes(maps.affine)
-    try:
-        plain, guarded = brain_masks(maps.magnitude, vs)
-    except InputError:
-        return mask
+    plain, guarded = maps.brain_plain, maps.brain_guarded  # the chain's, when it computed them
+    if plain is None or guarded is None:
+        try:
+            plain, guarded = brain_masks(maps.magnitude, vs)
+        except InputError:
+            return mask
     brain = guarded | (mask & ~plain)  # the chi mask where it reaches beyond the brain mask, never into the cut
     return close_surface_notches(brain, close_mm, vs)  # close_mm <= 0: the brain mask as it is
 

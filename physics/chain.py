@@ -153,7 +153,7 @@ def compute_physics_maps(
     and warnings.
     """
     from .echoes import early_echo_coherence, fit_multi_echo, spatial_phase_coherence
-    from .mask import brain_mask, reliable_field_mask
+    from .mask import brain_masks, pick_brain_mask, reliable_field_mask
 
     m4 = _as_4d(mag, "magnitude")
     p4 = _as_4d(phase, "phase")
@@ -176,8 +176,10 @@ def compute_physics_maps(
         clock = now
 
     combined = np.sqrt((m4.astype(np.float32) ** 2).sum(0))
+    plain = guarded = None
     if mask is None:
-        brain = brain_mask(combined, vs)
+        plain, guarded = brain_masks(combined, vs)
+        brain = pick_brain_mask(plain, guarded)
         meta["mask"] = "automatic (brain_mask)"
     else:
         brain = np.asarray(mask).astype(bool)
@@ -249,7 +251,7 @@ def compute_physics_maps(
         mask=valid, magnitude=combined,
         field_ppm=np.asarray(fit.field_ppm, dtype=np.float32), local_field_ppm=local.astype(np.float32),
         chi_ppm=chi.astype(np.float32), chi_pos=chi_pos, chi_neg=chi_neg, swi=swi, mip=mip,
-        affine=aff, b0=float(b0), r2star=r2star, meta=meta,
+        affine=aff, b0=float(b0), r2star=r2star, meta=meta, brain_plain=plain, brain_guarded=guarded,
     )
 
 

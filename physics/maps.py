@@ -22,6 +22,10 @@ class PhysicsMaps:
     swi : susceptibility-weighted image (magnitude x phase mask^n), same units as magnitude.
     mip : minimum-intensity projection of ``swi`` over a sliding slab along the through-slice axis.
     r2star : R2* in 1/s (multi-echo only; ``None`` for single echo).
+    brain_plain, brain_guarded : the automatic brain masks of ``magnitude`` without and with the scalp guard
+        (:func:`cmbdetect.physics.mask.brain_masks`), as the chain computed them on the way to ``mask``, so that the
+        detection domain need not compute them again; ``None`` when the mask was supplied or the maps come from
+        elsewhere (a cache, a direct construction): the domain then computes them.
     affine : 4x4 voxel -> scanner RAS (mm).
     b0 : field strength (T).
     meta : free-form provenance of the processing (methods, parameters, warnings).
@@ -39,6 +43,8 @@ class PhysicsMaps:
     affine: np.ndarray
     b0: float
     r2star: np.ndarray | None = None
+    brain_plain: np.ndarray | None = None
+    brain_guarded: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     @property

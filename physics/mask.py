@@ -156,7 +156,13 @@ def brain_mask(mag3d: np.ndarray, voxel_size, *, scalp_leak_fraction: float = SC
     included), else the plain one.  ``options``: the keyword arguments of :func:`brain_masks`.  Raises
     :class:`InputError` when the result is empty.
     """
-    plain, guarded = brain_masks(mag3d, voxel_size, **options)
+    return pick_brain_mask(*brain_masks(mag3d, voxel_size, **options), scalp_leak_fraction=scalp_leak_fraction)
+
+
+def pick_brain_mask(plain: np.ndarray, guarded: np.ndarray, *,
+                    scalp_leak_fraction: float = SCALP_LEAK_FRACTION) -> np.ndarray:
+    """The mask :func:`brain_mask` returns, from the pair of :func:`brain_masks`: ``guarded`` when it removes more
+    than ``scalp_leak_fraction`` of ``plain``, else ``plain``."""
     return guarded if guarded.sum() < (1.0 - scalp_leak_fraction) * plain.sum() else plain
 
 

@@ -183,3 +183,20 @@ def test_chain_flags_a_failed_chi_map():
                                mask=np.ones_like(p.mask), min_coherence=0)
     assert bad.meta["quality"]["chi_abs_median_ppm"] > IMPLAUSIBLE_CHI_MEDIAN_PPM
     assert sum("susceptibility map implausible" in w for w in bad.meta["warnings"]) == 1
+
+
+def test_chain_carries_its_brain_masks_for_the_detection_domain():
+    """An automatic mask: the maps carry the plain and scalp-guarded masks of the combined magnitude that the chain
+    chose its brain mask from (the chi mask lies inside the chosen one); a supplied mask: none."""
+    from cmbdetect.physics.mask import brain_masks, pick_brain_mask
+    from cmbdetect.physics.geometry import voxel_sizes
+
+    p = make_head_phantom(seed=2, shape=(48, 48, 40), n_para=2, n_dia=1, te=(0.02,))
+    maps = compute_physics_maps(mag=p.mag[0], phase=p.phase[0], te=p.te[:1], b0=p.b0, affine=p.affine)
+    plain, guarded = brain_masks(maps.magnitude, voxel_sizes(p.affine))
+    np.testing.assert_array_equal(maps.brain_plain, plain)
+    np.testing.assert_array_equal(maps.brain_guarded, guarded)
+    assert not (maps.mask & ~pick_brain_mask(plain, guarded)).any()
+    supplied = compute_physics_maps(mag=p.mag[0], phase=p.phase[0], te=p.te[:1], b0=p.b0, affine=p.affine,
+                                    mask=p.mask)
+    assert supplied.brain_plain is None and supplied.brain_guarded is None

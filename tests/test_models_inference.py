@@ -326,3 +326,20 @@ def test_brain_domain_leaves_out_a_scalp_patch_that_the_chi_mask_kept(oblique_af
     # nothing to cut: the domain is the brain mask together with the chi mask, as before
     small = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
     assert (detection_domain(small, "brain") == (brain_mask(small.magnitude, (1.0, 1.0, 1.5)) | small.mask)).all()
+
+
+def test_brain_domain_takes_the_chains_brain_masks_when_the_maps_carry_them(oblique_affine):
+    """Maps from the physics chain carry its two brain masks; the domain then uses them instead of computing them
+    again (the same result when they are the masks of this magnitude), and follows them when they differ."""
+    from cmbdetect.physics.mask import brain_masks
+
+    vs = (1.0, 1.0, 1.5)
+    maps = tiny_maps(oblique_affine((32, 32, 24), vs))
+    assert maps.brain_plain is None and maps.brain_guarded is None
+    computed = detection_domain(maps, "brain")
+    maps.brain_plain, maps.brain_guarded = brain_masks(maps.magnitude, vs)
+    assert (detection_domain(maps, "brain") == computed).all()
+    box = np.zeros(maps.shape, bool)
+    box[8:24, 8:24, 6:18] = True
+    maps.brain_plain, maps.brain_guarded = box | maps.mask, box
+    assert (detection_domain(maps, "brain") == box).all()  # the chi mask beyond the guarded cut stays out

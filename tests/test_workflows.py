@@ -76,9 +76,10 @@ def test_maps_bundle_round_trip(tmp_path, oblique_affine):
     vol = lambda: rng.standard_normal(SHAPE).astype(np.float32)  # noqa: E731
     maps = PhysicsMaps(mask=vol() > 0, magnitude=vol(), field_ppm=vol(), local_field_ppm=vol(),
                        chi_ppm=vol(), chi_pos=vol(), chi_neg=vol(), swi=vol(), mip=vol(),
-                       affine=oblique_affine(SHAPE), b0=7.0, meta={"warnings": ["w"], "method": "tkd"})
+                       affine=oblique_affine(SHAPE), b0=7.0, meta={"warnings": ["w"], "method": "tkd"},
+                       brain_plain=vol() > -1, brain_guarded=vol() > 0.5)
     back = load_maps_bundle(str(save_maps_bundle(maps, tmp_path / "maps.npz")))
-    for name in ("mask", "magnitude", "chi_ppm", "mip"):
+    for name in ("mask", "magnitude", "chi_ppm", "mip", "brain_plain", "brain_guarded"):
         np.testing.assert_array_equal(getattr(back, name), getattr(maps, name))
     assert back.r2star is None and back.b0 == 7.0 and back.meta == maps.meta
     np.testing.assert_array_equal(back.affine, maps.affine)
