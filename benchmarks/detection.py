@@ -116,7 +116,6 @@ def timing_child(model: str, shape) -> None:
     torch.set_num_threads(2)
     from cmbdetect.models.inference import detect
     from cmbdetect.models.registry import load_model
-
     from cmbdetect.physics.geometry import voxel_sizes
     from cmbdetect.physics.mask import brain_masks
 
