@@ -62,6 +62,8 @@ class TrainOptions:
     #: probability of the coarser-acquisition blur of stage-2 patches (:class:`ResolutionAugmentation`, up to
     #: 3 mm voxels; needs a fixed model grid, ``spacing``).  0 = off, the shipped recipe.
     stage2_resolution_augment: float = 0.0
+    #: the same blur of stage-1 patches (the heatmap targets stay on the lesion centres).  0 = off
+    stage1_resolution_augment: float = 0.0
     #: jittered copies of each true lesion among the stage-2 examples, and the jitter (model voxels per axis)
     truth_copies: int = 1
     truth_jitter: float = 1.0
@@ -260,12 +262,14 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
         torch.save({"step": torch.tensor(step), "detector": det.state_dict(), "optimizer": opt.state_dict()}, tmp)
         tmp.replace(ck_path)
 
+    stage1_resolution = ResolutionAugmentation(probability=float(opts.stage1_resolution_augment)) \
+        if opts.stage1_resolution_augment > 0 else None
     if opts.stage1_steps > start:
         train_detector(det, [vols[i] for i in train_idx], steps=opts.stage1_steps, start_step=start, optimizer=opt,
                        patch=opts.patch, batch=opts.batch, loss=opts.heatmap_loss, balanced=opts.balanced,
                        sigma_mm=opts.sigma_mm, sigma_size_fraction=opts.sigma_size_fraction, seed=opts.seed,
-                       lr_schedule=opts.lr_schedule, augment=augment,
-                       channels=channels, checkpoint=checkpoint, log=log)
+                       lr_schedule=opts.lr_schedule, augment=augment, channels=channels,
+                       resolution=stage1_resolution, checkpoint=checkpoint, log=log)
     det.eval()
     # recall-tuned threshold on validation subjects
     floor = opts.heatmap_floor

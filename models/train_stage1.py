@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cmbdetect.models.augment import IntensityAugmentation, swap_xy
+from cmbdetect.models.augment import IntensityAugmentation, ResolutionAugmentation, swap_xy
 from cmbdetect.models.detector import find_candidates, predict_volume
 from cmbdetect.models.heatmap import gaussian_targets
 from cmbdetect.models.losses import heatmap_loss, size_l1_loss, weighted_mean
@@ -50,11 +50,14 @@ def _flip(a: np.ndarray, axes) -> np.ndarray:
 
 def make_batch(vols: list[Stage1Volume], picks, *, patch: int, stride: int, sigma_mm: float,
                rng: np.random.Generator, sigma_size_fraction: float = 0.0,
-               augment: IntensityAugmentation | None = None, channels=()):
+               augment: IntensityAugmentation | None = None, channels=(),
+               resolution: ResolutionAugmentation | None = None):
     """Input patches ``[B, C, p, p, p]``, heatmap and size targets ``[B, 1, p/s, p/s, p/s]``.
 
-    Random flips always; with ``augment`` (and the ``channels`` names) also the intensity augmentation and,
-    where the two in-plane voxel sizes agree within 2 %, a random in-plane axis swap."""
+    Random flips always; with ``resolution`` the coarser-acquisition blur of the patch (on the volume's voxel
+    size; the lesion centres, hence the targets, stay where they are); with ``augment`` (and the ``channels``
+    names) also the intensity augmentation and, where the two in-plane voxel sizes agree within 2 %, a random
+    in-plane axis swap."""
     xs, hs, ss = [], [], []
     out = patch // stride
     for v_idx, origin in picks:
@@ -67,6 +70,8 @@ def make_batch(vols: list[Stage1Volume], picks, *, patch: int, stride: int, sigm
             c[:, a] = (patch - 1) - c[:, a]
         x = _flip(x, [a + 1 for a in flips])
         vs = v.voxel_size
+        if resolution is not None:
+            x = resolution.apply(x, vs, rng)
         if augment is not None:
             if abs(vs[0] - vs[1]) <= 0.02 * vs[0] and rng.random() < 0.5:
                 x = swap_xy(x, first_spatial_axis=1)
@@ -107,10 +112,11 @@ def train_detector(net: CentreNet3D, vols: list[Stage1Volume], *, steps: int, st
                    optimizer: torch.optim.Optimizer, patch: int = 40, batch: int = 4, loss: str = "focal",
                    balanced: bool = True, sigma_mm: float = 2.0, sigma_size_fraction: float = 0.0, seed: int = 0,
                    lr_schedule: str = "constant",
-                   augment: IntensityAugmentation | None = None, channels=(), checkpoint=None, log=print) -> None:
+                   augment: IntensityAugmentation | None = None, channels=(),
+                   resolution: ResolutionAugmentation | None = None, checkpoint=None, log=print) -> None:
     """Run steps ``start_step .. steps-1``; ``checkpoint(step)`` is called every 50 steps and at the end.
     ``lr_schedule``: "constant" (the optimizer's rate) or "cosine" (:func:`cosine_lr` from that rate).
-    ``augment``/``channels``: intensity augmentation of the patches (see :func:`make_batch`)."""
+    ``augment``/``channels``/``resolution``: augmentation of the patches (see :func:`make_batch`)."""
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}")
     base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
@@ -129,7 +135,8 @@ def train_detector(net: CentreNet3D, vols: list[Stage1Volume], *, steps: int, st
                 g["lr"] = cosine_lr(lr, step, steps)
         idx, w = sampler.sample(batch, rng=rng)
         x, h, s = make_batch(vols, [picks[i] for i in idx], patch=patch, stride=net.stride, sigma_mm=sigma_mm,
-                             rng=rng, sigma_size_fraction=sigma_size_fraction, augment=augment, channels=channels)
+                             rng=rng, sigma_size_fraction=sigma_size_fraction, augment=augment, channels=channels,
+                             resolution=resolution)
         y = net(x)
         per = heatmap_loss(loss, y[:, :1], h) + 0.1 * size_l1_loss(y[:, 1:], s)
         total = weighted_mean(per, torch.from_numpy(w).float())

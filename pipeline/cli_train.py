@@ -46,6 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--stage2-resolution-augment", type=float, default=None, metavar="P",
                    help="blur stage-2 patches as a coarser acquisition (up to 3 mm voxels) with probability P "
                    "(default 0: off)")
+    p.add_argument("--stage1-resolution-augment", type=float, default=None, metavar="P",
+                   help="the same blur of stage-1 patches with probability P (default 0: off)")
     p.add_argument("--spacing", default=None, metavar="DX,DY,DZ",
                    help="voxel size (mm) of the model grid, e.g. 1,1,1.5 (default: the training subjects' median)")
     p.add_argument("--domain", choices=("brain", "mask"), default="brain",
@@ -86,10 +88,12 @@ def options_from_args(args):
         kw["sigma_size_fraction"] = args.sigma_size_fraction
     if args.augment:
         kw.update(augment=True, truth_copies=3, truth_jitter=1.5)
-    if args.stage2_resolution_augment is not None:
-        if not 0.0 <= args.stage2_resolution_augment <= 1.0:
-            raise InputError(f"--stage2-resolution-augment must be in [0, 1], got {args.stage2_resolution_augment}")
-        kw["stage2_resolution_augment"] = args.stage2_resolution_augment
+    for name in ("stage1_resolution_augment", "stage2_resolution_augment"):
+        value = getattr(args, name)
+        if value is not None:
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+            kw[name] = value
     if args.spacing is not None:
         try:
             sp = tuple(float(v) for v in str(args.spacing).split(","))

@@ -98,3 +98,28 @@ def test_resolution_blur_widens_a_spike_keeps_sign_and_outside():
                                                                                np.random.default_rng(0)), x)
     with pytest.raises(ValueError):
         ResolutionAugmentation(probability=1.5)
+
+
+def test_stage1_resolution_blur_keeps_the_heatmap_target_and_is_off_at_zero():
+    """Stage-1 patches blurred as a coarser acquisition: the input spike is lower and wider, the heatmap target
+    stays on the lesion centre (same target as without blur), and probability 0 leaves the batch unchanged."""
+    from cmbdetect.models.train_stage1 import Stage1Volume, make_batch
+
+    x = np.zeros((5, 40, 40, 40), np.float32)
+    x[:, 12, 22, 18] = 5.0
+    x[:, 4:36, 4:36, 4:36] += np.float32(1e-6)
+    vol = Stage1Volume(x=x, mask=np.ones((40, 40, 40), bool), voxel_size=np.array([1.0, 1.0, 1.5]),
+                       centres=np.array([[12.0, 22.0, 18.0]]), diameters=np.array([3.0]), kinds=["microbleed"])
+    kw = dict(patch=40, stride=2, sigma_mm=2.0)
+    plain = make_batch([vol], [(0, (0, 0, 0))], rng=np.random.default_rng(3), **kw)
+    blurred = make_batch([vol], [(0, (0, 0, 0))], rng=np.random.default_rng(3),
+                         resolution=ResolutionAugmentation(probability=1.0), **kw)
+    off = make_batch([vol], [(0, (0, 0, 0))], rng=np.random.default_rng(3),
+                     resolution=ResolutionAugmentation(probability=0.0), **kw)
+    assert 0 < blurred[0].max() < 0.99 * plain[0].max()
+    assert (blurred[0] > 0.01).sum() > (plain[0] > 0.01).sum()
+    np.testing.assert_array_equal(np.argwhere(blurred[0][0, 0].numpy() == blurred[0][0, 0].numpy().max())[0],
+                                  np.argwhere(plain[0][0, 0].numpy() > 1.0)[0])
+    np.testing.assert_array_equal(blurred[1].numpy(), plain[1].numpy())
+    for a, b in zip(off, plain):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
