@@ -23,8 +23,10 @@ none of them saw (simulated with the training recipe, other seeds).  Each microb
 stage-1 list (its best candidate within ``--hit-mm``, the list uncapped down to heatmap 0.0005) gives recall
 at the operating point, recall against the candidate budget, and the budget that reaches ``--target``
 recall, over all microbleeds and over those with field CNR >= 1.  ``--set-operating-point`` then writes that
-budget (rounded up to ``--budget-step``) into the model folder with the stage-2 screen that keeps it affordable
-(:func:`cmbdetect.models.ensemble.set_operating_point`) and the figures at the new operating point.
+budget (rounded up to ``--budget-step``) into the model folder with the stage-2 screen that keeps it affordable,
+the microbleed prior odds ratio of the candidates beyond the budget stage 2 was fitted on, measured on the same
+cohort (:func:`low_rank_odds_ratio`; :func:`cmbdetect.models.inference.apply_low_rank_prior`), and the figures
+at the new operating point (:func:`cmbdetect.models.ensemble.set_operating_point`).
 
 Usage: ``python benchmarks/stage1_recall.py --model default --bids-dir /tmp/cmb-train-{a..g}
 --cache-dir /tmp/cmb-cache``; ``python benchmarks/stage1_recall.py --model default --held-out /tmp/val-{a..g}
@@ -87,7 +89,7 @@ BUDGETS = (100, 200, 300, 400, 600, 800, 1000, 1500, 2000)
 def held_out_ranks(model, subjects, roots, *, hit_mm: float, cnr_radius_mm: float) -> list[dict]:
     """One row per microbleed of ``subjects``: rank of its best stage-1 candidate in the whole model's list
     (0 = top; ``None`` when no candidate within ``hit_mm``), that candidate's heatmap score, voxel size and
-    field CNR."""
+    field CNR; ``subject_candidates``: how many candidates of its subject reach the model's heatmap threshold."""
     from cmbdetect.models.inference import map_back, model_grid, stage1_candidates
     from cmbdetect.physics.geometry import voxel_sizes
     from cmbdetect.pipeline.truth import read_truth
@@ -99,6 +101,7 @@ def held_out_ranks(model, subjects, roots, *, hit_mm: float, cnr_radius_mm: floa
         x, mask, gvs, resampled = model_grid(s.maps, meta)
         c, sc, _ = stage1_candidates(model, x, mask, gvs, threshold=5e-4, max_candidates=100_000)
         c = map_back(c, s.maps.shape, x.shape[1:]) if resampled and len(c) else c
+        n_above = int((sc >= float(meta["thresholds"]["heatmap"])).sum())
         dataset, sub = s.label.split("_sub-", 1)
         truth = read_truth(roots[dataset] / "derivatives" / "groundtruth", sub)
         err = np.where(s.maps.mask, s.maps.local_field_ppm - truth.local_field_ppm, np.nan)
@@ -108,7 +111,8 @@ def held_out_ranks(model, subjects, roots, *, hit_mm: float, cnr_radius_mm: floa
             best = float(sc[near].max()) if len(near) else None
             rows.append({"subject": s.label, "diameter_mm": float(les.diameter_mm), "voxel_mm": vs.round(2).tolist(),
                          "score": best, "rank": None if best is None else int((sc > best).sum()),
-                         "cnr": lesion_field_cnr(les, s.maps.affine, err, radius_mm=cnr_radius_mm)})
+                         "cnr": lesion_field_cnr(les, s.maps.affine, err, radius_mm=cnr_radius_mm),
+                         "subject_candidates": n_above})
     return rows
 
 
@@ -246,10 +250,29 @@ def held_out_main(a) -> int:
     return 0
 
 
+def low_rank_odds_ratio(rows: list[dict], *, threshold: float, fitted: int, budget: int) -> tuple[float, dict]:
+    """Microbleed prior odds of the candidates ranked ``fitted .. budget-1`` relative to the ``fitted`` best, from
+    the held-out rows (:func:`held_out_ranks`; subjects without a microbleed are not in them): microbleeds found
+    per candidate in each tier, with half a count added to each tier's microbleeds so that an empty tier gives a
+    finite ratio.  Returns the ratio and the counts."""
+    per_subject = {r["subject"]: int(r["subject_candidates"]) for r in rows}
+    n_top = sum(min(n, fitted) for n in per_subject.values())
+    n_low = sum(min(max(n - fitted, 0), budget - fitted) for n in per_subject.values())
+    found = [r for r in rows if r["rank"] is not None and r["score"] >= threshold]
+    hits_top = sum(r["rank"] < fitted for r in found)
+    hits_low = sum(fitted <= r["rank"] < budget for r in found)
+    counts = {"candidates_top": n_top, "candidates_low": n_low, "microbleeds_top": hits_top,
+              "microbleeds_low": hits_low}
+    if n_low == 0 or n_top == 0:
+        return 1.0, counts
+    p_top, p_low = (hits_top + 0.5) / (n_top + 1.0), (hits_low + 0.5) / (n_low + 1.0)
+    return float((p_low / (1 - p_low)) / (p_top / (1 - p_top))), counts
+
+
 def set_held_out_operating_point(a, model, rows: list[dict], rep: dict, n_subjects: int) -> dict:
     """Write the budget that reaches ``a.target`` over all microbleeds (rounded up to ``a.budget_step``) into the
     model folder, with the figures at that budget; returns the report at the new operating point."""
-    from cmbdetect.models.ensemble import set_operating_point
+    from cmbdetect.models.ensemble import set_operating_point, stage2_fitted_budget
 
     need = rep["all"][f"budget_for_{a.target:g}"]
     if need is None:
@@ -271,7 +294,14 @@ def set_held_out_operating_point(a, model, rows: list[dict], rep: dict, n_subjec
                   "stage1_recall_microbleeds_field_cnr_ge_1": round(new["cnr>=1"]["operating_point"], 4),
                   **{f"stage1_recall_{k}_voxels": round(v, 4) for k, v in by_class.items()},
                   f"budget_for_{a.target:g}": int(need), "max_candidates": budget, "screen_floor": a.screen_floor}
-    set_operating_point(model.path, max_candidates=budget, screen_floor=a.screen_floor, validation=validation)
+    fitted = stage2_fitted_budget(model)
+    prior = None
+    if budget > fitted:
+        ratio, counts = low_rank_odds_ratio(rows, threshold=thr, fitted=fitted, budget=budget)
+        prior = {"from_rank": fitted, "odds_ratio": ratio}
+        validation.update({"low_rank_prior": prior, **counts})
+    set_operating_point(model.path, max_candidates=budget, screen_floor=a.screen_floor, validation=validation,
+                        low_rank_prior=prior)
     print(f"operating point written to {model.path}: <= {budget} candidates/subject, stage-2 screen floor "
           f"{a.screen_floor:g}; " + json.dumps(validation))
     return new

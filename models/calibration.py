@@ -82,10 +82,18 @@ def adjust_prevalence(probs: np.ndarray, *, pi_train: float, pi_deploy: float, i
     for name, v in (("prevalence", pi_deploy), ("training prevalence", pi_train)):
         if not (0.0 < float(v) < 1.0):
             raise InputError(f"{name} must be strictly between 0 and 1, got {v}")
+    return scale_prior_odds(probs, (pi_deploy / (1 - pi_deploy)) / (pi_train / (1 - pi_train)), index=index)
+
+
+def scale_prior_odds(probs: np.ndarray, odds_ratio: float, *, index: int = 0) -> np.ndarray:
+    """Bayes' rule for a prior whose odds for class ``index`` are ``odds_ratio`` times those the probabilities
+    were calibrated at: that class's odds are multiplied by it, the other classes share the rest in their
+    proportions.  ``probs`` ``(..., C)`` rows summing to 1."""
+    if not float(odds_ratio) > 0.0:
+        raise InputError(f"prior odds ratio must be > 0, got {odds_ratio}")
     p = np.asarray(probs, dtype=float)
     pk = np.clip(p[..., index], 1e-12, 1 - 1e-12)
-    ratio = (pi_deploy / (1 - pi_deploy)) / (pi_train / (1 - pi_train))
-    odds = pk / (1 - pk) * ratio
+    odds = pk / (1 - pk) * float(odds_ratio)
     new_k = odds / (1 + odds)
     rest = np.delete(p, index, axis=-1)
     rest_sum = rest.sum(axis=-1, keepdims=True)

@@ -62,13 +62,25 @@ def _write_metadata(out: Path, meta: dict) -> None:
     os.replace(tmp, out / "metadata.json")
 
 
+def stage2_fitted_budget(model) -> int:
+    """The stage-1 budget a model's stage 2 was fitted on (its validation candidates calibrated it): the largest
+    ``training.options.max_candidates`` of its members (of the model itself when it is no ensemble), else of
+    their ``thresholds.max_candidates`` (:func:`set_operating_point` changes only the ensemble's own).
+    ``model``: a :class:`cmbdetect.models.registry.LoadedModel`."""
+    return max(int(p.metadata.get("training", {}).get("options", {}).get("max_candidates")
+                   or p.metadata["thresholds"]["max_candidates"]) for p in model.parts)
+
+
 def set_operating_point(model_dir: str | Path, *, max_candidates: int, screen_floor: float,
-                        validation: dict) -> Path:
+                        validation: dict, low_rank_prior: dict | None = None) -> Path:
     """Set a model folder's stage-1 budget (``thresholds.max_candidates``) and the stage-2 screen that keeps a
     large budget affordable (``inference.stage2_screen``: a plain pass for every candidate, the flip-averaged
     pass only where a head gives microbleed or calcification ``>= screen_floor``;
     :func:`cmbdetect.models.inference.committee_probabilities`), and record the validation figures that chose
-    them (``metrics.held_out_validation``).  The metadata is rewritten atomically; returns the folder."""
+    them (``metrics.held_out_validation``).  ``low_rank_prior`` = ``{"from_rank": K, "odds_ratio": r}``: the
+    microbleed prior odds of the candidates ranked K and beyond (K: :func:`stage2_fitted_budget`), relative to
+    those of the K best (``inference.low_rank_prior``; :func:`cmbdetect.models.inference.apply_low_rank_prior`);
+    None removes it.  The metadata is rewritten atomically; returns the folder."""
     out = Path(model_dir)
     path = out / "metadata.json"
     if not path.is_file():
@@ -76,9 +88,18 @@ def set_operating_point(model_dir: str | Path, *, max_candidates: int, screen_fl
     if int(max_candidates) < 1 or not (0.0 <= float(screen_floor) <= 1.0):
         raise InputError(f"need max_candidates >= 1 and 0 <= screen_floor <= 1, got {max_candidates}, "
                          f"{screen_floor}")
+    if low_rank_prior is not None:
+        low_rank_prior = {"from_rank": int(low_rank_prior["from_rank"]),
+                          "odds_ratio": float(low_rank_prior["odds_ratio"])}
+        if low_rank_prior["from_rank"] < 1 or not low_rank_prior["odds_ratio"] > 0.0:
+            raise InputError(f"need a low-rank prior from rank >= 1 with odds ratio > 0, got {low_rank_prior}")
     meta = json.loads(path.read_text())
+    inference = meta.setdefault("inference", {})
     meta["thresholds"]["max_candidates"] = int(max_candidates)
-    meta.setdefault("inference", {})["stage2_screen"] = {"full_top": 0, "floor": float(screen_floor)}
+    inference["stage2_screen"] = {"full_top": 0, "floor": float(screen_floor)}
+    inference.pop("low_rank_prior", None)
+    if low_rank_prior is not None:
+        inference["low_rank_prior"] = low_rank_prior
     meta.setdefault("metrics", {})["held_out_validation"] = validation
     _write_metadata(out, meta)
     return out

@@ -4,7 +4,8 @@
    more than 10 % on any axis (coordinates are mapped back to the native grid).
 2. Stage 1: tiled centre heatmap, max-pool NMS + mm distance suppression, threshold tuned for recall.
 3. Physics features on the native grid; stage-2 committee on patches + features; logit adjustment,
-   temperature, the stage-1 score folded in (stacking, when fitted), prevalence (Bayes), physics gate;
+   temperature, the stage-1 score folded in (stacking, when fitted), prevalence (Bayes), the lower prior of
+   candidates beyond the budget stage 2 was fitted on (:func:`apply_low_rank_prior`), physics gate;
    uncertainty for review order.
 4. Duplicates merged: a second peak inside a microbleed's or calcification's extent is dropped
    (:func:`cmbdetect.models.detection.merge_duplicates`; metadata ``inference.merge_duplicates``, default on).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from cmbdetect.models.calibration import adjust_prevalence
+from cmbdetect.models.calibration import adjust_prevalence, scale_prior_odds
 from cmbdetect.models.channels import map_back, physics_channels, resample_channels, resample_factors
 from cmbdetect.models.classifier import (calibrated_probabilities, committee_logits, committee_uncertainty,
                                          extract_patches, features_vector, physics_gate)
@@ -164,6 +165,28 @@ def committee_probabilities(model: LoadedModel, patches: np.ndarray, feats: list
     return np.concatenate(out, axis=1)
 
 
+def apply_low_rank_prior(head_p: np.ndarray, metadata: dict) -> np.ndarray:
+    """Per-head probabilities ``[N, heads, classes]`` of candidates in stage-1 order, with the microbleed prior
+    of those ranked at or beyond ``inference.low_rank_prior.from_rank`` scaled by its ``odds_ratio`` (Bayes'
+    rule; :func:`cmbdetect.models.calibration.scale_prior_odds`); unchanged without that key.
+
+    Stage 2 is calibrated on the candidates of the budget it was fitted on (200 per subject).  A model whose
+    operating point takes more (:func:`cmbdetect.models.ensemble.set_operating_point`, for stage-1 recall) sends
+    stage 2 candidates among which microbleeds are far rarer: on the held-out validation cohort 3 of the 302
+    microbleeds found at 1000 candidates per subject lie in ranks 200-999, among some 20 000 candidates.  The
+    odds ratio is measured there (``benchmarks/stage1_recall.py --set-operating-point``), so these candidates
+    are reported with the probability that their rank warrants; without it their stage-2 probabilities, fitted
+    at the higher prior, put dozens of them above true microbleeds of other subjects."""
+    tier = (metadata.get("inference") or {}).get("low_rank_prior")
+    p = np.asarray(head_p, dtype=float)
+    if not tier or len(p) <= int(tier["from_rank"]):
+        return p
+    p = p.copy()
+    low = slice(int(tier["from_rank"]), None)
+    p[low] = scale_prior_odds(p[low], float(tier["odds_ratio"]), index=CLASSES.index("microbleed"))
+    return p
+
+
 def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
            prevalence: float | None = None) -> list[Detection]:
     """Candidate lesions of one subject, sorted by decreasing microbleed probability.
@@ -187,6 +210,7 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
     native = map_back(centres, maps.shape, x.shape[1:]) if resampled else centres
     feats = candidate_features(maps, native)
     head_p = committee_probabilities(m, patches, feats, scores, prevalence=prevalence)
+    head_p = apply_low_rank_prior(head_p, meta)
     head_p, gated = physics_gate(head_p, feats)
     probs, unc, disagreement = committee_uncertainty(head_p)
     out = []

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cmbdetect.models.calibration import (adjust_prevalence, fit_temperature, negative_log_likelihood,
-                                          softmax, undo_class_weights)
+                                          scale_prior_odds, softmax, undo_class_weights)
 from cmbdetect.physics.errors import InputError
 
 
@@ -19,6 +19,21 @@ def test_prevalence_bayes_hand_case():
     assert np.allclose(same[:, 0], p)
     with pytest.raises(InputError):
         adjust_prevalence(p, pi_train=0.5, pi_deploy=1.0)
+
+
+def test_scale_prior_odds_hand_case():
+    # microbleed (index 0) at p 0.5 -> odds 1; a prior with a third of the odds: 1/3 -> p' = 0.25, the other
+    # classes share 0.75 in their proportions (0.25 : 0.25 : 0 of the rest); ratio 1 is the identity
+    p = np.array([[[0.5, 0.25, 0.25, 0.0], [0.8, 0.0, 0.0, 0.2]]])
+    out = scale_prior_odds(p, 1.0 / 3.0, index=0)
+    assert np.allclose(out[0, 0], [0.25, 0.375, 0.375, 0.0])
+    assert abs(out[0, 1, 0] - (4.0 / 3.0) / (1.0 + 4.0 / 3.0)) < 1e-12 and np.allclose(out.sum(axis=-1), 1)
+    assert np.allclose(scale_prior_odds(p, 1.0), p)
+    # the prevalence re-weighting is this rule with the odds ratio of the two priors
+    assert np.allclose(adjust_prevalence(p, pi_train=0.5, pi_deploy=0.2), scale_prior_odds(p, 0.25))
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(InputError):
+            scale_prior_odds(p, bad)
 
 
 def test_undo_class_weights_restores_prior_shift():

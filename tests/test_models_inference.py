@@ -170,6 +170,23 @@ def _det(centre, p_mb, label, diameter):
     return Detection(centre_vox=centre, score=0.5, probabilities=probs, label=label, diameter_mm=diameter)
 
 
+def test_low_rank_prior_lowers_only_the_candidates_beyond_the_fitted_budget():
+    """Five candidates in stage-1 order, two heads, stage 2 fitted on the best 3: ranks 3 and 4 get the
+    microbleed odds times 0.01 (p 0.8 -> odds 4 -> 0.04 -> p 0.04/1.04), the rest of their probability shared in
+    proportion; ranks 0-2 and a model without the key are unchanged; nothing is modified in place."""
+    from cmbdetect.models.inference import apply_low_rank_prior
+
+    p = np.tile(np.array([0.8, 0.1, 0.05, 0.05]), (5, 2, 1))
+    meta = {"inference": {"low_rank_prior": {"from_rank": 3, "odds_ratio": 0.01}}}
+    out = apply_low_rank_prior(p, meta)
+    assert np.array_equal(out[:3], p[:3]) and np.allclose(out.sum(axis=-1), 1.0)
+    assert np.allclose(out[3:, :, 0], 0.04 / 1.04)
+    assert np.allclose(out[3:, :, 1:] / out[3:, :, 1:].sum(axis=-1, keepdims=True), [0.5, 0.25, 0.25])
+    assert np.array_equal(p[3:, :, 0], np.full((2, 2), 0.8))
+    assert np.array_equal(apply_low_rank_prior(p, {"inference": {}}), p)
+    assert np.array_equal(apply_low_rank_prior(p[:3], meta), p[:3])
+
+
 def test_merge_duplicates_keeps_one_entry_per_large_lesion():
     """Voxels 1 x 1 x 2 mm.  A 9 mm bleed at (20, 20, 10) found twice (second peak 4 mm away along k): the weaker
     peak goes.  A 3 mm bleed 6 mm from it stays (outside the 4.5 mm claim); so does a bleed 2 mm from a vein,
