@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from test_models_inference import tiny_maps
 
+from cmbdetect.models.ensemble import stage2_fitted_budget
 from cmbdetect.models.inference import detect
 from cmbdetect.models.registry import WEIGHTS_DIR, load_model
 
@@ -26,5 +27,12 @@ def test_shipped_default_model_is_small_documented_and_runs(oblique_affine):
         assert pm["training"]["seed"] in meta["training"]["seeds"]
         assert pm["training"]["data"]["n_subjects"] >= 20 and "stage1_recall_focal_lesions" in pm["metrics"]
         assert pm["channels"] == meta["channels"] and pm["inference"]["stage2_tta"] is True
+    # the operating point: the budget that reached 0.98 stage-1 recall on the held-out validation cohort, and
+    # the lower prior of the candidates beyond the budget stage 2 was fitted on, measured there
+    val = meta["metrics"]["held_out_validation"]
+    assert val["stage1_recall_microbleeds"] >= 0.98 and meta["thresholds"]["max_candidates"] == val["max_candidates"]
+    assert meta["inference"]["low_rank_prior"] == val["low_rank_prior"]
+    assert meta["inference"]["low_rank_prior"]["from_rank"] == stage2_fitted_budget(m) < val["max_candidates"]
+    assert 0 < meta["inference"]["low_rank_prior"]["odds_ratio"] < 1
     dets = detect(tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5))), model=m)
     assert all(abs(sum(d.probabilities.values()) - 1) < 1e-6 for d in dets)
