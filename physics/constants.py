@@ -15,6 +15,10 @@ MICROBLEED_MAX_CHI_PPM: float = 10.0
 #: Largest magnetic moment a microbleed can carry, chi * volume of the largest one (ppm * mm^3, about 5236):
 #: a candidate whose integrated chi exceeds it is no microbleed (a failed chi map, a large haemorrhage, air).
 MICROBLEED_MAX_MOMENT_PPM_MM3: float = MICROBLEED_MAX_CHI_PPM * math.pi / 6.0 * MICROBLEED_MAX_DIAMETER_MM ** 3
+#: Susceptibility difference (ppm, SI) between fully deoxygenated and fully oxygenated red cells / blood per
+#: unit haematocrit: 0.27 ppm cgs x 4 pi (Spees et al. 2001, Magn Reson Med 45:533); venous blood chi vs tissue is
+#: about Hct (1 - Y) times this (0.3-0.7 ppm for Hct 0.4, Y 0.5-0.75).
+DCHI_DEOXY_BLOOD_PPM: float = 0.27 * 4.0 * math.pi
 
 
 def ppm_to_hz(field_ppm, b0_t: float):

@@ -67,6 +67,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--voxel-size", default=None, help="voxel size in mm, e.g. 0.9,0.9,2 (default: random FOV)")
     p.add_argument("--microbleeds", type=int, default=None, help="microbleeds per subject (default random 0-15)")
     p.add_argument("--preview", action="store_true", help="also write derivatives/preview/sub-XX_preview.png")
+    p.add_argument("--vein-family", default="trees",
+                   help="vein geometry: 'trees' (default: cortical trees, radial medullary veins) or 'tortuous' "
+                        "(random-walk veins of every orientation and calibre); hold one out of training")
+    p.add_argument("--vein-density", type=float, default=None,
+                   help="density factor of the 'tortuous' veins (default random 0.5-1.5; 3 = dense)")
+    p.add_argument("--iron-spots", default="0",
+                   help="small iron-rich deep-grey spots per subject (mimics): a number, or 'random' (0-5)")
     return p
 
 
@@ -85,9 +92,20 @@ def run(args) -> int:
         vs = _floats(args.voxel_size, "--voxel-size")
         if len(vs) != 3 or min(vs) <= 0:
             raise InputError(f"--voxel-size needs three positive lengths in mm, got {args.voxel_size!r}")
+    from cmbdetect.pipeline.simulate_vessels import VEIN_FAMILIES
+
+    if args.vein_family not in VEIN_FAMILIES:
+        raise InputError(f"--vein-family must be one of {', '.join(VEIN_FAMILIES)}, got {args.vein_family!r}")
+    if args.vein_density is not None and not 0 < args.vein_density <= 10:
+        raise InputError(f"--vein-density must be a factor in (0, 10], got {args.vein_density}")
+    iron = args.iron_spots.strip().lower()
+    if iron != "random" and not (iron.isdigit() and int(iron) <= 20):
+        raise InputError(f"--iron-spots must be a number 0-20 or 'random', got {args.iron_spots!r}")
     labels = simulate_dataset(
         args.out, subjects=args.subjects, seed=args.seed, b0=parse_b0(args.b0), echoes=parse_echoes(args.echoes),
         shape=parse_shape(args.shape), voxel_size=vs, n_microbleeds=args.microbleeds, preview=args.preview,
+        vein_family=args.vein_family, vein_density=args.vein_density,
+        iron_spots=None if iron == "random" else int(iron),
         progress=lambda label, p: print(f"sub-{label}: B0 {p['b0_t']} T, {len(p['te_s'])} echo(es), "
                                         f"{p['n_microbleeds']} microbleeds, {p['n_calcifications']} calcifications",
                                         file=sys.stderr))

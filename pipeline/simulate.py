@@ -71,7 +71,8 @@ def _check(shape, te, b0, voxel_size):
 def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float = 3.0, te=(0.02,),
                      oblique_deg=0.0, n_microbleeds: int | None = None, n_calcifications: int | None = None,
                      snr: float | None = None, tr: float | None = None, flip_deg: float | None = None,
-                     head_tilt_deg: float | None = None, flip_lr: bool = False) -> SimulatedSubject:
+                     head_tilt_deg: float | None = None, flip_lr: bool = False, vein_family: str = "trees",
+                     vein_density: float | None = None, iron_spots: int | None = 0) -> SimulatedSubject:
     """Simulate one subject.
 
     ``seed`` int or :class:`numpy.random.SeedSequence`; ``shape`` voxels; ``voxel_size`` mm (None: a
@@ -81,7 +82,10 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     draws 0-15 / 0-4; ``snr`` white matter signal / noise sigma at the first echo (None: 8-80); ``tr``
     s and ``flip_deg`` (None: random); ``head_tilt_deg`` limit of the random head rotation in the
     scanner (None: 8 deg pitch, 4 deg roll/yaw); ``flip_lr`` stores the first axis right-to-left
-    (negative affine column).  Also random per seed: anatomy, tissue values, veins, arteries, lesion
+    (negative affine column); ``vein_family`` the vein geometry (:data:`simulate_vessels.VEIN_FAMILIES`:
+    "trees" the default, "tortuous" random-walk veins of every orientation and calibre) and ``vein_density``
+    its density factor (None: random; "tortuous" only); ``iron_spots`` small iron-rich deep-grey spots
+    (mimics, +0.03...+0.12 ppm; 0 by default, None: 0-5 at random).  Also random per seed: anatomy, tissue values, veins, arteries, lesion
     sites/sizes/chi, shim residual, receiver phase, bias field, acquired resolution (k-space
     truncation, Gibbs ringing) and whether the noise is white or k-space filtered.
     """
@@ -110,7 +114,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     frame = HeadFrame(shape, affine, pose)
 
     anat = build_anatomy(frame, rng[1])
-    veins = build_veins(anat, rng[2])
+    veins = build_veins(anat, rng[2], family=vein_family, density=vein_density)
     arteries, flow_tag = build_arteries(anat, rng[2])
     arteries = np.where(anat.tissue != T["air"], arteries, 0).astype(np.float32)
     inflow = rng[2].uniform(1.3, 2.5) if rng[2].random() < 0.6 else rng[2].uniform(0.05, 0.3)  # bright or void
@@ -132,7 +136,15 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     r2s += occ * (blood[2] - r2s)
     sig = 0.45
     pd, r1, r2s = (ndimage.gaussian_filter(a, sig).astype(np.float32) for a in (pd, r1, r2s))
-    chi = tab.chi[anat.tissue] + occ * (veins.chi_ppm - np.minimum(tab.chi[anat.tissue], 1.0))
+    chi_tissue = tab.chi[anat.tissue]
+    n_iron = 0
+    if iron_spots is None or iron_spots > 0:
+        from cmbdetect.pipeline.simulate_veins_tortuous import add_iron_spots
+
+        chi_tissue = chi_tissue.astype(np.float32, copy=True)
+        n_iron = add_iron_spots(anat, child_rng(seed, 6), chi_tissue, n=iron_spots)
+    chi = chi_tissue + occ * (veins.chi_ppm - np.minimum(tab.chi[anat.tissue], 1.0))
+    del chi_tissue
     chi = np.where(anat.tissue == T["air"], tab.chi[T["air"]], chi).astype(np.float32)
     chi_local = np.where(anat.intracranial, chi, 0).astype(np.float32)
     # the air/tissue step (9.4 ppm) is given a partial-volume edge (0.7 voxel): a voxel-sharp step makes
@@ -193,7 +205,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     truth = Truth(lesions=lesions_out, labels=labels, chi_ppm=truth_chi, local_field_ppm=local, affine=affine)
     params = {"voxel_size_mm": list(voxel_size), "oblique_deg": list(angles), "b0_t": float(b0),
               "te_s": te.tolist(), "tr_s": tr, "flip_deg": flip_deg, "snr_wm": snr, "noise_sigma": sigma,
-              "flip_lr": bool(flip_lr),
+              "flip_lr": bool(flip_lr), "veins": veins.params, "iron_spots": n_iron,
               "kspace_fraction": None if kfrac is None else [float(v) for v in kfrac], "kspace_fermi_width": fermi,
               "noise_filtered": filter_noise and kfrac is not None,
               "n_microbleeds": sum(l.kind == "microbleed" for l in lesions_out),
@@ -275,14 +287,16 @@ def subject_seed(seed: int, index: int) -> np.random.SeedSequence:
 
 def simulate_dataset(out_dir, *, subjects: int, seed: int, b0=None, echoes="random", shape=(192, 224, 96),
                      voxel_size=None, n_microbleeds: int | None = None, preview: bool = False,
-                     progress=None) -> list[str]:
+                     progress=None, vein_family: str = "trees", vein_density: float | None = None,
+                     iron_spots: int | None = 0) -> list[str]:
     """Simulate ``subjects`` subjects and write them as a BIDS dataset at ``out_dir`` (built in a
     temporary directory beside it and renamed into place).  Returns the subject labels.
 
     ``b0`` None (random 1.5/3/7 T), a number, or a list to draw from; ``echoes`` "random", a number of
     echoes or a list of echo times (s); ``shape`` voxels; ``voxel_size`` mm (None: random field of
     view); ``n_microbleeds`` None draws 0-15 per subject; ``preview`` also writes
-    ``derivatives/preview/sub-XX_preview.png``; ``progress`` optional callable(label, params).
+    ``derivatives/preview/sub-XX_preview.png``; ``progress`` optional callable(label, params);
+    ``vein_family``, ``vein_density``, ``iron_spots`` as in :func:`simulate_subject`.
     Subject ``k`` depends only on (``seed``, ``k``) and the options, not on ``subjects``.
     """
     from cmbdetect.pipeline.atomic import atomic_directory
@@ -301,7 +315,8 @@ def simulate_dataset(out_dir, *, subjects: int, seed: int, b0=None, echoes="rand
             proto = draw_protocol(child_rng(ss, 100), b0_choices=b0_choices, echoes=echoes)
             sub = simulate_subject(seed=ss, shape=shape, voxel_size=voxel_size, b0=proto["b0"], te=proto["te"],
                                    oblique_deg=proto["oblique_deg"], flip_lr=proto["flip_lr"],
-                                   n_microbleeds=n_microbleeds)
+                                   n_microbleeds=n_microbleeds, vein_family=vein_family,
+                                   vein_density=vein_density, iron_spots=iron_spots)
             sub.params.update({"seed": int(seed), "subject_index": k})
             write_subject(tmp, label, sub)
             if preview:

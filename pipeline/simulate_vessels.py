@@ -21,6 +21,12 @@ class Veins:
 
     occupancy: np.ndarray
     chi_ppm: np.ndarray
+    #: the family and its per-subject parameters (``{"family": "trees"}`` for the default)
+    params: dict | None = None
+
+
+#: Vein-geometry families of :func:`build_veins` (hold one out of training, validate on it).
+VEIN_FAMILIES: tuple[str, ...] = ("trees", "tortuous")
 
 
 def build_arteries(anatomy: Anatomy, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -91,8 +97,18 @@ def _onto_surface(frame, sdf, pts, centre, depth_mm, n_iter: int = 3):
     return pts
 
 
-def build_veins(anatomy: Anatomy, rng: np.random.Generator) -> Veins:
-    """Draw a venous network for this head and rasterise it on the acquisition grid."""
+def build_veins(anatomy: Anatomy, rng: np.random.Generator, *, family: str = "trees",
+                density: float | None = None) -> Veins:
+    """Draw a venous network for this head and rasterise it on the acquisition grid.
+
+    Both families share the dural sinuses and deep veins.  ``family`` "trees" (default): cortical vein trees
+    walking on the convexity and straight radial medullary veins; "tortuous": random-walk veins of every
+    orientation and calibre (:mod:`cmbdetect.pipeline.simulate_veins_tortuous`), with ``density`` scaling
+    their number (None: random per subject; ignored by "trees")."""
+    if family not in VEIN_FAMILIES:
+        from cmbdetect.physics.errors import InputError
+
+        raise InputError(f"unknown vein family {family!r}; use one of {', '.join(VEIN_FAMILIES)}")
     fr, lm = anatomy.frame, anatomy.landmarks
     s = lm["scale"]
     occ = np.zeros(fr.shape, np.float32)
@@ -126,6 +142,11 @@ def build_veins(anatomy: Anatomy, rng: np.random.Generator) -> Veins:
         bvr = np.array([[side * 22, 6, -12], [side * 22, -10, -12], [side * 16, -28, -6], [side * 6, -36, 3],
                         [0, -38, 8]]) * s
         tube(bvr, [0.8, 0.9, 1.0, 1.1, 1.4])
+    if family == "tortuous":
+        from cmbdetect.pipeline.simulate_veins_tortuous import add_tortuous_veins
+
+        params = add_tortuous_veins(anatomy, rng, occ, chi, density=density)
+        return Veins(occupancy=occ, chi_ppm=chi, params=params)
     # cortical vein trees draining into the SSS, walking down the lateral convexity
     floor_z = -20 * s
     stop = lambda p: p[2] < floor_z or p[1] < c[1] - 0.95 * ax[1] or p[1] > c[1] + 0.95 * ax[1]  # noqa: E731
@@ -172,4 +193,4 @@ def build_veins(anatomy: Anatomy, rng: np.random.Generator) -> Veins:
             bend = rng.normal(0, 2.0, 3)
             pts = np.array([p0 + out * (vr[k] + u * length) + bend * u * u for u in np.linspace(0, 1, 5)])
             tube(pts, rng.uniform(0.2, 0.45))
-    return Veins(occupancy=occ, chi_ppm=chi)
+    return Veins(occupancy=occ, chi_ppm=chi, params={"family": "trees"})
