@@ -20,6 +20,7 @@ from cmbdetect.physics.constants import MICROBLEED_MAX_MOMENT_PPM_MM3
 _MB = CLASSES.index("microbleed")
 _CALC = CLASSES.index("calcification")
 _OTHER = CLASSES.index("other")
+_VEIN = CLASSES.index("vein")
 
 
 def extract_patches(channels: np.ndarray, centres_vox, size: int) -> np.ndarray:
@@ -122,6 +123,46 @@ def physics_gate(probs: np.ndarray, features: list[dict]) -> tuple[np.ndarray, n
             p[rows, ..., to] += p[rows, ..., _MB]
             p[rows, ..., _MB] = 0.0
     return p, diamagnetic | too_strong
+
+
+def vein_evidence(features: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(tube_void, tube_chi, cylinder_field)`` bool arrays from the vein features of
+    :func:`cmbdetect.models.features.vein_features` (missing or NaN features count as no evidence):
+
+    - tube: the structure (magnitude void / chi+) goes on, both ways along its axis, at least
+      ``VEIN_CONTINUATION_FACTOR`` times its width across it and at least ``VEIN_MIN_CONTINUATION_MM``;
+    - cylinder field: the local field fits an infinite cylinder better than a magnetised sphere by
+      ``VEIN_FIT_R2_MARGIN`` in R^2, with a cylinder R^2 of at least ``VEIN_FIT_MIN_R2``
+      (constants in :mod:`cmbdetect.physics.constants`)."""
+    from cmbdetect.physics.constants import (VEIN_CONTINUATION_FACTOR, VEIN_FIT_MIN_R2, VEIN_FIT_R2_MARGIN,
+                                            VEIN_MIN_CONTINUATION_MM)
+
+    def col(key):
+        return np.array([float(f.get(key, np.nan)) for f in features], dtype=float)
+
+    with np.errstate(invalid="ignore"):
+        tubes = []
+        for name in ("void", "chi"):
+            cont, width = col(f"{name}_continuation_mm"), col(f"{name}_width_mm")
+            tubes.append(cont >= np.maximum(VEIN_CONTINUATION_FACTOR * width, VEIN_MIN_CONTINUATION_MM))
+        sph, cyl = col("fit_sphere_r2"), col("fit_cylinder_r2")
+        cylinder = (cyl - sph >= VEIN_FIT_R2_MARGIN) & (cyl >= VEIN_FIT_MIN_R2)
+    return tubes[0], tubes[1], cylinder
+
+
+def vein_gate(probs: np.ndarray, features: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Forbid "microbleed" for candidates that are veins by geometry or field (:func:`vein_evidence`): a
+    microbleed is an isolated ball, a vein a tube that goes on beyond the candidate.  Gated: the void is a tube
+    and the chi+ is a tube or absent, or the field is a cylinder's.  Their microbleed probability moves to vein.
+    Returns ``(probs, gated)``; works on ``[N, C]`` or ``[N, H, C]``."""
+    p = np.array(probs, dtype=float, copy=True)
+    tube_void, tube_chi, cylinder = vein_evidence(features)
+    no_chi = np.array([not np.isfinite(float(f.get("chi_peak", np.nan))) for f in features], dtype=bool)
+    gated = (tube_void & (tube_chi | no_chi)) | cylinder
+    if gated.any():
+        p[gated, ..., _VEIN] += p[gated, ..., _MB]
+        p[gated, ..., _MB] = 0.0
+    return p, gated
 
 
 def committee_uncertainty(head_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ import os
 import uuid
 from pathlib import Path
 
-from cmbdetect.models.registry import ENSEMBLE_SHARED_KEYS, load_model
+from cmbdetect.models.registry import ENSEMBLE_SHARED_KEYS, VEIN_GATE, load_model
 from cmbdetect.physics.errors import InputError
 
 COMBINATION = ("stage 1: mean of the members' heatmaps, lowest member threshold; stage 2: the members' "
@@ -48,6 +48,7 @@ def ensemble_metadata(members: list, names: list[str], *, name: str, command: st
                           "max_candidates": max(int(t["max_candidates"]) for t in th)}
     meta["inference"] = dict(base.get("inference", {}))
     meta["physics_gate"] = base.get("physics_gate", "")
+    meta["vein_gate"] = VEIN_GATE  # applied at inference to any model (metadata inference.vein_gate false: off)
     meta["ensemble"] = {"members": list(names), "combination": COMBINATION}
     # each member's own metadata.json holds its full training record (options, data, wall time)
     meta["training"] = {"command": command, "seeds": [m.metadata.get("training", {}).get("seed") for m in members]}

@@ -187,6 +187,31 @@ def apply_low_rank_prior(head_p: np.ndarray, metadata: dict) -> np.ndarray:
     return p
 
 
+def apply_vein_gate(maps: PhysicsMaps, centres_vox, feats: list[dict], head_p: np.ndarray,
+                    metadata: dict) -> np.ndarray:
+    """The vein gate (:func:`cmbdetect.models.classifier.vein_gate`) on per-head probabilities ``[N, heads,
+    classes]``: the vein features (:func:`cmbdetect.models.features.add_vein_features`) are computed for the
+    candidates whose mean microbleed probability is at least ``VEIN_FEATURES_FROM_P``, added to ``feats`` with
+    ``vein_gate`` (1 gated, 0 not) and ``microbleed_p_before_vein_gate``.  Metadata ``inference.vein_gate``
+    false: unchanged (the releases before the gate)."""
+    from cmbdetect.models.classifier import vein_gate
+    from cmbdetect.models.features import add_vein_features
+
+    if (metadata.get("inference") or {}).get("vein_gate", True) is False or len(head_p) == 0:
+        return head_p
+    p_mb = np.asarray(head_p, float)[..., CLASSES.index("microbleed")].mean(axis=1)
+    idx = add_vein_features(maps, centres_vox, feats, p_mb)
+    if not idx:
+        return head_p
+    sub, gated = vein_gate(head_p[idx], [feats[n] for n in idx])
+    head_p = np.array(head_p, dtype=float, copy=True)
+    head_p[idx] = sub
+    for k, n in enumerate(idx):
+        feats[n]["vein_gate"] = float(gated[k])
+        feats[n]["microbleed_p_before_vein_gate"] = float(p_mb[n])
+    return head_p
+
+
 def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
            prevalence: float | None = None) -> list[Detection]:
     """Candidate lesions of one subject, sorted by decreasing microbleed probability.
@@ -212,6 +237,7 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
     head_p = committee_probabilities(m, patches, feats, scores, prevalence=prevalence)
     head_p = apply_low_rank_prior(head_p, meta)
     head_p, gated = physics_gate(head_p, feats)
+    head_p = apply_vein_gate(maps, native, feats, head_p, meta)
     probs, unc, disagreement = committee_uncertainty(head_p)
     out = []
     for n in range(len(centres)):

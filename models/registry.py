@@ -21,7 +21,8 @@ from cmbdetect.models.channels import ALL_CHANNELS, normalisation_spec
 from cmbdetect.models.detection import CLASSES
 from cmbdetect.models.networks import CentreNet3D, PatchClassifier
 from cmbdetect.physics.constants import (MICROBLEED_MAX_CHI_PPM, MICROBLEED_MAX_DIAMETER_MM,
-                                        MICROBLEED_MAX_MOMENT_PPM_MM3)
+                                        MICROBLEED_MAX_MOMENT_PPM_MM3, VEIN_CONTINUATION_FACTOR, VEIN_FIT_MIN_R2,
+                                        VEIN_FIT_R2_MARGIN, VEIN_MIN_CONTINUATION_MM)
 from cmbdetect.physics.errors import InputError
 
 #: Folder holding the shipped models.
@@ -36,6 +37,17 @@ PHYSICS_GATE = ("a candidate whose integrated chi and dipole sign are both negat
                 "microbleed: its microbleed probability moves to calcification; nor can one whose integrated chi "
                 f"exceeds the largest moment of a microbleed ({MICROBLEED_MAX_DIAMETER_MM:g} mm at "
                 f"{MICROBLEED_MAX_CHI_PPM:g} ppm, about {MICROBLEED_MAX_MOMENT_PPM_MM3:.0f} ppm mm^3): it moves to other")
+#: What :func:`cmbdetect.models.classifier.vein_gate` does (recorded in each model's metadata; metadata
+#: ``inference.vein_gate`` false turns it off).
+VEIN_GATE = ("a candidate with microbleed probability >= 0.05 after stage 2 is measured in mm on the native grid "
+             "(models/features.vein_features): its magnitude void and its positive chi are followed along their "
+             "axis by a ridge tracker, and its local field is fitted by a magnetised sphere and by an infinite "
+             "cylinder of free axis. It cannot be called microbleed, and its microbleed probability moves to vein, "
+             "when its magnitude void goes on both ways for at least "
+             f"{VEIN_CONTINUATION_FACTOR:g} times its width across the axis and at least "
+             f"{VEIN_MIN_CONTINUATION_MM:g} mm while its positive chi does the same or is absent, or when the "
+             f"cylinder explains at least {VEIN_FIT_R2_MARGIN:g} more of the field variance (R^2) than the sphere "
+             f"and at least {VEIN_FIT_MIN_R2:g} of it: a microbleed is an isolated ball, a vein a tube that goes on")
 #: Physics features fed to stage 2 (keys of ``physics.sources.lesion_features``).
 FEATURE_NAMES: tuple[str, ...] = ("integrated_chi_ppm_mm3", "mean_chi_ppm", "dipole_sign", "dipole_corr", "diameter_mm",
                                   "volume_mm3", "elongation", "sphericity", "blooming_ratio", "void_mean_chi_ppm",
@@ -180,6 +192,7 @@ def base_metadata(*, channels=ALL_CHANNELS, spacing=None, detector_arch: dict, c
         "calibration": {"method": "temperature", "temperature": 1.0, "class_weights": [1.0] * len(CLASSES),
                         "training_prevalence": 0.5},
         "physics_gate": PHYSICS_GATE,
+        "vein_gate": VEIN_GATE,
         "inference": {"tile": 160, "overlap": 16, "stage2_tta": False, "stage1_tta_flips": [[]]},
     }
 

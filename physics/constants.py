@@ -20,6 +20,21 @@ MICROBLEED_MAX_MOMENT_PPM_MM3: float = MICROBLEED_MAX_CHI_PPM * math.pi / 6.0 * 
 #: about Hct (1 - Y) times this (0.3-0.7 ppm for Hct 0.4, Y 0.5-0.75).
 DCHI_DEOXY_BLOOD_PPM: float = 0.27 * 4.0 * math.pi
 
+# --- The vein gate (models/classifier.py vein_gate; features in models/features.py vein_features) ---
+#: A candidate's dark (magnitude void) or paramagnetic (chi+) structure is a tube when it goes on, both ways along
+#: its axis, for at least this many times its own width across the axis (a ball goes on about half its width)...
+VEIN_CONTINUATION_FACTOR: float = 2.0
+#: ...and at least this far (mm; several voxels of a 2 mm slice, beyond the blooming of a 10 mm bleed's edge).
+VEIN_MIN_CONTINUATION_MM: float = 4.0
+#: How far (mm) the ridge tracker follows a structure from the candidate (the gate needs only a few mm).
+VEIN_TRACK_MAX_MM: float = 12.0
+#: Darkness (1 - magnitude / local median) below which there is no void to follow.
+VEIN_MIN_VOID_DARKNESS: float = 0.15
+#: The local field is a vein's when the cylinder explains at least this much more of its variance (R^2) than
+#: a magnetised sphere, and at least ``VEIN_FIT_MIN_R2`` of it.
+VEIN_FIT_R2_MARGIN: float = 0.2
+VEIN_FIT_MIN_R2: float = 0.5
+
 
 def ppm_to_hz(field_ppm, b0_t: float):
     """Convert a field offset in ppm of B0 to a frequency offset in Hz at ``b0_t`` tesla."""

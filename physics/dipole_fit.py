@@ -98,12 +98,12 @@ def _best_fit(y, cols):
 
 def fit_sphere_vs_cylinder(local_field_ppm: np.ndarray, centre_vox, voxel_size, b0_dir, *, r_in_mm: float,
                            r_out_mm: float, valid: np.ndarray | None = None, n_directions: int = 160,
-                           refine_centre: bool = True) -> DipoleFit | None:
+                           refine_centre: bool = True, max_voxels: int = 800) -> DipoleFit | None:
     """Fit the field in the shell ``r_in_mm < |r - centre| <= r_out_mm`` (voxels of ``valid``, default those
     with a non-zero field; leave out the visible source - the chi of the candidate and of any tube through it,
     dilated by a voxel - whose inside field neither exterior form describes) to a sphere and to an infinite cylinder (axis searched over ``n_directions``
-    directions, then refined).  ``centre_vox`` continuous voxel index in ``local_field_ppm``.  None when fewer
-    than 20 shell voxels are usable."""
+    directions, then refined).  ``centre_vox`` continuous voxel index in ``local_field_ppm``.  At most
+    ``max_voxels`` shell voxels are used (a fixed pseudo-random subset).  None when fewer than 20 are usable."""
     f = np.asarray(local_field_ppm, float)
     vs = np.asarray(voxel_size, float)
     if f.ndim != 3 or len(vs) != 3:
@@ -119,8 +119,11 @@ def fit_sphere_vs_cylinder(local_field_ppm: np.ndarray, centre_vox, voxel_size, 
     sel = (d > r_in_mm) & (d <= r_out_mm) & use.reshape(-1)
     if sel.sum() < 20:
         return None
-    base = base[sel]
-    y = f.reshape(-1)[sel]
+    idx = np.flatnonzero(sel)
+    if len(idx) > max_voxels:
+        idx = np.sort(np.random.default_rng(0).choice(idx, max_voxels, replace=False))
+    base = base[idx]
+    y = f.reshape(-1)[idx]
     nuis = np.column_stack([np.ones(len(y)), base / r_out_mm])
     q, _ = np.linalg.qr(nuis)
     resid = lambda a: a - q @ (q.T @ a)  # noqa: E731
@@ -134,7 +137,15 @@ def fit_sphere_vs_cylinder(local_field_ppm: np.ndarray, centre_vox, voxel_size, 
         shifts = [s - vs for s in shifts]
     dirs = hemisphere_directions(n_directions)
     rho2_min = (0.5 * float(vs.min())) ** 2
-    line = lambda r, us: np.column_stack([_line_pattern(r, u, b, rho2_min)[0] / (2 * np.pi) for u in us])  # noqa: E731
+
+    def line(r, us):  # unit-moment cylinder fields (N, K) for the K axes ``us``
+        us = np.asarray(us, float)
+        ru, bu = r @ us.T, us @ b  # (N, K), (K,)
+        rb = r @ b  # (N,)
+        rp_bp = rb[:, None] - ru * bu[None]  # r_perp . b_perp = r.b - (r.u)(b.u)
+        rho2 = np.maximum((r * r).sum(1)[:, None] - ru * ru, rho2_min)
+        bp2 = 1.0 - bu * bu
+        return (2 * rp_bp ** 2 - bp2[None] * rho2) / rho2 ** 2 / (2 * np.pi)
     best_s = (np.inf, 0.0, np.zeros(3))
     for s in shifts:  # sphere: refine the centre on the +-1 voxel grid
         g, rss = _best_fit(yr, resid(sphere_dipole_field(1.0, base - s, b)[:, None]))
@@ -160,15 +171,20 @@ def fit_sphere_vs_cylinder(local_field_ppm: np.ndarray, centre_vox, voxel_size, 
         u = np.array([np.sin(x[0]) * np.cos(x[1]), np.sin(x[0]) * np.sin(x[1]), np.cos(x[0])])
         return _best_fit(yr, resid(line(base - np.clip(x[2:], -lim, lim), u[None])))[1][0]
 
-    opt = {"xatol": 1e-3, "fatol": 1e-9 * tss, "maxfev": 300}
-    res = minimize(rss_sphere, best_s[2], method="Nelder-Mead", options=opt)
+    opt = {"xatol": 1e-2, "fatol": 1e-6 * tss, "maxfev": 80}
+    def simplex(x0, steps):  # initial simplex of sensible size (the default is 5 % of x0: nothing at 0)
+        return np.vstack([x0] + [x0 + np.eye(len(x0))[i] * steps[i] for i in range(len(x0))])
+
+    res = minimize(rss_sphere, best_s[2], method="Nelder-Mead",
+                   options=dict(opt, initial_simplex=simplex(best_s[2], 0.4 * vs)))
     if res.fun < best_s[0]:
         sh = np.clip(res.x, -lim, lim)
         g, rss = _best_fit(yr, resid(sphere_dipole_field(1.0, base - sh, b)[:, None]))
         best_s = (float(rss[0]), float(g[0]), sh)
     u0, s = best_c[2], best_c[3]
     th, ph = np.arccos(np.clip(u0[2], -1, 1)), np.arctan2(u0[1], u0[0])
-    res = minimize(rss_cyl, np.r_[th, ph, s], method="Nelder-Mead", options=opt)
+    x0 = np.r_[th, ph, s]
+    res = minimize(rss_cyl, x0, method="Nelder-Mead", options=dict(opt, initial_simplex=simplex(x0, np.r_[0.08, 0.08, 0.4 * vs])))
     if res.fun < best_c[0]:
         u = np.array([np.sin(res.x[0]) * np.cos(res.x[1]), np.sin(res.x[0]) * np.sin(res.x[1]), np.cos(res.x[0])])
         sh = np.clip(res.x[2:], -lim, lim)

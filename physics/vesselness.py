@@ -136,31 +136,40 @@ def _sample(image, pts_vox):
 
 
 def continuation_mm(image: np.ndarray, start_vox, voxel_size, axis, *, threshold: float, step_mm: float = 0.5,
-                    max_mm: float = 20.0, cone_deg: float = 35.0) -> tuple[float, float]:
+                    max_mm: float = 20.0, cone_deg: float = 35.0, gap_mm: float | None = None) -> tuple[float, float]:
     """How far (mm, path length) the bright structure at ``start_vox`` goes on along ``+axis`` and ``-axis``:
     a ridge tracker steps ``step_mm`` at a time towards the brightest of a cone of directions around its
-    current heading (so it follows a tortuous vessel) and stops where the image falls below ``threshold`` or
-    leaves the grid, or at ``max_mm``.  Returns ``(longer, shorter)`` of the two directions."""
+    current heading (twice as wide over the first mm, for a rough starting axis; so it follows a tortuous
+    vessel) and stops where the image stays below ``threshold`` for
+    more than ``gap_mm`` (default the largest voxel size: on thick slices an oblique thin vessel is beaded,
+    dimmer between slice centres) or leaves the grid, or at ``max_mm``; the length is that of the last step
+    above ``threshold``.  Returns ``(longer, shorter)`` of the two directions."""
     img = np.asarray(image, np.float32)
     vs = np.asarray(voxel_size, float)
     ax = np.asarray(axis, float) / np.linalg.norm(axis)
+    gap = float(vs.max()) if gap_mm is None else float(gap_mm)
     out = []
     for sign in (1.0, -1.0):
         p = np.asarray(start_vox, float) * vs  # mm
         d = sign * ax
-        length = 0.0
+        length = good = 0.0
         while length < max_mm:
-            dirs = _cone(d, cone_deg)
+            dirs = _cone(d, cone_deg if length >= 1.0 else min(2 * cone_deg, 70.0))  # wide first mm: rough axis
             cand = p + dirs * step_mm
-            vals = _sample(img, cand / vs)
-            k = int(np.argmax(vals))
-            if vals[k] < threshold:
+            inside = np.all((cand / vs >= 0) & (cand / vs <= np.asarray(img.shape) - 1), axis=1)
+            if not inside.any():
                 break
+            vals = np.where(inside, _sample(img, cand / vs), -np.inf)
+            k = int(np.argmax(vals))
             d = 0.5 * d + 0.5 * dirs[k]
             d /= np.linalg.norm(d)
             p = cand[k]
             length += step_mm
-        out.append(length)
+            if vals[k] >= threshold:
+                good = length
+            elif length - good > gap:
+                break
+        out.append(min(good, max_mm))
     return max(out), min(out)
 
 
