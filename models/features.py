@@ -60,8 +60,8 @@ def vein_features(maps: PhysicsMaps, centre_vox, *, chi_scale: float) -> dict[st
     longer side, tracked through bends, up to ``VEIN_TRACK_MAX_MM``); NaN where there is no such structure
     (chi+ below 3 robust sigma, darkness below ``VEIN_MIN_VOID_DARKNESS``).  And the local-field fit
     (``fit_*``, :meth:`cmbdetect.physics.dipole_fit.DipoleFit.as_features`): R^2 of a magnetised sphere and of an
-    infinite cylinder in a shell around the chi peak, the source itself (chi+ above half its peak, dilated by a
-    voxel) left out."""
+    infinite cylinder in a shell around the chi peak, the source itself (chi+ above half its peak) and the void
+    (darkness > 0.3), both dilated by a voxel, left out."""
     from scipy import ndimage
 
     from cmbdetect.physics.constants import VEIN_MIN_VOID_DARKNESS, VEIN_TRACK_MAX_MM
@@ -99,7 +99,7 @@ def vein_features(maps: PhysicsMaps, centre_vox, *, chi_scale: float) -> dict[st
         if name == "chi":
             chi_peak_vox, chi_thr = p, thr
     fld = np.asarray(maps.local_field_ppm[sl], np.float32)
-    valid = mask & (fld != 0)
+    valid = mask & (fld != 0) & ~ndimage.binary_dilation(void > 0.3)  # no signal there: no reliable field
     centre = cl
     if chi_peak_vox is not None:
         valid &= ~ndimage.binary_dilation(chi_pos >= chi_thr)

@@ -84,3 +84,20 @@ def test_unknown_family_is_an_input_error(tmp_path):
         with pytest.raises(InputError):
             cli_simulate.run(args)
         assert not (tmp_path / "out").exists()
+
+
+def test_cli_dataset_records_the_vein_family(tmp_path):
+    import json
+
+    from cmbdetect.pipeline import cli_simulate
+
+    parser = argparse.ArgumentParser()
+    cli_simulate.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["simulate", str(tmp_path / "ds"), "--shape", "40,48,24", "--voxel-size", "3,3,4",
+                              "--b0", "3", "--echoes", "1", "--microbleeds", "1", "--vein-family", "tortuous",
+                              "--vein-density", "2", "--iron-spots", "1"])
+    assert cli_simulate.run(args) == 0
+    params = json.loads((tmp_path / "ds" / "derivatives" / "groundtruth" / "sub-01"
+                         / "sub-01_desc-simulation_parameters.json").read_text())
+    assert params["veins"]["family"] == "tortuous" and params["veins"]["density"] == 2.0
+    assert params["iron_spots"] <= 1
