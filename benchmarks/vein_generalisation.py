@@ -154,16 +154,18 @@ def main(argv=None) -> int:
     ap.add_argument("--microbleeds", type=int, default=4)
     ap.add_argument("--cohorts", nargs="*", default=None, help="only these cohorts (names as printed)")
     ap.add_argument("--seed606", action="store_true", help="also the seed-606 cohort of benchmarks/detection.py")
+    ap.add_argument("--seed606-subjects", type=int, default=20, help="only the first N subjects of seed 606")
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--check-exact", type=int, default=2, metavar="N",
                     help="also run the release without the gate on N subjects of the first cohort and check that "
                          "the release figures reconstructed from the gated pass equal it (default 2)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--save-dir", default=None, help="write each cohort's detections (p >= 0.01) as JSON here")
     a = ap.parse_args(argv)
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
     specs = cohort_specs(a)
-    names = a.cohorts or list(specs)
+    names = list(specs) if a.cohorts is None else a.cohorts  # "--cohorts" alone: none (e.g. with --seed606)
     cohorts = {n: load_cohort(root, n, specs[n]) for n in names}
     if a.seed606:
         from cmbdetect.pipeline.simulate import simulate_dataset
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
         test = root / "seed606"
         if not test.exists():
             simulate_dataset(test, subjects=20, seed=606, shape=(96, 112, 64), voxel_size=(1.0, 1.0, 1.5))
-        cohorts["seed606"] = cached_subjects(test, root / "seed606-cache")
+        cohorts["seed606"] = cached_subjects(test, root / "seed606-cache")[:a.seed606_subjects]
     if a.prepare_only:
         return 0
     from cmbdetect.models.registry import load_model
@@ -179,6 +181,7 @@ def main(argv=None) -> int:
     model = load_model(a.model)
     names_m = ("release (no vein gate)", "vein gate")
     results: dict = {}
+    pooled: dict = {"subjects": [], names_m[0]: {}, names_m[1]: {}}
     for cname, subjects in cohorts.items():
         n_mb = sum(k == "microbleed" for s in subjects for k in s.lesion_kinds)
         n_calc = sum(k == "calcification" for s in subjects for k in s.lesion_kinds)
@@ -204,6 +207,18 @@ def main(argv=None) -> int:
                       f"{same}", flush=True)
                 results[cname].setdefault("reconstruction_exact", []).append(bool(same))
         results[cname]["detect_s_per_subject"] = float(np.mean(times))
+        if cname.startswith("heldout"):
+            pooled["subjects"] += subjects
+            for mname in names_m:
+                pooled[mname].update(kept[mname])
+        if a.save_dir:
+            out = Path(a.save_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{cname}.json").write_text(json.dumps({
+                mname: {lab: [{"centre_vox": list(d.centre_vox), "probabilities": d.probabilities, "label": d.label,
+                               "features": {k: v for k, v in d.features.items() if isinstance(v, float)}}
+                              for d in ds if d.probabilities["microbleed"] >= 0.01]
+                        for lab, ds in kept[mname].items()} for mname in names_m}, default=float) + "\n")
         for mname in names_m:
             r = evaluate_model(subjects, lambda s, k=kept[mname]: as_rows(k[s.label]))
             r["mb_calls_per_lesion_free_subject"] = lesion_free_calls(subjects, kept[mname])
@@ -213,6 +228,18 @@ def main(argv=None) -> int:
             print(cname, mname, json.dumps(r), flush=True)
         if a.out:
             Path(a.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if len({s.label.split("_")[0] for s in pooled["subjects"]}) > 1:  # all held-out cohorts of this run together
+        subjects = pooled["subjects"]
+        res = {"subjects": len(subjects), "microbleeds": sum(k == "microbleed" for s in subjects for k in s.lesion_kinds),
+               "calcifications": sum(k == "calcification" for s in subjects for k in s.lesion_kinds),
+               "detect_s_per_subject": float(np.mean([results[c]["detect_s_per_subject"] for c in results
+                                                      if c.startswith("heldout")]))}
+        for mname in names_m:
+            r = evaluate_model(subjects, lambda s, k=pooled[mname]: as_rows(k[s.label]))
+            r["mb_calls_per_lesion_free_subject"] = lesion_free_calls(subjects, pooled[mname])
+            r["n_vein_gated"] = sum(results[c][mname]["n_vein_gated"] for c in results if c.startswith("heldout"))
+            res[mname] = r
+        results["heldout (pooled)"] = res
     keys = ("sens@0.5FP", "sens@1FP", "sensitivity", "precision", "fp_per_subject",
             "mb_calls_per_lesion_free_subject", "calc_called_mb", "n_vein_gated")
     print("\n| cohort (subjects, microbleeds; detect s/subject) | model | " + " | ".join(keys) + " |\n|---|---|"

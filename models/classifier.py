@@ -126,39 +126,42 @@ def physics_gate(probs: np.ndarray, features: list[dict]) -> tuple[np.ndarray, n
 
 
 def vein_evidence(features: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(tube_void, tube_chi, cylinder_field)`` bool arrays from the vein features of
+    """``(tube_void, ball_chi, cylinder_field)`` bool arrays from the vein features of
     :func:`cmbdetect.models.features.vein_features` (missing or NaN features count as no evidence):
 
-    - tube: the structure (magnitude void / chi+) goes on, both ways along its axis, at least
-      ``VEIN_CONTINUATION_FACTOR`` times its width across it and at least ``VEIN_MIN_CONTINUATION_MM``;
+    - tube void: the magnitude void goes on along its axis, both ways at least ``VEIN_CONTINUATION_FACTOR`` times
+      its width across it and at least ``VEIN_MIN_CONTINUATION_MM``, or one way at least ``VEIN_ONE_SIDED_FACTOR``
+      times its width and at least ``VEIN_MIN_ONE_SIDED_MM``;
+    - ball chi: there is a positive chi spot and it does not go on (longer side below
+      ``VEIN_CONTINUATION_FACTOR`` times its width): the mark of a bleed, also of one beside a vein;
     - cylinder field: the local field fits an infinite cylinder better than a magnetised sphere by
       ``VEIN_FIT_R2_MARGIN`` in R^2, with a cylinder R^2 of at least ``VEIN_FIT_MIN_R2``
       (constants in :mod:`cmbdetect.physics.constants`)."""
     from cmbdetect.physics.constants import (VEIN_CONTINUATION_FACTOR, VEIN_FIT_MIN_R2, VEIN_FIT_R2_MARGIN,
-                                            VEIN_MIN_CONTINUATION_MM)
+                                            VEIN_MIN_CONTINUATION_MM, VEIN_MIN_ONE_SIDED_MM, VEIN_ONE_SIDED_FACTOR)
 
     def col(key):
         return np.array([float(f.get(key, np.nan)) for f in features], dtype=float)
 
     with np.errstate(invalid="ignore"):
-        tubes = []
-        for name in ("void", "chi"):
-            cont, width = col(f"{name}_continuation_mm"), col(f"{name}_width_mm")
-            tubes.append(cont >= np.maximum(VEIN_CONTINUATION_FACTOR * width, VEIN_MIN_CONTINUATION_MM))
+        w = col("void_width_mm")
+        tube = (col("void_continuation_mm") >= np.maximum(VEIN_CONTINUATION_FACTOR * w, VEIN_MIN_CONTINUATION_MM)) | \
+            (col("void_continuation_long_mm") >= np.maximum(VEIN_ONE_SIDED_FACTOR * w, VEIN_MIN_ONE_SIDED_MM))
+        ball = np.isfinite(col("chi_peak")) & \
+            ~(col("chi_continuation_long_mm") >= VEIN_CONTINUATION_FACTOR * col("chi_width_mm"))
         sph, cyl = col("fit_sphere_r2"), col("fit_cylinder_r2")
         cylinder = (cyl - sph >= VEIN_FIT_R2_MARGIN) & (cyl >= VEIN_FIT_MIN_R2)
-    return tubes[0], tubes[1], cylinder
+    return tube, ball, cylinder
 
 
 def vein_gate(probs: np.ndarray, features: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Forbid "microbleed" for candidates that are veins by geometry or field (:func:`vein_evidence`): a
     microbleed is an isolated ball, a vein a tube that goes on beyond the candidate.  Gated: the void is a tube
-    and the chi+ is a tube or absent, or the field is a cylinder's.  Their microbleed probability moves to vein.
+    and the chi is no ball, or the field is a cylinder's.  Their microbleed probability moves to vein.
     Returns ``(probs, gated)``; works on ``[N, C]`` or ``[N, H, C]``."""
     p = np.array(probs, dtype=float, copy=True)
-    tube_void, tube_chi, cylinder = vein_evidence(features)
-    no_chi = np.array([not np.isfinite(float(f.get("chi_peak", np.nan))) for f in features], dtype=bool)
-    gated = (tube_void & (tube_chi | no_chi)) | cylinder
+    tube, ball, cylinder = vein_evidence(features)
+    gated = (tube & ~ball) | cylinder
     if gated.any():
         p[gated, ..., _VEIN] += p[gated, ..., _MB]
         p[gated, ..., _MB] = 0.0

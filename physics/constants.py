@@ -26,6 +26,10 @@ DCHI_DEOXY_BLOOD_PPM: float = 0.27 * 4.0 * math.pi
 VEIN_CONTINUATION_FACTOR: float = 2.0
 #: ...and at least this far (mm; several voxels of a 2 mm slice, beyond the blooming of a 10 mm bleed's edge).
 VEIN_MIN_CONTINUATION_MM: float = 4.0
+#: A void that goes on this many times its width, and at least ``VEIN_MIN_ONE_SIDED_MM``, on one side only is a tube
+#: too (a vein seen where it bends, branches or leaves the slab; on the held-out vein family most false calls).
+VEIN_ONE_SIDED_FACTOR: float = 3.0
+VEIN_MIN_ONE_SIDED_MM: float = 8.0
 #: How far (mm) the ridge tracker follows a structure from the candidate (the gate needs only a few mm).
 VEIN_TRACK_MAX_MM: float = 12.0
 #: Darkness (1 - magnitude / local median) below which there is no void to follow.

@@ -72,22 +72,26 @@ def test_vein_features_tell_a_ball_from_a_tortuous_vein(kind):
 
 
 def test_gate_rules_on_features():
-    ball = {"void_continuation_mm": 1.5, "void_width_mm": 4.0, "chi_continuation_mm": 1.5, "chi_width_mm": 3.5,
-            "chi_peak": 0.8, "fit_sphere_r2": 0.9, "fit_cylinder_r2": 0.3}
-    tube = dict(ball, void_continuation_mm=9.0, void_width_mm=2.0, chi_continuation_mm=8.0, chi_width_mm=2.0)
-    void_only = dict(ball, void_continuation_mm=9.0, void_width_mm=2.0)  # a bleed beside a vein: chi says ball
-    thin = dict(ball, void_continuation_mm=9.0, void_width_mm=2.0, chi_peak=float("nan"),
-                chi_continuation_mm=float("nan"), chi_width_mm=float("nan"))
+    nan = float("nan")
+    ball = {"void_continuation_mm": 1.5, "void_continuation_long_mm": 2.5, "void_width_mm": 4.0,
+            "chi_continuation_mm": 1.5, "chi_continuation_long_mm": 2.0, "chi_width_mm": 3.5, "chi_peak": 0.8,
+            "fit_sphere_r2": 0.9, "fit_cylinder_r2": 0.3}
+    tube = dict(ball, void_continuation_mm=9.0, void_continuation_long_mm=12.0, void_width_mm=2.0,
+                chi_continuation_mm=8.0, chi_continuation_long_mm=12.0, chi_width_mm=2.0)
+    one_sided = dict(tube, void_continuation_mm=1.0, chi_peak=nan)  # a vein that bends or ends at the candidate
+    beside = dict(ball, void_continuation_mm=9.0, void_continuation_long_mm=12.0, void_width_mm=2.0)  # bleed + vein
+    thin = dict(tube, chi_peak=nan, chi_continuation_mm=nan, chi_continuation_long_mm=nan, chi_width_mm=nan)
     cylinder = dict(ball, fit_sphere_r2=0.2, fit_cylinder_r2=0.8)
-    short = dict(tube, void_continuation_mm=3.0, chi_continuation_mm=3.0, void_width_mm=1.0, chi_width_mm=1.0)
+    short = dict(tube, void_continuation_mm=3.0, void_continuation_long_mm=3.5, void_width_mm=1.0)
     unknown = {}
-    feats = [ball, tube, void_only, thin, cylinder, short, unknown]
-    tv, tc, cyl = vein_evidence(feats)
-    assert tv.tolist() == [False, True, True, True, False, False, False]
-    assert cyl.tolist() == [False, False, False, False, True, False, False]
+    feats = [ball, tube, one_sided, beside, thin, cylinder, short, unknown]
+    tube_void, ball_chi, cyl = vein_evidence(feats)
+    assert tube_void.tolist() == [False, True, True, True, True, False, False, False]
+    assert ball_chi.tolist() == [True, False, False, True, False, True, False, False]
+    assert cyl.tolist() == [False, False, False, False, False, True, False, False]
     probs = np.full((len(feats), 3, len(CLASSES)), 1.0 / len(CLASSES))
     p, gated = vein_gate(probs, feats)
-    assert gated.tolist() == [False, True, False, True, True, False, False]
+    assert gated.tolist() == [False, True, True, False, True, True, False, False]
     np.testing.assert_allclose(p.sum(-1), 1.0)
     assert (p[gated][..., MB] == 0).all()
     np.testing.assert_array_equal(p[~gated], probs[~gated])
