@@ -131,17 +131,14 @@ def vein_evidence(features: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndar
 
     - tube void: the magnitude void goes on along its axis, both ways at least ``VEIN_CONTINUATION_FACTOR`` times
       its width across it and at least ``VEIN_MIN_CONTINUATION_MM``, or one way at least ``VEIN_ONE_SIDED_FACTOR``
-      times its width and at least ``VEIN_MIN_ONE_SIDED_MM``; or its Hessian blob ratio, and that of the chi+ if
-      any, is below ``VEIN_MAX_BLOB_RATIO``;
-    - ball chi: there is a positive chi spot, it does not go on (longer side below ``VEIN_CONTINUATION_FACTOR``
-      times its width) and its blob ratio reaches ``VEIN_MAX_BLOB_RATIO``: the mark of a bleed, also of one
-      beside a vein;
+      times its width and at least ``VEIN_MIN_ONE_SIDED_MM``;
+    - ball chi: there is a positive chi spot and it does not go on (longer side below
+      ``VEIN_CONTINUATION_FACTOR`` times its width): the mark of a bleed, also of one beside a vein;
     - cylinder field: the local field fits an infinite cylinder better than a magnetised sphere by
       ``VEIN_FIT_R2_MARGIN`` in R^2, with a cylinder R^2 of at least ``VEIN_FIT_MIN_R2``
       (constants in :mod:`cmbdetect.physics.constants`)."""
     from cmbdetect.physics.constants import (VEIN_CONTINUATION_FACTOR, VEIN_FIT_MIN_R2, VEIN_FIT_R2_MARGIN,
-                                            VEIN_MAX_BLOB_RATIO, VEIN_MIN_CONTINUATION_MM, VEIN_MIN_ONE_SIDED_MM,
-                                            VEIN_ONE_SIDED_FACTOR)
+                                            VEIN_MIN_CONTINUATION_MM, VEIN_MIN_ONE_SIDED_MM, VEIN_ONE_SIDED_FACTOR)
 
     def col(key):
         return np.array([float(f.get(key, np.nan)) for f in features], dtype=float)
@@ -150,11 +147,8 @@ def vein_evidence(features: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndar
         w = col("void_width_mm")
         tube = (col("void_continuation_mm") >= np.maximum(VEIN_CONTINUATION_FACTOR * w, VEIN_MIN_CONTINUATION_MM)) | \
             (col("void_continuation_long_mm") >= np.maximum(VEIN_ONE_SIDED_FACTOR * w, VEIN_MIN_ONE_SIDED_MM))
-        chi_seen = np.isfinite(col("chi_peak"))
-        chi_blob = col("chi_blob_ratio")
-        tube |= (col("void_blob_ratio") < VEIN_MAX_BLOB_RATIO) & (~chi_seen | (chi_blob < VEIN_MAX_BLOB_RATIO))
-        ball = chi_seen & ~(col("chi_continuation_long_mm") >= VEIN_CONTINUATION_FACTOR * col("chi_width_mm")) \
-            & (chi_blob >= VEIN_MAX_BLOB_RATIO)
+        ball = np.isfinite(col("chi_peak")) & \
+            ~(col("chi_continuation_long_mm") >= VEIN_CONTINUATION_FACTOR * col("chi_width_mm"))
         sph, cyl = col("fit_sphere_r2"), col("fit_cylinder_r2")
         cylinder = (cyl - sph >= VEIN_FIT_R2_MARGIN) & (cyl >= VEIN_FIT_MIN_R2)
     return tube, ball, cylinder

@@ -22,8 +22,8 @@ from cmbdetect.models.detection import CLASSES
 from cmbdetect.models.networks import CentreNet3D, PatchClassifier
 from cmbdetect.physics.constants import (MICROBLEED_MAX_CHI_PPM, MICROBLEED_MAX_DIAMETER_MM,
                                         MICROBLEED_MAX_MOMENT_PPM_MM3, VEIN_CONTINUATION_FACTOR, VEIN_FIT_MIN_R2,
-                                        VEIN_FIT_R2_MARGIN, VEIN_MAX_BLOB_RATIO, VEIN_MIN_CONTINUATION_MM,
-                                        VEIN_MIN_ONE_SIDED_MM, VEIN_ONE_SIDED_FACTOR)
+                                        VEIN_FIT_R2_MARGIN, VEIN_MIN_CONTINUATION_MM, VEIN_MIN_ONE_SIDED_MM,
+                                        VEIN_ONE_SIDED_FACTOR)
 from cmbdetect.physics.errors import InputError
 
 #: Folder holding the shipped models.
@@ -47,10 +47,8 @@ VEIN_GATE = ("a candidate with microbleed probability >= 0.05 after stage 2 is m
              "when its magnitude void goes on both ways for at least "
              f"{VEIN_CONTINUATION_FACTOR:g} times its width across the axis and at least "
              f"{VEIN_MIN_CONTINUATION_MM:g} mm, or one way for at least {VEIN_ONE_SIDED_FACTOR:g} times its width and "
-             f"at least {VEIN_MIN_ONE_SIDED_MM:g} mm, or its multi-scale Hessian blob ratio, and that of its positive "
-             f"chi if any, is below {VEIN_MAX_BLOB_RATIO:g} (a tube), unless it holds a positive chi spot that does "
-             f"not go on ({VEIN_CONTINUATION_FACTOR:g} widths) with a blob ratio of at least {VEIN_MAX_BLOB_RATIO:g} "
-             "(a ball: a bleed, also beside a vein), or when the "
+             f"at least {VEIN_MIN_ONE_SIDED_MM:g} mm, unless it holds a positive chi spot that does not go on "
+             f"({VEIN_CONTINUATION_FACTOR:g} widths: a bleed, also beside a vein), or when the "
              f"cylinder explains at least {VEIN_FIT_R2_MARGIN:g} more of the field variance (R^2) than the sphere "
              f"and at least {VEIN_FIT_MIN_R2:g} of it: a microbleed is an isolated ball, a vein a tube that goes on")
 #: Physics features fed to stage 2 (keys of ``physics.sources.lesion_features``).

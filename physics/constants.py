@@ -30,10 +30,6 @@ VEIN_MIN_CONTINUATION_MM: float = 4.0
 #: too (a vein seen where it bends, branches or leaves the slab; on the held-out vein family most false calls).
 VEIN_ONE_SIDED_FACTOR: float = 3.0
 VEIN_MIN_ONE_SIDED_MM: float = 8.0
-#: Multi-scale Hessian: a structure whose blob ratio ``|l1| / sqrt(|l2 l3|)`` is below this in both the void and
-#: the chi+ (or with no chi+) is a tube (a ball is about 1; microbleeds of the simulator 0.4-0.8 in the void);
-#: and a chi+ spot only vetoes the gate as a ball when its blob ratio reaches it.
-VEIN_MAX_BLOB_RATIO: float = 0.25
 #: How far (mm) the ridge tracker follows a structure from the candidate (the gate needs only a few mm).
 VEIN_TRACK_MAX_MM: float = 12.0
 #: Darkness (1 - magnitude / local median) below which there is no void to follow.
