@@ -143,9 +143,9 @@ def apply_phase_sign(phase, sign: int) -> np.ndarray:
     try:
         s = int(sign)
     except (TypeError, ValueError):
-        raise InputError(f"--phase-sign must be +1 or -1, got {sign!r}") from None
+        raise InputError(f"--phase-sign must be +1 or -1, got {sign}") from None
     if s not in (1, -1) or s != sign:
-        raise InputError(f"--phase-sign must be +1 or -1, got {sign!r}")
+        raise InputError(f"--phase-sign must be +1 or -1, got {sign}")
     return (np.asarray(phase, dtype=np.float32) * np.float32(s)).astype(np.float32)
 
 

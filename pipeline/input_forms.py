@@ -31,4 +31,5 @@ def phase_difference_note(te1_s: float, te2_s: float, *, origin: str) -> str:
 
 def phase_difference_record(te1_s: float, te2_s: float) -> dict:
     """``acq.source["phase_difference"]``: the two echo times and the spacing used as TE (s)."""
-    return {"echo_time1_s": float(te1_s), "echo_time2_s": float(te2_s), "delta_te_s": float(te2_s - te1_s)}
+    return {"echo_time1_s": round(float(te1_s), 9), "echo_time2_s": round(float(te2_s), 9),
+            "delta_te_s": round(float(te2_s - te1_s), 9)}

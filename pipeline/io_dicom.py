@@ -350,7 +350,7 @@ def read_dicom_series(series_dirs: str | os.PathLike | Sequence[str | os.PathLik
     elif any(k < 0 for k in keys + p_keys):
         raise InputError(f"DICOM images in {where} have no EchoTime; give --te in seconds")
     elif form == "phase-difference":
-        te_s = np.array([(m_keys[1] - m_keys[0]) / 1000.0])
+        te_s = np.array([round((m_keys[1] - m_keys[0]) / 1000.0, 9)])
     else:
         te_s = np.asarray(keys, dtype=float) / 1000.0
     ref_ds = ref.dataset

@@ -156,9 +156,18 @@ def test_nans(tmp_path, volumes, oblique_affine):
     aff = oblique_affine(SHAPE)
     bad = phase[0].copy()
     bad[3, 3, 3] = np.nan
+    bad[0, :, :] = np.inf
     m = _save(mag[0], aff, tmp_path / "m.nii.gz")
     p = _save(bad, aff, tmp_path / "p.nii.gz")
-    _one_line_error(load_nifti_acquisition, m, p, te=[0.02], b0=3, match="NaN")
+    acq = load_nifti_acquisition(m, p, te=[0.02], b0=3)  # NaN voxels are masked, not refused
+    n_bad = 1 + SHAPE[1] * SHAPE[2]
+    assert acq.source["nonfinite_voxels"] == n_bad and any("NaN" in w for w in acq.source["warnings"])
+    assert acq.mag[0, 3, 3, 3] == 0 and acq.phase[0, 3, 3, 3] == 0 and np.all(acq.mag[0, 0] == 0)
+    good = np.ones(SHAPE, bool)
+    good[3, 3, 3] = good[0] = False
+    np.testing.assert_allclose(acq.mag[0][good], mag[0][good], rtol=1e-6)
+    _save(np.full(SHAPE, np.nan), aff, tmp_path / "all_nan.nii.gz")
+    _one_line_error(load_nifti_acquisition, m, tmp_path / "all_nan.nii.gz", te=[0.02], b0=3, match="no finite")
 
 
 def test_unreadable_files(tmp_path, volumes, oblique_affine):
