@@ -225,8 +225,11 @@ def _stack(frames: list[_Frame], normal: np.ndarray, what: str) -> list[_Frame]:
     frames = sorted(frames, key=lambda fr: float(fr.position @ normal))
     proj = np.array([fr.position @ normal for fr in frames])
     if len(proj) > 1 and np.min(np.diff(proj)) < 1e-3:
-        raise InputError(f"{what} has two images at the same slice position; the folders seem to hold more "
-                         "than one acquisition (give one series per --dicom)")
+        series = sorted({f"{fr.dataset.get('SeriesNumber', '?')} {fr.dataset.get('SeriesDescription', '')}".strip()
+                         for fr in frames})
+        held = f"series {', '.join(series)}" if len(series) > 1 else "more than one acquisition"
+        raise InputError(f"{what} has two images at the same slice position; the folders hold {held}: give the "
+                         "magnitude and phase series of one acquisition (one --dicom per series folder)")
     if len({fr.pixels.shape for fr in frames}) > 1:
         raise InputError(f"{what} mixes images of different sizes")
     return frames
