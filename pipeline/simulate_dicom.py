@@ -235,6 +235,19 @@ def write_enhanced_dicom(path: str | os.PathLike, *, mag: np.ndarray, phase: np.
     pm = shared.PixelMeasuresSequence[0]
     pm.PixelSpacing, pm.SliceThickness, pm.SpacingBetweenSlices = [_ds(sizes[1]), _ds(sizes[0])], _ds(sizes[2]), _ds(sizes[2])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    organisation = generate_uid()
+    ds.DimensionOrganizationSequence = Sequence([Dataset()])
+    ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = organisation
+    dims = []
+    for pointer, group, label in (((0x0020, 0x9056), (0x0020, 0x9111), "Stack ID"),
+                                  ((0x0020, 0x9057), (0x0020, 0x9111), "In-Stack Position Number"),
+                                  ((0x0018, 0x9082), (0x0018, 0x9114), "Effective Echo Time"),
+                                  ((0x0008, 0x9208), (0x0018, 0x9226), "Complex Image Component")):
+        d = Dataset()
+        d.DimensionOrganizationUID = organisation
+        d.DimensionIndexPointer, d.FunctionalGroupPointer, d.DimensionDescriptionLabel = pointer, group, label
+        dims.append(d)
+    ds.DimensionIndexSequence = Sequence(dims)
     frames, pixels = [], []
     for kind, data in (("M", mag), ("P", phase)):
         for e in range(data.shape[0]):
@@ -253,7 +266,13 @@ def write_enhanced_dicom(path: str | os.PathLike, *, mag: np.ndarray, phase: np.
                 item.PixelValueTransformationSequence = Sequence([Dataset()])
                 pvt = item.PixelValueTransformationSequence[0]
                 pvt.RescaleSlope, pvt.RescaleIntercept, pvt.RescaleType = _ds(slope), _ds(intercept), "US"
-                private = Dataset()
+                item.FrameContentSequence = Sequence([Dataset()])
+                fc = item.FrameContentSequence[0]
+                fc.StackID, fc.InStackPositionNumber, fc.TemporalPositionIndex = "1", k + 1, 1
+                fc.DimensionIndexValues = [1, k + 1, e + 1, 1 if kind == "M" else 2]
+                private = Dataset()  # as Philips scanners repeat them per frame: image type, echo, scaling
+                private.ImageType = ["ORIGINAL", "PRIMARY", f"{kind}_FFE", kind, "FFE"]
+                private.EchoTime, private.EchoNumbers = _ds(te[e] * 1000.0), e + 1
                 _add_private(private, "philips", kind, slope)
                 item.add_new((0x2005, 0x0014), "LO", "Philips MR Imaging DD 005")
                 item.add_new((0x2005, 0x140F), "SQ", Sequence([private]))
