@@ -4,11 +4,11 @@ how its stored phase becomes radians.
 Image kind (first rule that applies; enhanced files per frame):
 
 1. a B0 field map in Hz: ImageType/FrameType ``FIELDMAPHZ``, ``FIELD_MAP``, ``B0 MAP``, ``B0MAP``, the
-   Philips private type (2005,1011) ``B0``, or Real World Value units ``Hz``; GE B0map series, whose
+   Philips private type (2005,1011) ``B0``, RescaleType or Real World Value units ``Hz``; GE B0map series, whose
    magnitude and field images share ImageType OTHER and (0043,102F) = 0, are split afterwards by
    (0043,1030) and the pixel sign (:func:`split_ge_b0map`);
 2. ``ComplexImageComponent`` MAGNITUDE / PHASE / REAL / IMAGINARY (enhanced: per frame);
-3. ImageType (plus FrameType) values ``M``/``MAGNITUDE``, ``P``/``PHASE``, ``R``/``REAL``,
+3. ImageType (enhanced: the frame's FrameType) values ``M``/``MAGNITUDE``, ``P``/``PHASE``, ``R``/``REAL``,
    ``I``/``IMAGINARY``; projections (MIP/MinIP/SWI) are not used;
 4. the Philips private image type (2005,1011) M/P/R/I, then GE (0043,102F) 0 M, 1 P, 2 R, 3 I.
 
@@ -94,16 +94,15 @@ def frame_kind(ds: Dataset, frame_item: Dataset | None = None) -> str | None:
     if frame_item is not None and frame_item.get("MRImageFrameTypeSequence"):
         frame_type = frame_item.MRImageFrameTypeSequence[0]
     private = philips_private_item(frame_item) or ds
-    types = _tokens(ds.get("ImageType"))
-    if frame_type is not None:
-        types |= _tokens(frame_type.get("FrameType"))
+    # an enhanced frame is described by its FrameType; the file's ImageType may summarise all frames
+    types = _tokens(frame_type.get("FrameType")) if frame_type is not None else _tokens(ds.get("ImageType"))
     philips_type = str(private_value(private, PHILIPS_IMAGE_TYPE) or "").strip().upper()
-    units = ""
+    units = {str(src.get("RescaleType", "")).strip().lower() for src in (ds, private)}
     rwv = frame_item.get("RealWorldValueMappingSequence") if frame_item is not None else None
     rwv = rwv or ds.get("RealWorldValueMappingSequence")
     if rwv and rwv[0].get("MeasurementUnitsCodeSequence"):
-        units = str(rwv[0].MeasurementUnitsCodeSequence[0].get("CodeValue", "")).strip().lower()
-    if types & _HZ_TYPES or philips_type in ("B0", "B0 MAP") or units == "hz":
+        units.add(str(rwv[0].MeasurementUnitsCodeSequence[0].get("CodeValue", "")).strip().lower())
+    if (types | _tokens(ds.get("ImageType"))) & _HZ_TYPES or philips_type in ("B0", "B0 MAP") or "hz" in units:
         return "HZ"
     if types & _IGNORED_TYPES:
         return None

@@ -13,7 +13,8 @@ Reading (:func:`read_dicom_series`, :func:`load_dicom_acquisition`):
   (row x column direction cosines) by the projection of ``ImagePositionPatient``;
 * forms besides per-echo magnitude + phase (:mod:`cmbdetect.pipeline.input_forms`): real/imaginary pairs
   are combined to complex (phase = angle, magnitude = the magnitude images or ``|z|``); a phase-difference
-  map (magnitude at TE1 and TE2, phase at TE2) is read as one echo with TE = TE2 - TE1; a field map in
+  map (magnitude at TE1 and TE2, one phase image labelled TE2, or TE1) is read as one echo with
+  TE = TE2 - TE1; a field map in
   Hz, magnitude only or phase only is refused with one line naming the data and what would work;
 * the affine maps NIfTI voxel order ``[i=column, j=row, k=slice]`` to scanner RAS mm (DICOM LPS with x, y
   negated);
@@ -285,14 +286,14 @@ def read_dicom_series(series_dirs: str | os.PathLike | Sequence[str | os.PathLik
     if by_kind["M"] and by_kind["P"]:
         form, keys = "per-echo", m_keys
         if p_keys != m_keys:
-            if len(p_keys) == 1 and len(m_keys) == 2 and p_keys[0] == m_keys[1] and m_keys[0] > 0:
+            if len(p_keys) == 1 and len(m_keys) == 2 and p_keys[0] in m_keys and m_keys[0] > 0:
                 form, keys = "phase-difference", m_keys[:1]
                 notes.append(phase_difference_note(m_keys[0] / 1000, m_keys[1] / 1000, origin=where))
             else:
                 raise InputError(f"magnitude DICOM images in {where} have echo times {_ms(m_keys)} but phase "
                                  f"images {_ms(p_keys)}: not one acquisition's echoes (give the magnitude and "
                                  "phase series of one scan), nor a phase-difference map (magnitude at TE1 "
-                                 "and TE2, phase at TE2)")
+                                 "and TE2, one phase image labelled TE1 or TE2)")
         plan = [("M", k) for k in keys] + [("P", k) for k in p_keys]
     elif by_kind["R"] and by_kind["I"] and not by_kind["P"]:
         keys = _keys(by_kind["R"])
@@ -383,7 +384,8 @@ def read_dicom_series(series_dirs: str | os.PathLike | Sequence[str | os.PathLik
         "phase_units": units,
         "phase_units_from": units_from,
         "phase_sign": int(phase_sign),
-        "te_from": "argument" if te is not None else "EchoTime",
+        "te_from": "argument" if te is not None else
+                   "EchoTime2 - EchoTime1" if form == "phase-difference" else "EchoTime",
         "notes": notes,
         "dicom": {
             "study_instance_uid": str(ref_ds.get("StudyInstanceUID", "")),
