@@ -282,7 +282,9 @@ def read_dicom_series(series_dirs: str | os.PathLike | Sequence[str | os.PathLik
     notes: list[str] = []
     m_keys, p_keys = _keys(by_kind["M"]), _keys(by_kind["P"])
     if by_kind["HZ"]:
-        _refuse_form(by_kind, where, len(ignored))
+        if not (by_kind["M"] and by_kind["P"]):
+            _refuse_form(by_kind, where, len(ignored))
+        notes.append(f"{where}: {len(by_kind['HZ'])} field-map (Hz) images left aside; magnitude + phase used")
     if by_kind["M"] and by_kind["P"]:
         form, keys = "per-echo", m_keys
         if p_keys != m_keys:

@@ -191,3 +191,28 @@ def test_simulate_cli_writes_dicom(tmp_path):
         assert _wrapdiff(got.phase, phase).max() < np.pi / 2000
     assert main(["simulate", str(tmp_path / "bad"), "--dicom", "canon"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_field_map_beside_gre_is_left_aside(acq, tmp_path):
+    write_acquisition_dicom(acq, tmp_path, style="siemens")
+    write_dicom_series(acq.phase[0] * 100, acq.affine, tmp_path / "b0map", kind="HZ", echo_time_s=0.0049, b0=3,
+                       series_number=9)
+    got = load_dicom_acquisition([tmp_path])
+    assert got.source["form"] == "per-echo" and got.n_echoes == 2
+    assert any("field-map (Hz) images left aside" in n for n in got.source["notes"])
+
+
+@pytest.mark.parametrize("style", ["philips-enhanced", pytest.param("ge-complex", marks=pytest.mark.slow)])
+def test_simulated_dicom_runs_end_to_end(tmp_path, capsys, style):
+    """``cmbdetect simulate --dicom STYLE`` then ``cmbdetect run --dicom`` on it: a complete run."""
+    from cmbdetect.models.registry import create_random_model
+    from cmbdetect.pipeline.cli import main
+
+    sim = tmp_path / "sim"
+    assert main(["simulate", str(sim), "--shape", "32,32,20", "--echoes", "2", "--b0", "3", "--seed", "5",
+                 "--microbleeds", "1", "--dicom", style]) == 0
+    model = create_random_model(tmp_path / "model", seed=0)
+    out = tmp_path / "out"
+    assert main(["run", "--dicom", str(sim / "sourcedata" / "dicom" / "sub-01" / style), "--out", str(out),
+                 "--model", str(model)]) == 0, capsys.readouterr().err
+    assert (out / "candidates.tsv").is_file() and (out / "dicom" / "sr.dcm").is_file()
