@@ -103,8 +103,13 @@ def _group_item(ds: Dataset, index: int, name: str) -> Dataset | None:
 def _frames_of(ds: Dataset, path: Path) -> list[_Frame]:
     try:
         pixels = np.asarray(ds.pixel_array, dtype=np.float32)
-    except Exception as exc:
-        raise InputError(f"cannot decode the pixel data of DICOM file {path}: {exc}") from exc
+    except Exception as exc:  # pydicom's messages span lines; one line, with the transfer syntax
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
+        raise InputError(f"cannot decode the pixel data of DICOM file {path} (transfer syntax {name}): {reason}; "
+                         "decompress the series first (e.g. gdcmconv --raw or dcmdjpeg) or install a pydicom "
+                         "decoder plugin for it") from exc
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     pixels = pixels.reshape((n_frames,) + pixels.shape[-2:])
