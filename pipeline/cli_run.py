@@ -59,6 +59,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Run QSM physics, detection and exports on one subject.")
     add_input_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced atomically)")
+    parser.add_argument("--strict-exports", action="store_true",
+                        help="exit with status 1 when a DICOM export (SR, key images, SEG) could not be "
+                             "written (the other outputs are written either way)")
     add_execution_arguments(parser)
     return parser
 
@@ -216,12 +219,18 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
             physics = _physics_meta(outcome.node_outputs)
             for warning in physics.get("warnings", []):
                 progress(label, f"warning: {warning}")
-            write_json(build_provenance(command_line=command_line or sys.argv,
-                                        parameters={**settings, "execution": options.execution(),
-                                                    "physics": physics},
-                                        model=model_info, timings=timings, inputs=_input_record(acq),
-                                        outputs=outputs + ["provenance.json"]),
-                       tmp / "provenance.json")
+            exports = dicom_export_record(outcome.node_outputs)
+            if exports.get("errors"):
+                progress(label, "warning: DICOM export incomplete (" + "; ".join(
+                    f"{e['object']}: {e['message']}" for e in exports["errors"]) + "); other outputs written")
+            prov = build_provenance(command_line=command_line or sys.argv,
+                                    parameters={**settings, "execution": options.execution(),
+                                                "physics": physics},
+                                    model=model_info, timings=timings, inputs=_input_record(acq),
+                                    outputs=outputs + ["provenance.json"])
+            if exports:
+                prov["dicom_export"] = exports
+            write_json(prov, tmp / "provenance.json")
         ok = True
     except InputError:
         ok = True  # nothing worth keeping in a temporary work folder after a user error
@@ -233,7 +242,8 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
     progress(label, f"done: {len(candidates)} candidates, {n_mb} labelled microbleed; "
                     f"report: {Path(out_dir) / 'report.html'}")
     return {"n_candidates": len(candidates), "n_microbleeds": n_mb, "model": model_info,
-            "out_dir": str(out_dir), "candidates": candidates}
+            "out_dir": str(out_dir), "candidates": candidates,
+            "export_errors": list(exports.get("errors", []))}
 
 
 def _physics_meta(node_outputs: dict | None) -> dict:
@@ -246,6 +256,20 @@ def _physics_meta(node_outputs: dict | None) -> dict:
                 return load_maps_meta(outputs["maps_bundle"])
             except (OSError, ValueError, KeyError):
                 return {}
+    return {}
+
+
+def dicom_export_record(node_outputs: dict | None) -> dict:
+    """The DICOM export node's record (objects written, errors, captured warnings); {} without one."""
+    import json
+
+    for name, outputs in (node_outputs or {}).items():
+        path = outputs.get("export_record") if name.endswith("report_wf.dicom") else None
+        if path:
+            try:
+                return json.loads(Path(path).read_text())
+            except (OSError, ValueError):
+                return {"errors": [{"object": "dicom", "message": f"export record {path} unreadable"}]}
     return {}
 
 
@@ -275,6 +299,6 @@ def run(args: argparse.Namespace) -> int:
     progress("", "reading input")
     acq = acquisition_from_args(args)
     mask = load_user_mask(args.mask, acq) if getattr(args, "mask", None) else None
-    run_acquisition(acq, out_dir=out, options=options, mask=mask,
-                    command_line=command_line_of(args), model_info=model_info)
-    return 0
+    summary = run_acquisition(acq, out_dir=out, options=options, mask=mask,
+                              command_line=command_line_of(args), model_info=model_info)
+    return 1 if summary["export_errors"] and getattr(args, "strict_exports", False) else 0
