@@ -63,15 +63,11 @@ def _progress(message: str) -> None:
 
 
 def write_dataset_description(out_dir: Path, *, bids_dir: Path) -> None:
-    from cmbdetect.pipeline.atomic import write_json, write_text
+    """dataset_description.json, .bidsignore and README.md (``pipeline.bids_derivatives``)."""
+    from cmbdetect.pipeline.bids_derivatives import write_derivative_metadata
     from cmbdetect.pipeline.provenance import cmbdetect_version
 
-    write_json({"Name": "cmbdetect cerebral microbleed candidates", "BIDSVersion": "1.9.0",
-                "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": "cmbdetect", "Version": cmbdetect_version(), "CodeURL": None}],
-                "SourceDatasets": [{"URL": bids_dir.as_uri()}]},
-               out_dir / "dataset_description.json")
-    write_text("logs/\ngroup/\n", out_dir / ".bidsignore")
+    write_derivative_metadata(out_dir, bids_dir=bids_dir, version=cmbdetect_version())
 
 
 def _sources(acq, bids_dir: Path) -> list[str]:
@@ -92,11 +88,9 @@ def _sources(acq, bids_dir: Path) -> list[str]:
 
 
 def _sidecars(sources: list[str], model: dict) -> dict[str, dict]:
-    base = {"Sources": sources, "Model": {k: model.get(k) for k in ("name", "version", "sha256")}}
-    return {"candidates_tsv": {**base, "Description": "cerebral microbleed candidates (cmbdetect)"},
-            "chimap": {**base, "Units": "ppm"}, "localfield": {**base, "Units": "ppm"},
-            "brainmask": {**base, "Type": "Brain"}, "swi": dict(base), "mip": dict(base),
-            "r2star": {**base, "Units": "1/s"}}
+    from cmbdetect.pipeline.bids_derivatives import derivative_sidecars
+
+    return derivative_sidecars(sources, model)
 
 
 def _node_name(label: str) -> str:
@@ -148,6 +142,7 @@ def discover(bids_dir: Path, *, participant_label=None) -> tuple[list, list[dict
 def run_participant(args: argparse.Namespace) -> int:
     """Participant level (see the module docstring); returns 0, or 1 if any acquisition failed."""
     from cmbdetect.pipeline.atomic import write_json
+    from cmbdetect.pipeline.bids_derivatives import derivative_path
     from cmbdetect.pipeline.io_bids import load_bids_acquisition
     from cmbdetect.pipeline.provenance import build_provenance
     from cmbdetect.workflows.cmb import bids_output_names, configure_execution, init_cmb_wf
@@ -190,9 +185,11 @@ def run_participant(args: argparse.Namespace) -> int:
                 continue
             entities = {"sub": subject.subject, "ses": subject.session,
                         **{k: v for k, v in subject.entities.items() if k in ("acq", "rec", "run")}}
-            names = bids_output_names(entities)
+            names = {**bids_output_names(entities),
+                     "provenance": derivative_path(entities, suffix="provenance", extension=".json", desc="cmb")}
             sub_staging = staging / label
-            wf = init_cmb_wf(output_dir=sub_staging, output_names=names,
+            wf = init_cmb_wf(output_dir=sub_staging,
+                             output_names={k: v for k, v in names.items() if k != "provenance"},
                              sidecars=_sidecars(sources, model), model=options.model,
                              model_sha256=model["sha256"],
                              prevalence=options.prevalence, unwrap=options.unwrap,
@@ -214,7 +211,7 @@ def run_participant(args: argparse.Namespace) -> int:
         for label, (wf_name, names, sources, sub_staging) in planned.items():
             failed = [f for f in node_failures if f".{wf_name}." in f".{f.node}."]
             missing = [rel for kind, rel in names.items()
-                       if kind != "r2star" and not (sub_staging / rel).is_file()]
+                       if kind not in ("r2star", "provenance") and not (sub_staging / rel).is_file()]
             if failed or missing:
                 message = _failure_message(failed[0], out_dir, label) if failed \
                     else f"outputs missing: {', '.join(missing)}"
@@ -228,8 +225,7 @@ def run_participant(args: argparse.Namespace) -> int:
                                              if f".{wf_name}." in f".{k}."},
                                     inputs={"sources": sources},
                                     outputs=list(names.values()))
-            tsv = sub_staging / names["candidates_tsv"]
-            write_json(prov, tsv.with_name(tsv.name.replace("_candidates.tsv", "_provenance.json")))
+            write_json(prov, sub_staging / names["provenance"])
             for src in sorted(p for p in sub_staging.rglob("*") if p.is_file()):
                 dst = out_dir / src.relative_to(sub_staging)
                 dst.parent.mkdir(parents=True, exist_ok=True)
