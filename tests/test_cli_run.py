@@ -147,15 +147,20 @@ def anonymise(folder: Path) -> None:
 
 def test_failed_dicom_export_keeps_outputs_and_fails_only_when_strict(tmp_path, subject, random_model,
                                                                       capsys, monkeypatch):
-    """An SR that cannot be built (injected fault) leaves every NIfTI/TSV output and the other DICOM
-    objects, one warning line on stderr, exit 0; exit 1 with --strict-exports."""
+    """An SR that cannot be built and a report that crashes (injected faults) leave every NIfTI/TSV
+    output and the other DICOM objects, one warning line on stderr, exit 0; exit 1 with --strict-exports."""
     import cmbdetect.pipeline.export_dicom as export_dicom
+    import cmbdetect.pipeline.report as report
     from cmbdetect.pipeline.io_dicom import write_dicom_series
 
     def broken_sr(*args, **kwargs):
         raise AttributeError("'Dataset' object has no attribute 'AccessionNumber'")
 
+    def broken_report(*args, **kwargs):
+        raise ValueError("cannot draw the gallery")
+
     monkeypatch.setattr(export_dicom, "write_dicom_sr", broken_sr)  # nodes run in-process (linear)
+    monkeypatch.setattr(report, "write_report", broken_report)
     acq = subject["sim"].acq
     common = dict(echo_time_s=float(acq.te[0]), b0=float(acq.b0), frame_of_reference_uid="1.2.3.4.6")
     write_dicom_series(acq.mag[0], acq.affine, tmp_path / "dcm" / "mag", kind="M", series_number=1, **common)
@@ -167,13 +172,16 @@ def test_failed_dicom_export_keeps_outputs_and_fails_only_when_strict(tmp_path, 
         out = tmp_path / f"out-{strict}"
         assert main([*args, "--out", str(out)] + (["--strict-exports"] if strict else [])) == code
         err = capsys.readouterr().err
-        warning = [ln for ln in err.splitlines() if "DICOM export incomplete" in ln]
-        assert len(warning) == 1 and "sr: AttributeError" in warning[0] and "Traceback" not in err
+        warning = [ln for ln in err.splitlines() if "exports incomplete" in ln]
+        assert len(warning) == 1 and "Traceback" not in err
+        assert "sr: AttributeError" in warning[0] and "report: ValueError: cannot draw" in warning[0]
         for name in FIXED_OUTPUTS:
-            assert (out / name).is_file(), name
-        assert not (out / "dicom" / "sr.dcm").exists() and list((out / "dicom" / "keyimages").glob("*.dcm"))
-        errors = json.loads((out / "provenance.json").read_text())["dicom_export"]["errors"]
-        assert [e["object"] for e in errors] == ["sr"]
+            assert (out / name).is_file() == (name != "report.html"), name
+        assert not (out / "dicom" / "sr.dcm").exists()
+        assert list((out / "dicom" / "keyimages").glob("*.dcm"))
+        prov = json.loads((out / "provenance.json").read_text())
+        assert [e["object"] for e in prov["dicom_export"]["errors"]] == ["sr"]
+        assert len(prov["export_errors"]) == 2
 
 
 @pytest.mark.slow
