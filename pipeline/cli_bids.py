@@ -24,11 +24,13 @@ from collections import Counter
 from pathlib import Path
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline.cli_run import (PipelineOptions, add_execution_arguments, check_model,
+from cmbdetect.pipeline.cli_run import (EXPORT_STEPS, PipelineOptions, add_execution_arguments, check_model,
                                         command_line_of, node_memory_gb, options_from_args,
                                         prepare_inputs)
 
 FAILURES_FILE = Path("logs") / "failures.tsv"
+#: Output kinds of the export steps: missing after a failed export step, the acquisition is still done.
+_EXPORT_KINDS = ("markups", "report", "dicom_dir")
 _FAILURE_FIELDS = ("label", "stage", "message")
 
 
@@ -38,6 +40,9 @@ def add_bids_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("analysis_level", choices=("participant", "group"), help="analysis level")
     parser.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
                         help="subjects to process (with or without 'sub-'); default: all")
+    parser.add_argument("--strict-exports", action="store_true",
+                        help="exit with status 1 when an export (report, Slicer markups) of an "
+                             "acquisition could not be written (its maps and tables are written either way)")
     add_execution_arguments(parser)
     return parser
 
@@ -169,7 +174,7 @@ def run_participant(args: argparse.Namespace) -> int:
         from cmbdetect.pipeline.provenance import work_subdir
 
         meta = pe.Workflow(name="cmbdetect_wf", base_dir=str(work_subdir(work)))
-        planned, node_failures, node_seconds = {}, [], {}
+        planned, node_failures, node_seconds, n_incomplete = {}, [], {}, 0
         n_parallel = max(1, min(options.nprocs, len(subjects)))
         for n, subject in enumerate(subjects, 1):
             label = subject.label
@@ -210,8 +215,11 @@ def run_participant(args: argparse.Namespace) -> int:
             node_failures, node_seconds = outcome.failures, outcome.node_seconds
         for label, (wf_name, names, sources, sub_staging) in planned.items():
             failed = [f for f in node_failures if f".{wf_name}." in f".{f.node}."]
+            failed_exports = [f for f in failed if EXPORT_STEPS in f".{f.node}."]
+            failed = [f for f in failed if f not in failed_exports]
+            optional = ("r2star", "provenance") + (_EXPORT_KINDS if failed_exports else ())
             missing = [rel for kind, rel in names.items()
-                       if kind not in ("r2star", "provenance") and not (sub_staging / rel).is_file()]
+                       if kind not in optional and not (sub_staging / rel).is_file()]
             if failed or missing:
                 message = _failure_message(failed[0], out_dir, label) if failed \
                     else f"outputs missing: {', '.join(missing)}"
@@ -225,6 +233,12 @@ def run_participant(args: argparse.Namespace) -> int:
                                              if f".{wf_name}." in f".{k}."},
                                     inputs={"sources": sources},
                                     outputs=list(names.values()))
+            if failed_exports:
+                prov["export_errors"] = [f"{f.node.rsplit('.', 1)[-1]}: {f.kind}: {f.message}"
+                                         for f in failed_exports]
+                n_incomplete += 1
+                _progress(f"warning: {label}: exports incomplete ({'; '.join(prov['export_errors'])}); "
+                          "the maps and candidate tables are written")
             write_json(prov, sub_staging / names["provenance"])
             for src in sorted(p for p in sub_staging.rglob("*") if p.is_file()):
                 dst = out_dir / src.relative_to(sub_staging)
@@ -241,7 +255,7 @@ def run_participant(args: argparse.Namespace) -> int:
     n_all = len(subjects) + sum(f["stage"] == "discovery" for f in failures)
     _progress(f"participant level: {n_all - len(failures)} of {n_all} acquisitions done"
               + (f", {len(failures)} failed (see {out_dir / FAILURES_FILE})" if failures else ""))
-    return 1 if failures else 0
+    return 1 if failures or (n_incomplete and getattr(args, "strict_exports", False)) else 0
 
 
 def _failure_message(failure, out_dir: Path, label: str) -> str:

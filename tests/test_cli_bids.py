@@ -160,3 +160,28 @@ def test_participant_label_selects_and_unknown_label_is_an_error(tmp_path, bids_
     assert main([str(bids_dir), str(out), "participant", "--participant-label", "99",
                  "--model", random_model]) == 2
     assert capsys.readouterr().err.strip().startswith("cmbdetect: error:")
+
+
+def test_failed_report_keeps_the_acquisition(tmp_path, bids_dir, random_model, capsys, monkeypatch):
+    """A report that crashes (injected fault) does not discard the acquisition: maps, tables and
+    provenance (with export_errors) are in place, no failures.tsv row; exit 1 only with --strict-exports."""
+    import cmbdetect.pipeline.report as report
+
+    def broken_report(*args, **kwargs):
+        raise ValueError("cannot draw the gallery")
+
+    monkeypatch.setattr(report, "write_report", broken_report)  # one process: nodes run in-process
+    out = tmp_path / "out"
+    assert main([str(bids_dir), str(out), "participant", "--participant-label", "01", "--model", random_model,
+                 "--nprocs", "1", "--plugin", "linear", "--strict-exports"]) == 1
+    err = capsys.readouterr().err
+    assert [ln for ln in err.splitlines() if "exports incomplete" in ln and "report: ValueError" in ln]
+    anat = out / "sub-01" / "anat"
+    assert not (anat / "sub-01_desc-cmb_report.html").exists()
+    for name in ("desc-cmb_candidates.tsv", "Chimap.nii.gz", "desc-localfield_T2starw.nii.gz",
+                 "desc-cmb_markups.mrk.json"):
+        assert (anat / f"sub-01_{name}").is_file(), name
+    prov = json.loads((anat / "sub-01_desc-cmb_provenance.json").read_text())
+    assert prov["export_errors"] == ["report: ValueError: cannot draw the gallery"]
+    with open(out / "logs" / "failures.tsv") as fh:
+        assert list(csv.DictReader(fh, delimiter="\t")) == []
