@@ -26,11 +26,13 @@ from pathlib import Path
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.output_folder import add_to_manifest
-from cmbdetect.pipeline.cli_run import (PipelineOptions, add_execution_arguments, check_model,
+from cmbdetect.pipeline.cli_run import (EXPORT_STEPS, PipelineOptions, add_execution_arguments, check_model,
                                         command_line_of, node_memory_gb, options_from_args,
                                         prepare_inputs)
 
 FAILURES_FILE = Path("logs") / "failures.tsv"
+#: Output kinds of the export steps: missing after a failed export step, the acquisition is still done.
+_EXPORT_KINDS = ("markups", "report", "dicom_dir")
 _FAILURE_FIELDS = ("label", "stage", "message")
 
 
@@ -43,6 +45,9 @@ def add_bids_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              "without it a participant with results is reported and skipped)")
     parser.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
                         help="subjects to process (with or without 'sub-'); default: all")
+    parser.add_argument("--strict-exports", action="store_true",
+                        help="exit with status 1 when an export (report, Slicer markups) of an "
+                             "acquisition could not be written (its maps and tables are written either way)")
     add_execution_arguments(parser)
     return parser
 
@@ -86,15 +91,11 @@ def claim_derivatives_folder(out_dir: Path, *, bids_dir: Path) -> None:
 
 
 def write_dataset_description(out_dir: Path, *, bids_dir: Path) -> None:
-    from cmbdetect.pipeline.atomic import write_json, write_text
+    """dataset_description.json, .bidsignore and README.md (``pipeline.bids_derivatives``)."""
+    from cmbdetect.pipeline.bids_derivatives import write_derivative_metadata
     from cmbdetect.pipeline.provenance import cmbdetect_version
 
-    write_json({"Name": "cmbdetect cerebral microbleed candidates", "BIDSVersion": "1.9.0",
-                "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": "cmbdetect", "Version": cmbdetect_version(), "CodeURL": None}],
-                "SourceDatasets": [{"URL": bids_dir.as_uri()}]},
-               out_dir / "dataset_description.json")
-    write_text("logs/\ngroup/\n", out_dir / ".bidsignore")
+    write_derivative_metadata(out_dir, bids_dir=bids_dir, version=cmbdetect_version())
 
 
 def _sources(acq, bids_dir: Path) -> list[str]:
@@ -115,11 +116,9 @@ def _sources(acq, bids_dir: Path) -> list[str]:
 
 
 def _sidecars(sources: list[str], model: dict) -> dict[str, dict]:
-    base = {"Sources": sources, "Model": {k: model.get(k) for k in ("name", "version", "sha256")}}
-    return {"candidates_tsv": {**base, "Description": "cerebral microbleed candidates (cmbdetect)"},
-            "chimap": {**base, "Units": "ppm"}, "localfield": {**base, "Units": "ppm"},
-            "brainmask": {**base, "Type": "Brain"}, "swi": dict(base), "mip": dict(base),
-            "r2star": {**base, "Units": "1/s"}}
+    from cmbdetect.pipeline.bids_derivatives import derivative_sidecars
+
+    return derivative_sidecars(sources, model)
 
 
 def _node_name(label: str) -> str:
@@ -171,6 +170,7 @@ def discover(bids_dir: Path, *, participant_label=None) -> tuple[list, list[dict
 def run_participant(args: argparse.Namespace) -> int:
     """Participant level (see the module docstring); returns 0, or 1 if any acquisition failed."""
     from cmbdetect.pipeline.atomic import write_json
+    from cmbdetect.pipeline.bids_derivatives import derivative_path
     from cmbdetect.pipeline.io_bids import load_bids_acquisition
     from cmbdetect.pipeline.provenance import build_provenance
     from cmbdetect.workflows.cmb import bids_output_names, configure_execution, init_cmb_wf
@@ -187,7 +187,7 @@ def run_participant(args: argparse.Namespace) -> int:
     model = check_model(options.model)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(out_dir, bids_dir=bids_dir)
-    add_to_manifest(out_dir, kind="bids", files=["dataset_description.json", ".bidsignore"])
+    add_to_manifest(out_dir, kind="bids", files=["dataset_description.json", ".bidsignore", "README.md"])
     temp_work = options.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="cmbdetect-work-")) if temp_work else options.work_dir
     staging = Path(tempfile.mkdtemp(prefix=".cmbdetect-staging-", dir=out_dir))
@@ -197,7 +197,7 @@ def run_participant(args: argparse.Namespace) -> int:
         from cmbdetect.pipeline.provenance import work_subdir
 
         meta = pe.Workflow(name="cmbdetect_wf", base_dir=str(work_subdir(work)))
-        planned, node_failures, node_seconds = {}, [], {}
+        planned, node_failures, node_seconds, n_incomplete = {}, [], {}, 0
         n_parallel = max(1, min(options.nprocs, len(subjects)))
         for n, subject in enumerate(subjects, 1):
             label = subject.label
@@ -213,7 +213,8 @@ def run_participant(args: argparse.Namespace) -> int:
                 continue
             entities = {"sub": subject.subject, "ses": subject.session,
                         **{k: v for k, v in subject.entities.items() if k in ("acq", "rec", "run")}}
-            names = bids_output_names(entities)
+            names = {**bids_output_names(entities),
+                     "provenance": derivative_path(entities, suffix="provenance", extension=".json", desc="cmb")}
             done = sorted(rel for rel in names.values() if (out_dir / rel).exists())
             if done and not args.overwrite:
                 message = f"already has results in {out_dir} ({done[0]}); add --overwrite to replace them"
@@ -221,7 +222,8 @@ def run_participant(args: argparse.Namespace) -> int:
                 _progress(f"error: {label} skipped: {message}")
                 continue
             sub_staging = staging / label
-            wf = init_cmb_wf(output_dir=sub_staging, output_names=names,
+            wf = init_cmb_wf(output_dir=sub_staging,
+                             output_names={k: v for k, v in names.items() if k != "provenance"},
                              sidecars=_sidecars(sources, model), model=options.model,
                              model_sha256=model["sha256"],
                              prevalence=options.prevalence, unwrap=options.unwrap,
@@ -242,8 +244,11 @@ def run_participant(args: argparse.Namespace) -> int:
             node_failures, node_seconds = outcome.failures, outcome.node_seconds
         for label, (wf_name, names, sources, sub_staging) in planned.items():
             failed = [f for f in node_failures if f".{wf_name}." in f".{f.node}."]
+            failed_exports = [f for f in failed if EXPORT_STEPS in f".{f.node}."]
+            failed = [f for f in failed if f not in failed_exports]
+            optional = ("r2star", "provenance") + (_EXPORT_KINDS if failed_exports else ())
             missing = [rel for kind, rel in names.items()
-                       if kind != "r2star" and not (sub_staging / rel).is_file()]
+                       if kind not in optional and not (sub_staging / rel).is_file()]
             if failed or missing:
                 message = _failure_message(failed[0], out_dir, label) if failed \
                     else f"outputs missing: {', '.join(missing)}"
@@ -257,8 +262,13 @@ def run_participant(args: argparse.Namespace) -> int:
                                              if f".{wf_name}." in f".{k}."},
                                     inputs={"sources": sources},
                                     outputs=list(names.values()))
-            tsv = sub_staging / names["candidates_tsv"]
-            write_json(prov, tsv.with_name(tsv.name.replace("_candidates.tsv", "_provenance.json")))
+            if failed_exports:
+                prov["export_errors"] = [f"{f.node.rsplit('.', 1)[-1]}: {f.kind}: {f.message}"
+                                         for f in failed_exports]
+                n_incomplete += 1
+                _progress(f"warning: {label}: exports incomplete ({'; '.join(prov['export_errors'])}); "
+                          "the maps and candidate tables are written")
+            write_json(prov, sub_staging / names["provenance"])
             moved = []
             for src in sorted(p for p in sub_staging.rglob("*") if p.is_file()):
                 dst = out_dir / src.relative_to(sub_staging)
@@ -279,7 +289,7 @@ def run_participant(args: argparse.Namespace) -> int:
     n_all = len(subjects) + sum(f["stage"] == "discovery" for f in failures)
     _progress(f"participant level: {n_all - len(failures)} of {n_all} acquisitions done"
               + (f", {len(failures)} failed (see {out_dir / FAILURES_FILE})" if failures else ""))
-    return 1 if failures else 0
+    return 1 if failures or (n_incomplete and getattr(args, "strict_exports", False)) else 0
 
 
 def _failure_message(failure, out_dir: Path, label: str) -> str:

@@ -63,6 +63,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: new, empty, or an earlier cmbdetect result (with --overwrite)")
     add_overwrite_argument(parser)
+    parser.add_argument("--strict-exports", action="store_true",
+                        help="exit with status 1 when an export (report, Slicer markups, DICOM SR, key "
+                             "images, SEG) could not be written (the maps and tables are written either way)")
     add_execution_arguments(parser)
     return parser
 
@@ -205,13 +208,15 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
                              label=label)
             wf.base_dir = str(work_subdir(work))
             crash_dir = work / "crash" / uuid.uuid4().hex[:8]
-            configure_execution(wf, crash_dir=crash_dir, stop_on_first_crash=True)
+            # not stopped by a failed export step: the maps and tables are still copied (export_failures)
+            configure_execution(wf, crash_dir=crash_dir, stop_on_first_crash=False)
             for key, value in values.items():
                 setattr(wf.inputs.inputnode, key, value)
             with timer("workflow"):
                 outcome = run_workflow(wf, plugin_name=options.plugin_name,
                                        plugin_args=options.plugin_args, crash_dir=crash_dir)
-            raise_for_failures(outcome.failures)
+            failed_exports = [f for f in outcome.failures if EXPORT_STEPS in f".{f.node}."]
+            raise_for_failures([f for f in outcome.failures if f not in failed_exports])
             if extra_writer is not None:
                 extra_writer(tmp)
             candidates = read_candidates_tsv(tmp / "candidates.tsv")
@@ -221,12 +226,22 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
             physics = _physics_meta(outcome.node_outputs)
             for warning in physics.get("warnings", []):
                 progress(label, f"warning: {warning}")
-            write_json(build_provenance(command_line=command_line or sys.argv,
-                                        parameters={**settings, "execution": options.execution(),
-                                                    "physics": physics},
-                                        model=model_info, timings=timings, inputs=_input_record(acq),
-                                        outputs=outputs + ["provenance.json"]),
-                       tmp / "provenance.json")
+            exports = dicom_export_record(wf)
+            export_errors = [f"{e['object']}: {e['message']}" for e in exports.get("errors", [])]
+            export_errors += [f"{f.node.rsplit('.', 1)[-1]}: {f.kind}: {f.message}" for f in failed_exports]
+            if export_errors:
+                progress(label, "warning: exports incomplete (" + "; ".join(export_errors)
+                         + "); the maps and candidate tables are written")
+            prov = build_provenance(command_line=command_line or sys.argv,
+                                    parameters={**settings, "execution": options.execution(),
+                                                "physics": physics},
+                                    model=model_info, timings=timings, inputs=_input_record(acq),
+                                    outputs=outputs + ["provenance.json"])
+            if exports:
+                prov["dicom_export"] = exports
+            if export_errors:
+                prov["export_errors"] = export_errors
+            write_json(prov, tmp / "provenance.json")
         ok = True
     except (InputError, KeyboardInterrupt):
         ok = True  # nothing worth keeping in a temporary work folder after a user error or Ctrl-C
@@ -238,7 +253,8 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
     progress(label, f"done: {len(candidates)} candidates, {n_mb} labelled microbleed; "
                     f"report: {Path(out_dir) / 'report.html'}")
     return {"n_candidates": len(candidates), "n_microbleeds": n_mb, "model": model_info,
-            "out_dir": str(out_dir), "candidates": candidates}
+            "out_dir": str(out_dir), "candidates": candidates,
+            "export_errors": export_errors}
 
 
 def _physics_meta(node_outputs: dict | None) -> dict:
@@ -252,6 +268,26 @@ def _physics_meta(node_outputs: dict | None) -> dict:
             except (OSError, ValueError, KeyError):
                 return {}
     return {}
+
+
+#: Workflow steps (``report_wf``: markups, report, DICOM) whose failure keeps the maps and tables: a
+#: warning, and exit 1 only with ``--strict-exports``.
+EXPORT_STEPS = ".report_wf."
+
+
+def dicom_export_record(wf) -> dict:
+    """The DICOM export node's record (objects written, errors, captured warnings) from its folder in
+    the work directory (Nipype's ``base_dir/<workflow>/report_wf/dicom``: read even when another step
+    failed); {} when the workflow has no DICOM export or the node did not finish."""
+    import json
+
+    path = Path(wf.base_dir) / wf.name / "report_wf" / "dicom" / "dicom_export.json"
+    if wf.get_node("report_wf.dicom") is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"errors": [{"object": "dicom", "message": f"export record {path} unreadable"}]}
 
 
 def command_line_of(args: argparse.Namespace) -> list[str]:
@@ -280,6 +316,6 @@ def run(args: argparse.Namespace) -> int:
     progress("", "reading input")
     acq = acquisition_from_args(args)
     mask = load_user_mask(args.mask, acq) if getattr(args, "mask", None) else None
-    run_acquisition(acq, out_dir=out, options=options, mask=mask,
-                    command_line=command_line_of(args), model_info=model_info, claim=claim)
-    return 0
+    summary = run_acquisition(acq, out_dir=out, options=options, mask=mask,
+                              command_line=command_line_of(args), model_info=model_info, claim=claim)
+    return 1 if summary["export_errors"] and getattr(args, "strict_exports", False) else 0

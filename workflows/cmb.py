@@ -12,7 +12,6 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from cmbdetect.pipeline.bids import bids_name
 from cmbdetect.workflows.detect import DETECT_OUTPUTS, init_detect_wf
 from cmbdetect.workflows.interfaces_report import DerivativesSink
 from cmbdetect.workflows.qsm import QSM_OUTPUTS, init_qsm_wf
@@ -39,21 +38,19 @@ def plain_output_names() -> dict[str, str]:
 
 def bids_output_names(entities: dict[str, str | None]) -> dict[str, str]:
     """BIDS-derivative names relative to the derivatives root, from the acquisition's entities
-    (``sub`` required; ``ses``, ``acq``, ``run`` ... kept): ``sub-01/anat/sub-01_Chimap.nii.gz`` ..."""
-    ent = {k: v for k, v in entities.items() if v is not None and k not in ("echo", "part", "desc")}
-    if "sub" not in ent:
-        raise ValueError("BIDS output names need a subject label")
-    folder = Path(f"sub-{ent['sub']}") / (f"ses-{ent['ses']}" if ent.get("ses") else "") / "anat"
+    (``sub`` required; ``ses``, ``acq``, ``run`` ... kept): ``sub-01/anat/sub-01_Chimap.nii.gz`` ...
+    (:mod:`cmbdetect.pipeline.bids_derivatives` says why these names)."""
+    from cmbdetect.pipeline.bids_derivatives import derivative_path
 
     def name(suffix: str, extension: str, **extra) -> str:
-        return str(folder / bids_name(suffix=suffix, extension=extension, **ent, **extra))
+        return derivative_path(entities, suffix=suffix, extension=extension, **extra)
 
     return {"candidates_tsv": name("candidates", ".tsv", desc="cmb"),
             "chimap": name("Chimap", ".nii.gz"),
             "swi": name("T2starw", ".nii.gz", desc="swi"),
             "mip": name("T2starw", ".nii.gz", desc="mip"),
             "brainmask": name("mask", ".nii.gz", desc="brain"),
-            "localfield": name("fieldmap", ".nii.gz", desc="local"),
+            "localfield": name("T2starw", ".nii.gz", desc="localfield"),
             "r2star": name("R2starmap", ".nii.gz"),
             "markups": name("markups", ".mrk.json", desc="cmb"),
             "report": name("report", ".html", desc="cmb")}

@@ -79,12 +79,13 @@ class _DicomInputSpec(BaseInterfaceInputSpec):
 
 
 class _DicomOutputSpec(TraitedSpec):
-    dicom_dir = Directory(exists=True, desc="folder with the SR (sr.dcm) and key images")
+    dicom_dir = Directory(exists=True, desc="folder with the SR (sr.dcm), key images and SEG (seg.dcm)")
+    export_record = File(exists=True, desc="dicom_export.json: objects written, errors, captured warnings")
 
 
 class ExportDicom(CmbInterface):
-    """DICOM Structured Report + key images of the reportable candidates, referencing the source series
-    (``pipeline.export_dicom.write_dicom_sr`` / ``write_key_images``)."""
+    """DICOM Structured Report, key images and SEG of the DICOM findings, referencing the source series
+    (``pipeline.export_dicom.write_dicom_outputs``); a failed object is listed in ``export_record``."""
 
     input_spec = _DicomInputSpec
     output_spec = _DicomOutputSpec
@@ -93,18 +94,22 @@ class ExportDicom(CmbInterface):
         import pydicom
 
         from cmbdetect.pipeline.candidates import read_candidates_tsv, reportable
-        from cmbdetect.pipeline.export_dicom import write_dicom_sr, write_key_images
 
         candidates = reportable(read_candidates_tsv(self.inputs.candidates_tsv))
         datasets = [pydicom.dcmread(f) for f in self.inputs.reference_files]
         out = cwd / "dicom"
         out.mkdir(exist_ok=True)
+        from cmbdetect.pipeline.atomic import write_json
+        from cmbdetect.pipeline.export_dicom import write_dicom_outputs
         from cmbdetect.pipeline.provenance import cmbdetect_version
 
-        write_dicom_sr(candidates, source_datasets=datasets, path=out / "sr.dcm",
-                       algorithm_version=cmbdetect_version())
-        maps = load_maps_bundle(self.inputs.maps_bundle)
-        write_key_images(candidates, maps=maps, source_datasets=datasets, out_dir=out / "keyimages")
+        # A DICOM export that fails is recorded, never fatal: the NIfTI/TSV outputs are kept and the CLI
+        # decides (--strict-exports) whether an incomplete export is an error.  The SR, key images and
+        # SEG list the DICOM findings only (export_dicom.dicom_findings).
+        record = write_dicom_outputs(candidates, source_datasets=datasets, out_dir=out,
+                                     maps=load_maps_bundle(self.inputs.maps_bundle),
+                                     algorithm_version=cmbdetect_version())
+        self._results["export_record"] = str(write_json(record, cwd / "dicom_export.json"))
         self._results["dicom_dir"] = str(out)
 
 
