@@ -40,7 +40,7 @@ th{background:#eee}td.t,th.t{text-align:left;max-width:60em;overflow-wrap:anywhe
  border:1px solid #9ab;padding:.5em .9em;font-size:.95em}.ident b{font-size:1.05em}.ident span{color:#456}
 .warn{background:#fff4d6;border-left:4px solid #e0a000;padding:.3em .8em}
 .stop{background:#fde2e2;border-left:6px solid #c00;padding:.4em .9em;font-weight:bold}
-.gallery{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;background:#111;padding:4px;color:#ddd}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;background:#111;padding:4px;color:#ddd;width:min-content}
 figcaption{font-size:.85em;padding-top:3px}.note{color:#555;font-size:.85em}.ids a{font-size:.9em}
 table.sum td{text-align:left}dl.legend{font-size:.88em;display:grid;grid-template-columns:max-content 1fr;
  gap:2px 12px}dl.legend dt{font-weight:bold}dl.legend dd{margin:0}a{color:#0645ad}
@@ -133,7 +133,7 @@ def _legend(thresholds: dict, vein_floor: float, fov_mm: float) -> str:
         "P(mb)": f"calibrated probability that the candidate is a microbleed (0-1). Label microbleed at P(mb) "
                  f">= {call:g}, possible microbleed (borderline) at >= {border:g}; otherwise the most probable of "
                  f"calcification, vein and other (P(label) is that class's probability).",
-        "review": f"review order, 1 = read first: {REVIEW_ORDER_RULE}.",
+        "review": f"review order: {REVIEW_ORDER_RULE}.",
         "listed": f"the list holds every microbleed, possible microbleed and calcification; veins and 'other' "
                   f"only when P(mb) >= {vein_floor:g}. Every stage-1 candidate is in candidates_all.tsv.",
         "uncert.": "how unsure the model is (0-1, normalised entropy of its committee's class probabilities): "

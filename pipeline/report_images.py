@@ -152,11 +152,11 @@ def render_candidate_tile(maps: PhysicsMaps, candidate: Candidate, *, windows: D
             for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
                 draw.line([(cx + dx * inner, cy + dy * inner), (cx + dx * outer, cy + dy * outer)],
                           fill=(255, 220, 0), width=1)
-        if row == 0:  # 5 mm scale bar in the first panel
+        if row == 0:  # 5 mm scale bar in the first panel's top-left corner (the edges carry the side letters)
             px_mm = panel_px / fov_mm
-            draw.line([(label_w + 4, y0 + panel_px - 5), (label_w + 4 + 5 * px_mm, y0 + panel_px - 5)],
-                      fill=(255, 255, 255), width=2)
-            draw.text((label_w + 6 + 5 * px_mm, y0 + panel_px - 12), "5 mm", fill=(255, 255, 255), font=small)
+            draw.line([(label_w + 3, y0 + 4), (label_w + 3 + 5 * px_mm, y0 + 4)], fill=(255, 255, 255), width=2)
+            draw.text((label_w + 3, y0 + 7), "5 mm", fill=(255, 255, 255), font=small, stroke_width=1,
+                      stroke_fill=(0, 0, 0))
     return np.asarray(tile)
 
 
