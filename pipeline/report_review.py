@@ -74,8 +74,11 @@ SCRIPT = """
       x: f.getAttribute('data-x'), y: f.getAttribute('data-y'), z: f.getAttribute('data-z'),
       time: new Date().toISOString()};
     f.setAttribute('data-decision', r.value);
+    unsaved = true;
     update();
   }
+  var unsaved = false;
+  window.addEventListener('beforeunload', function(e){ if (unsaved) { e.preventDefault(); e.returnValue = ''; } });
   figs.forEach(function(f){
     Array.prototype.forEach.call(f.querySelectorAll('input[type=radio]'), function(r){
       r.addEventListener('change', function(){ record(f); });
@@ -99,6 +102,7 @@ SCRIPT = """
     var a = document.createElement('a');
     a.href = URL.createObjectURL(blob); a.download = file;
     document.body.appendChild(a); a.click(); a.remove();
+    unsaved = false;
   });
   function slider(id, prop){
     var e = document.getElementById(id);
