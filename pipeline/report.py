@@ -87,21 +87,20 @@ def _identity_html(identity: dict[str, str], title: str) -> str:
     return f'<h1>{html.escape(title)}</h1><div class="ident" id="identity">{cells}</div>'
 
 
-def _fitness_html(fitness) -> str:
-    """A red banner when the acquisition or chi map was judged unfit (``physics.fitness`` of the maps)."""
-    if not fitness:
+def calls_withheld_banner(maps: PhysicsMaps) -> str:
+    """Red banner "No microbleed calls: <reasons>" when the acquisition fitness or the chi quality check withheld
+    the microbleed calls (``maps.meta["calls_withheld"]``, with the reasons of ``maps.meta["fitness"]``, see
+    ``physics.fitness``), else ``""``."""
+    meta = maps.meta if isinstance(maps.meta, dict) else {}
+    fitness = meta.get("fitness") if isinstance(meta.get("fitness"), dict) else {}
+    reason = meta.get("calls_withheld")
+    if not reason and fitness.get("ok", True) is not False:
         return ""
-    if not isinstance(fitness, dict):
-        return f'<p class="stop" id="fitness">Acquisition fitness: {html.escape(str(fitness))}</p>'
-    reasons = [fitness.get(k) for k in ("calls_withheld", "reason", "reasons", "message") if fitness.get(k)]
-    reasons = [r for v in reasons for r in (v if isinstance(v, list) else [v])]
-    ok = any(fitness.get(k) is True for k in ("fit", "ok", "passed", "usable")) or \
-        str(fitness.get("status", "")).lower() in ("fit", "ok", "pass", "passed")
-    if ok and not fitness.get("calls_withheld"):
-        return ""
-    text = "; ".join(str(r) for r in reasons) or json.dumps(fitness, default=str)
-    return (f'<p class="stop" id="fitness">No microbleed calls: {html.escape(text)}. Candidates are listed as '
-            "calcifications or mimics only; read the images yourself.</p>")
+    reasons = [str(reason)] if reason else []
+    reasons += [str(r) for r in fitness.get("reasons", []) if str(r) not in reasons]
+    text = "; ".join(reasons) or "the acquisition is outside the validated range"
+    return (f'<p class="stop" id="fitness" data-calls-withheld="1">No microbleed calls: {html.escape(text)}. '
+            "No candidate is labelled microbleed or possible microbleed; the maps are shown for reading.</p>")
 
 
 def _candidate_table(candidates: list[Candidate], gallery_ids: set[int]) -> str:
@@ -179,8 +178,8 @@ def write_report(path, *, maps: PhysicsMaps, candidates: list[Candidate], settin
     candidates behind them (``candidates_all.tsv``); ``identity``: ordered header lines
     (:func:`pipeline.report_identity.report_identity`); ``settings``: processing options; ``warnings``: lines
     shown prominently; ``model_info``: at least ``name``, ``version``, ``sha256`` (``metadata.thresholds``
-    gives the label thresholds of the legend).  ``maps.meta["fitness"]`` (if any) becomes the banner that
-    says why microbleed calls were withheld.  The gallery shows at most ``max_gallery`` tiles, in review
+    gives the label thresholds of the legend).  ``maps.meta["calls_withheld"]`` / ``["fitness"]`` (if any) become
+    the banner that says why microbleed calls were withheld (:func:`calls_withheld_banner`).  The gallery shows at most ``max_gallery`` tiles, in review
     order, each ``<figure id="cand-<id>">`` holding an ``<img data-candidate="<id>">``.
     """
     listed = reader_candidates(candidates, vein_floor=vein_floor)
@@ -209,7 +208,7 @@ def write_report(path, *, maps: PhysicsMaps, candidates: list[Candidate], settin
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_CSS}{REVIEW_CSS}</style></head>
 <body>{_identity_html(identity, title)}
-{_fitness_html(maps.meta.get("fitness") if isinstance(maps.meta, dict) else None)}{warn}
+{calls_withheld_banner(maps)}{warn}
 <h2 id="summary">Summary</h2>
 <p><b>{html.escape(headline(listed, n_all=n_all))}</b>. Research software: every candidate needs a reader's
 confirmation; absence of a candidate does not exclude a microbleed.</p>

@@ -108,7 +108,8 @@ def test_report_reads_top_down_like_a_radiologist(maps, tmp_path):
     cands = synthetic_candidates(maps.affine, maps.mask)
     cands += [replace(cands[-1], id=9, label="other", p_microbleed=0.001, probability=0.99, review_order=0,
                       x=cands[-1].x + 10.0)]
-    maps.meta = {"fitness": {"fit": False, "reasons": ["echo time too short for chi"]}}
+    maps.meta = {"fitness": {"ok": False, "reasons": ["echo time too short for chi"]},
+                 "calls_withheld": "acquisition outside the validated range"}
     identity = {"Patient name": "DOE^JANE", "Patient ID": "P-1234", "Study date": "2024-01-31",
                 "Series": "SWI_Images (7)"}
     text = _report(maps, tmp_path, cands, identity=identity, n_all=1000)
@@ -117,13 +118,20 @@ def test_report_reads_top_down_like_a_radiologist(maps, tmp_path):
                                      'id="summary"', ">MARS<", ">BOMBS<", 'id="candidates"', 'id="legend"',
                                      'id="gallery"', "<h2>Settings</h2>")]
     assert order == sorted(order)
-    assert "echo time too short for chi" in body[:body.index('id="summary"')]
+    banner = body[body.index('id="fitness"'):body.index('id="summary"')]
+    assert "echo time too short for chi" in banner and "outside the validated range" in banner
+    assert 'data-calls-withheld="1"' in banner
     assert "listed for review of 1000 stage-1 candidates" in text
     assert 'id="cand-9"' not in text and 'href="#cand-9"' not in text  # an "other" below the floor is not listed
     legend = text[text.index('id="legend"'):text.index('id="gallery"')]
     assert "read first" in legend and f"{MIMIC_LIST_FLOOR_P_MICROBLEED:g}" in legend
     assert "uncert." in legend and "P(mb)" in legend
     assert 'id="con"' in text and 'id="bri"' in text  # contrast control on the page
+
+
+def test_no_banner_when_fit(maps, tmp_path):
+    maps.meta = {"fitness": {"ok": True, "reasons": []}}
+    assert 'id="fitness"' not in _report(maps, tmp_path, synthetic_candidates(maps.affine, maps.mask))
 
 
 def test_mars_and_bombs_counts(oblique_affine):
