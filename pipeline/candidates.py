@@ -190,6 +190,12 @@ def reader_candidates(rows: list[Candidate], *,
     return sorted((c for c in rows if is_listed(c, vein_floor=vein_floor)), key=_review_key)
 
 
+def reportable(candidates: list[Candidate]) -> list[Candidate]:
+    """Former name of :func:`reader_candidates` (the reader's list at the default floor), kept for callers
+    written before it."""
+    return reader_candidates(candidates)
+
+
 def candidates_from_detections(detections: list[Detection], *, affine: np.ndarray,
                                mask: np.ndarray | None,
                                vein_floor: float = MIMIC_LIST_FLOOR_P_MICROBLEED) -> list[Candidate]:
