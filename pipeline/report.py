@@ -209,6 +209,9 @@ def write_report(path, *, maps: PhysicsMaps, candidates: list[Candidate], settin
 <style>{_CSS}{REVIEW_CSS}</style></head>
 <body>{_identity_html(identity, title)}
 {calls_withheld_banner(maps)}{warn}
+<p class="note">Go to: <a href="#summary">summary</a> · <a href="#candidates">candidates</a> ·
+<a href="#legend">legend</a> · <a href="#gallery">gallery</a> · <a href="#overview">overview</a> ·
+<a href="#settings">settings and model</a></p>
 <h2 id="summary">Summary</h2>
 <p><b>{html.escape(headline(listed, n_all=n_all))}</b>. Research software: every candidate needs a reader's
 confirmation; absence of a candidate does not exclude a microbleed.</p>
@@ -219,10 +222,10 @@ geometric estimates (no atlas). {html.escape(region_note)} Numbers link to the t
 <h2>Legend</h2>{_legend(thresholds, vein_floor, fov_mm)}
 <h2 id="gallery">Gallery</h2>{toolbar_html(len(shown))}{cap}
 <div class="gallery">{''.join(_tile(maps, c, windows, fov_mm) for c in shown)}</div>
-<h2>Overview (minimum-intensity projection of SWI, axial slabs)</h2>
+<h2 id="overview">Overview (minimum-intensity projection of SWI, axial slabs)</h2>
 <p class="note">{legend}. Numbers are candidate ids; patient right on the viewer's left.</p>
 <div class="overview">{_img(render_overview(maps, listed), "overview")}</div>
-<h2>Settings</h2>{_kv_table(settings)}
+<h2 id="settings">Settings</h2>{_kv_table(settings)}
 <h2>Model</h2>{_kv_table(model)}
 {_json_block("provenance: model", model_info)}{_json_block("provenance: settings", settings)}
 {script_html()}

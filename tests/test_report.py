@@ -98,7 +98,7 @@ def test_report_one_tile_per_listed_candidate_linked_from_the_table(maps, tmp_pa
     # model and settings as tables; the full records only in the collapsed provenance
     model = text[text.index("<h2>Model</h2>"):text.index("<details>")]
     assert "<th class=\"t\">sha256</th>" in model and "microbleed_call" in model and '"cohort"' not in model
-    assert text.index("<details>") > text.index("<h2>Settings</h2>")
+    assert text.index("<details>") > text.index('id="settings"')
 
 
 def test_report_reads_top_down_like_a_radiologist(maps, tmp_path):
@@ -116,7 +116,7 @@ def test_report_reads_top_down_like_a_radiologist(maps, tmp_path):
     body = text[text.index("<body>"):]
     order = [body.index(k) for k in ('id="identity"', "DOE^JANE", "P-1234", "2024-01-31", 'id="fitness"',
                                      'id="summary"', ">MARS<", ">BOMBS<", 'id="candidates"', 'id="legend"',
-                                     'id="gallery"', "<h2>Settings</h2>")]
+                                     'id="gallery"', '<h2 id="settings">Settings</h2>')]
     assert order == sorted(order)
     banner = body[body.index('id="fitness"'):body.index('id="summary"')]
     assert "echo time too short for chi" in banner and "outside the validated range" in banner
