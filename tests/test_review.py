@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,6 +161,9 @@ def test_round_trip_run_to_training_labels_and_rank(simulated_run, tmp_path):
     everything = read_candidates_tsv(run / "candidates_all.tsv")
     assert (run / "candidates_all.json").is_file() and len(everything) >= len(listed)
     assert [c.id for c in listed] == list(range(1, len(listed) + 1))
+    report = (run / "report.html").read_text()
+    ident = report[report.index('id="identity"'):report.index('id="summary"')]
+    assert Path(subject.mag[0]).name in ident and "Echo times (s)" in ident and "Subject" in ident
     truth = read_truth(simulated_run["bids"] / "derivatives" / "groundtruth", subject.subject)
     true_mb = [voxel_to_world(acq.affine, np.asarray(l.centre_vox, float)) for l in truth.lesions
                if l.kind == "microbleed"]
