@@ -270,6 +270,25 @@ def _table(rows: list[Candidate], out: Path, name: str, sidecar: dict) -> tuple[
     return tsv, write_json(doc, out / f"{name}.json")
 
 
+def selection_record(vein_floor: float = MIMIC_LIST_FLOOR_P_MICROBLEED) -> dict:
+    """How the reader's list is selected and ordered (the sidecars' ``selection``)."""
+    return {"listed_labels": list(LISTED_LABELS), "mimic_floor_p_microbleed": float(vein_floor),
+            "rule": f"reader's list: every {', '.join(LISTED_LABELS)}; veins and 'other' only when "
+                    f"p_microbleed >= {vein_floor:g}; the rest are in candidates_all.tsv only",
+            "review_order": REVIEW_ORDER_RULE}
+
+
+def bids_tsv_sidecar(*, audit: bool, vein_floor: float = MIMIC_LIST_FLOOR_P_MICROBLEED) -> dict:
+    """BIDS-style JSON sidecar of a candidate TSV: one ``{"Description", "Units"}`` entry per column (BIDS
+    tabular-file convention) plus the selection rule; ``audit`` for the table of every candidate."""
+    doc = {c: {"Description": info["description"], **({"Units": info["units"]} if info["units"] else {})}
+           for c, info in COLUMN_INFO.items()}
+    doc["Description"] = ("every stage-1 cerebral microbleed candidate, for audit (cmbdetect)" if audit else
+                          "reader's list of cerebral microbleed candidates, in review order (cmbdetect)")
+    doc["Selection"] = selection_record(vein_floor)
+    return doc
+
+
 def write_candidates(candidates: list[Candidate], out_dir, *,
                      vein_floor: float = MIMIC_LIST_FLOOR_P_MICROBLEED) -> dict[str, Path]:
     """Write the reader's list ``candidates.tsv`` (:func:`reader_candidates` of ``candidates``) and the audit
@@ -279,10 +298,7 @@ def write_candidates(candidates: list[Candidate], out_dir, *,
     ``all_json``."""
     out = Path(out_dir)
     listed = reader_candidates(candidates, vein_floor=vein_floor)
-    selection = {"listed_labels": list(LISTED_LABELS), "mimic_floor_p_microbleed": float(vein_floor),
-                 "rule": f"reader's list: every {', '.join(LISTED_LABELS)}; veins and 'other' only when "
-                         f"p_microbleed >= {vein_floor:g}; the rest are in candidates_all.tsv only",
-                 "review_order": REVIEW_ORDER_RULE}
+    selection = selection_record(vein_floor)
     tsv, js = _table(listed, out, "candidates", {
         "description": "reader's list of cerebral microbleed candidates, in review order (cmbdetect)",
         "selection": selection, "count_all": len(candidates)})

@@ -155,3 +155,13 @@ def test_side_and_lobe_of_a_brain(oblique_affine):
     rows = candidates_from_detections(dets, affine=affine, mask=mask)
     got = {f"{c.lobe}-{c.side}" for c in rows if c.region == "lobar"}
     assert got == set(points)
+
+
+def test_bids_sidecar_describes_every_column():
+    from cmbdetect.pipeline.candidates import bids_tsv_sidecar
+
+    doc = bids_tsv_sidecar(audit=False)
+    assert set(COLUMNS) <= set(doc) and doc["susceptibility_ppm"]["Units"] == "ppm"
+    assert doc["Selection"]["mimic_floor_p_microbleed"] == MIMIC_LIST_FLOOR_P_MICROBLEED
+    assert "audit" in bids_tsv_sidecar(audit=True)["Description"]
+
