@@ -49,6 +49,7 @@ class Candidate:
     id: int
     label: str
     probability: float
+    p_microbleed: float
     x: float
     y: float
     z: float
@@ -67,7 +68,6 @@ class Candidate:
     review_order: int
     score: float
     uncertainty: float
-    p_microbleed: float
     p_calcification: float
     p_vein: float
     p_other: float
@@ -131,6 +131,8 @@ COLUMN_INFO: dict[str, dict[str, str]] = {
                                                  "rim outside the chi mask (seen on the magnitude only: chi sign, "
                                                  "so bleed versus calcification, unknown)"},
 }
+
+COLUMN_INFO = {c: COLUMN_INFO[c] for c in COLUMNS}  # in column order; every column described
 
 #: How the coordinate columns are defined (the JSON header).
 COORDINATE_SYSTEM = {
