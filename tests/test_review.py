@@ -199,9 +199,10 @@ def test_round_trip_run_to_training_labels_and_rank(simulated_run, tmp_path):
     assert main(["rank", "--bids-dir", str(simulated_run["bids"]), "--out", str(out), "--model",
                  simulated_run["model"], "--reviewed", str(labels)]) == 0
     assert out.read_text().splitlines()[1:] == []
-    assert main(["rank", "--bids-dir", str(simulated_run["bids"]), "--out", str(out), "--model",
+    out2 = tmp_path / "rank_all.tsv"
+    assert main(["rank", "--bids-dir", str(simulated_run["bids"]), "--out", str(out2), "--model",
                  simulated_run["model"]]) == 0
-    assert len(out.read_text().splitlines()) == 2
+    assert len(out2.read_text().splitlines()) == 2
 
 
 def _chromium() -> str | None:
