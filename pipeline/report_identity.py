@@ -87,5 +87,18 @@ def report_identity(source: dict | None, *, reference_files=(), acquisition: dic
         if source.get("phase"):
             out["Phase"] = _names(source["phase"])
     for k, v in (acquisition or {}).items():
-        out[k] = str(v)
+        out[k] = _value(v)
     return out
+
+
+def _value(v) -> str:
+    """Numbers as ``%g``, lists of them joined (``0.004, 0.008``; ``160 x 192 x 72`` for integers)."""
+    if isinstance(v, (list, tuple)) or hasattr(v, "tolist"):
+        items = list(v.tolist() if hasattr(v, "tolist") else v)
+        if items and all(isinstance(x, int) for x in items):
+            return " x ".join(str(x) for x in items)
+        return ", ".join(_value(x) for x in items)
+    try:
+        return f"{float(v):g}" if not isinstance(v, str) else v
+    except (TypeError, ValueError):
+        return str(v)

@@ -171,9 +171,10 @@ def test_identity_from_dicom_and_nifti_sources(tmp_path):
     ref = tmp_path / "ref.dcm"
     ds.save_as(ref, enforce_file_format=True)
     got = report_identity({"format": "dicom", "folders": ["/data/dicom"]}, reference_files=[ref],
-                          acquisition={"B0 (T)": 3.0})
+                          acquisition={"B0 (T)": 3.0, "Echo times (s)": np.array([0.004, 0.008]), "Matrix": [160, 192, 72]})
     assert got["Patient name"] == "DOE^JOHN" and got["Patient ID"] == "ID42" and got["Study date"] == "2024-01-31"
-    assert got["Series"] == "SWI_Images" and got["Series number"] == "7" and got["B0 (T)"] == "3.0"
+    assert got["Series"] == "SWI_Images" and got["Series number"] == "7" and got["B0 (T)"] == "3"
+    assert got["Echo times (s)"] == "0.004, 0.008" and got["Matrix"] == "160 x 192 x 72"
     anon = report_identity({"format": "dicom", "dicom": {"patient": {"PatientName": ""}, "study": {}}})
     assert anon["Patient name"].startswith("(not in the DICOM")  # said, not silently absent
     bids = report_identity({"format": "nifti", "bids_label": "sub-07_ses-1", "mag": ["/d/sub-07_part-mag_T2starw.nii.gz"],
