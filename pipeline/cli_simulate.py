@@ -1,4 +1,6 @@
-"""``cmbdetect simulate OUT``: write a simulated BIDS dataset with ground truth."""
+"""``cmbdetect simulate OUT``: write a simulated BIDS dataset with ground truth (``--dicom STYLE``: also
+each subject as scanner-style DICOM in ``sourcedata/dicom/sub-XX/STYLE/``, see
+:mod:`cmbdetect.pipeline.simulate_dicom`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +8,7 @@ import sys
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.output_folder import add_overwrite_argument
+from cmbdetect.pipeline.simulate_dicom import DICOM_STYLES
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -70,16 +73,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--voxel-size", default=None, help="voxel size in mm, e.g. 0.9,0.9,2 (default: random FOV)")
     p.add_argument("--microbleeds", type=int, default=None, help="microbleeds per subject (default random 0-15)")
     p.add_argument("--preview", action="store_true", help="also write derivatives/preview/sub-XX_preview.png")
+    p.add_argument("--dicom", action="append", metavar="STYLE", choices=DICOM_STYLES,
+                   help="also write each subject as scanner-style DICOM under sourcedata/dicom/sub-XX/STYLE/ "
+                        f"(repeatable; one of {', '.join(DICOM_STYLES)})")
     return p
+
+
+def _write_dicom_copies(bids_root, styles: list[str]) -> None:
+    """Each simulated subject (read back from the BIDS files) as DICOM in each style, beside the BIDS data."""
+    from cmbdetect.pipeline.io_bids import find_bids_subjects, load_bids_acquisition
+    from cmbdetect.pipeline.simulate_dicom import write_acquisition_dicom
+
+    for subject in find_bids_subjects(bids_root):
+        acq = load_bids_acquisition(subject)
+        for style in dict.fromkeys(styles):
+            write_acquisition_dicom(acq, bids_root / "sourcedata" / "dicom" / f"sub-{subject.subject}" / style,
+                                    style=style, patient_id=f"sub-{subject.subject}")
 
 
 def run(args) -> int:
     """Run ``simulate`` from parsed arguments; InputError for bad options."""
     from cmbdetect.pipeline.output_folder import claim_output_folder
-    from cmbdetect.pipeline.simulate import simulate_dataset
 
     claim = claim_output_folder(args.out, overwrite=args.overwrite, option="OUT")
-
     if args.subjects < 1:
         raise InputError(f"--subjects must be at least 1, got {args.subjects}")
     if args.seed < 0:
@@ -91,11 +107,30 @@ def run(args) -> int:
         vs = _floats(args.voxel_size, "--voxel-size")
         if len(vs) != 3 or min(vs) <= 0:
             raise InputError(f"--voxel-size needs three positive lengths in mm, got {args.voxel_size!r}")
-    labels = simulate_dataset(
-        claim.path, claim=claim, subjects=args.subjects, seed=args.seed, b0=parse_b0(args.b0), echoes=parse_echoes(args.echoes),
+    styles = getattr(args, "dicom", None) or []
+    if styles:  # BIDS and DICOM appear together or not at all
+        from cmbdetect.pipeline.atomic import atomic_directory
+
+        with atomic_directory(claim.path, claim=claim, kind="simulate") as tmp:
+            labels = _simulate(args, tmp / "bids", vs)
+            for child in (tmp / "bids").iterdir():
+                child.rename(tmp / child.name)
+            (tmp / "bids").rmdir()
+            _write_dicom_copies(tmp, styles)
+        print(f"wrote {len(labels)} subjects to {args.out} (DICOM: {', '.join(styles)} in sourcedata/dicom)")
+        return 0
+    labels = _simulate(args, claim.path, vs, claim=claim)
+    print(f"wrote {len(labels)} subjects to {args.out}")
+    return 0
+
+
+def _simulate(args, out, vs, *, claim=None) -> list[str]:
+    from cmbdetect.pipeline.simulate import simulate_dataset
+
+    return simulate_dataset(
+        out, claim=claim, subjects=args.subjects, seed=args.seed, b0=parse_b0(args.b0),
+        echoes=parse_echoes(args.echoes),
         shape=parse_shape(args.shape), voxel_size=vs, n_microbleeds=args.microbleeds, preview=args.preview,
         progress=lambda label, p: print(f"sub-{label}: B0 {p['b0_t']} T, {len(p['te_s'])} echo(es), "
                                         f"{p['n_microbleeds']} microbleeds, {p['n_calcifications']} calcifications",
                                         file=sys.stderr))
-    print(f"wrote {len(labels)} subjects to {args.out}")
-    return 0

@@ -120,7 +120,7 @@ def test_acquisition_from_args(tmp_path, rng, oblique_affine):
     np.testing.assert_allclose(acq.te, [0.01, 0.02])
     for argv, match in ((["--mag", m], "phase missing"), (["--phase", p], "magnitude missing"), ([], "no input"),
                         (["--mag", m, "--phase", p, "--dicom", tmp_path], "either --dicom"),
-                        (["--dicom", tmp_path, "--phase-units", "rad"], "--phase-units")):
+                        (["--dicom", tmp_path, "--phase-units", "furlongs"], "--phase-units")):
         with pytest.raises(InputError, match=match):
             acquisition_from_args(_args(argv))
     save_nifti(brain, aff, tmp_path / "mask.nii.gz")
