@@ -22,7 +22,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 from cmbdetect.physics.errors import InputError  # noqa: E402
 
 #: Subcommands, in help order; each is ``cmbdetect.pipeline.cli_<name>``.
-SUBCOMMANDS: tuple[str, ...] = ("run", "qsm", "demo", "simulate", "train", "rank", "evaluate")
+SUBCOMMANDS: tuple[str, ...] = ("run", "qsm", "demo", "simulate", "train", "rank", "review", "evaluate")
 
 _EPILOG = ("BIDS-App form: cmbdetect BIDS_DIR OUT_DIR participant [--participant-label 01 02 ...] | "
            "cmbdetect BIDS_DIR OUT_DIR group (see 'cmbdetect BIDS_DIR OUT_DIR participant --help')")

@@ -1,7 +1,9 @@
 """``cmbdetect evaluate``: VALDO-style detection metrics of candidate tables against ground truth.
 
 ``--pred`` is a folder searched for ``*candidates.tsv`` (run outputs or a BIDS derivatives folder; the
-subject is the first ``sub-<label>`` part of each file's path) or a single candidate table.  ``--truth`` is
+subject is the first ``sub-<label>`` part of each file's path; where a folder also holds the audit table of
+every stage-1 candidate, ``candidates_all.tsv`` or ``*_desc-cmball_candidates.tsv``, that one is read, since
+the FROC ranks all candidates, not only the reader's list) or a single candidate table.  ``--truth`` is
 a ground-truth folder (``derivatives/groundtruth`` or a BIDS root containing it) searched for
 ``*lesions*.tsv`` with at least the columns ``kind x y z`` (scanner RAS mm); only ``kind == microbleed``
 rows are lesions to find.  Writes ``metrics.json``, ``froc.tsv`` and ``froc.png`` into ``--out``.
@@ -79,6 +81,21 @@ def _by_subject(found: list[tuple[str | None, Path]], what: str, *,
     return out
 
 
+def _is_audit(path: Path) -> bool:
+    return path.name == "candidates_all.tsv" or path.name.endswith("_desc-cmball_candidates.tsv")
+
+
+def prediction_files(root: Path) -> list[tuple[str | None, Path]]:
+    """``(subject or None, table)``: in each folder the audit table when there is one, else its
+    ``*candidates.tsv``."""
+    if root.is_file():
+        return _find(root, "", "prediction")
+    found = [(s, f) for s, f in _find(root, "*candidates*.tsv", "prediction")
+             if _is_audit(f) or f.name.endswith("candidates.tsv")]
+    audited = {f.parent for _, f in found if _is_audit(f)}
+    return [(s, f) for s, f in found if _is_audit(f) or f.parent not in audited]
+
+
 def read_truth_points(path: Path) -> list[tuple[float, float, float]]:
     """Centres (scanner RAS mm) of the ``kind == microbleed`` rows of a lesion table."""
     _, rows = read_tsv(path, required=("kind", "x", "y", "z"), what="lesion table")
@@ -120,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
         truth_root = truth_root / "derivatives" / "groundtruth"
     truth_files = _by_subject(_find(truth_root, "*lesions*.tsv", "ground-truth"), "ground-truth")
     only = next(iter(truth_files)) if len(truth_files) == 1 else None
-    pred_files = _by_subject(_find(Path(args.pred), "*candidates.tsv", "prediction"), "prediction",
-                             only_subject=only)
+    pred_files = _by_subject(prediction_files(Path(args.pred)), "prediction", only_subject=only)
     extra = sorted(set(pred_files) - set(truth_files))
     if extra:
         raise InputError(f"predictions for subjects without ground truth: {', '.join(extra)}")

@@ -4,7 +4,8 @@ For every subject of a BIDS dataset the physics maps are computed and both stage
 informativeness is the sum of its candidates' uncertainties (normalised entropy of the committee's mean
 class probabilities, which grows when the committee disagrees).  Writes a TSV sorted by decreasing
 summed uncertainty, columns ``rank subject summed_uncertainty max_uncertainty n_candidates
-n_microbleed committee_disagreement``.
+n_microbleed committee_disagreement``.  ``--reviewed LABELS_DIR`` (the labels of ``cmbdetect review import``)
+leaves out the subjects a reader has already reviewed, so the next subject to annotate is new.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_overwrite_argument(p)
     p.add_argument("--model", default="default", help="model name or folder (default: default)")
     p.add_argument("--participant-label", nargs="+", default=None, help="only these subjects")
+    p.add_argument("--reviewed", default=None, metavar="LABELS_DIR",
+                   help="labels folder of 'cmbdetect review import': its subjects are already reviewed, skip them")
     return p
 
 
@@ -62,6 +65,14 @@ def run(args) -> int:
     subjects = find_bids_subjects(args.bids_dir, participant_label=args.participant_label)
     if not subjects:
         raise InputError(f"no GRE/SWI magnitude+phase images found in {args.bids_dir}")
+    if args.reviewed:
+        from cmbdetect.pipeline.review import reviewed_subjects
+
+        done = reviewed_subjects(args.reviewed)
+        skipped = [s.label for s in subjects if s.subject in done]
+        subjects = [s for s in subjects if s.subject not in done]
+        if skipped:
+            print(f"[rank] skipping {len(skipped)} reviewed subject(s): {' '.join(skipped)}", file=sys.stderr)
     rows = {}
     for n, s in enumerate(subjects, start=1):
         acq = load_bids_acquisition(s)

@@ -24,8 +24,8 @@ ACCEPTED_LABELS: tuple[str, ...] = ("microbleed",)
 
 
 def dicom_findings(candidates: list[Candidate]) -> list[Candidate]:
-    """The candidates the DICOM objects report (labels in :data:`DICOM_FINDING_LABELS`), in the given
-    order.  Local stand-in for ``candidates.reader_candidates``."""
+    """The candidates the DICOM objects report (labels in :data:`DICOM_FINDING_LABELS`), in the given order:
+    applied to the reader's list (``candidates.reader_candidates``), it leaves out the listed mimics."""
     return [c for c in candidates if c.label in DICOM_FINDING_LABELS]
 
 

@@ -54,7 +54,7 @@ def write_key_images(candidates: list[Candidate], *, maps: PhysicsMaps, source_d
         sc.SeriesDescription = "cmbdetect key images"
         sc.BodyPartExamined = BODY_PART_EXAMINED
         sc.ImageComments = (f"candidate {c.id}: {c.label} p={c.probability:.2f}, region {c.region}, "
-                            f"review priority {c.review_priority}")[:10240]
+                            f"review order {c.review_order}")[:10240]
         item = Dataset()
         item.ReferencedSOPClassUID = ref.SOPClassUID
         item.ReferencedSOPInstanceUID = ref.SOPInstanceUID

@@ -344,8 +344,9 @@ def test_dciodvfy_on_exports_of_a_real_siemens_series(tmp_path):
               + 25 * float(ds.PixelSpacing[0]) * col_cos)
     cand = Candidate(id=1, label="microbleed", probability=0.9, x=-centre[0], y=-centre[1], z=centre[2],
                      x_lps=centre[0], y_lps=centre[1], z_lps=centre[2], i=30, j=25, k=0,
-                     susceptibility_ppm=0.3, diameter_mm=5.0, volume_mm3=65.0, region="lobar",
-                     review_priority=1, score=0.9, uncertainty=0.1, p_microbleed=0.9, p_calcification=0.05,
+                     susceptibility_ppm=0.3, diameter_mm=5.0, volume_mm3=65.0, region="lobar", side="left",
+                     lobe="frontal",
+                     review_order=1, score=0.9, uncertainty=0.1, p_microbleed=0.9, p_calcification=0.05,
                      p_vein=0.03, p_other=0.02)
     maps = synthetic_maps(oblique_affine((64, 64, 48), (1.0, 1.0, 1.2)))
     out = tmp_path / "dicom"

@@ -20,6 +20,8 @@ from cmbdetect.workflows.report import REPORT_OUTPUTS, init_report_wf
 #: Output kind -> (sub-workflow, outputnode field).
 _SOURCES = {
     "candidates_tsv": ("detect_wf", "candidates_tsv"), "candidates_json": ("detect_wf", "candidates_json"),
+    "candidates_all_tsv": ("detect_wf", "candidates_all_tsv"),
+    "candidates_all_json": ("detect_wf", "candidates_all_json"),
     "chimap": ("qsm_wf", "chimap"), "localfield": ("qsm_wf", "localfield"),
     "brainmask": ("qsm_wf", "brainmask"), "swi": ("qsm_wf", "swi"), "mip": ("qsm_wf", "mip"),
     "r2star": ("qsm_wf", "r2star"), "markups": ("report_wf", "markups"),
@@ -30,6 +32,7 @@ _SOURCES = {
 def plain_output_names() -> dict[str, str]:
     """Fixed file names of ``cmbdetect run --out DIR`` (``r2star`` only for multi-echo data)."""
     return {"candidates_tsv": "candidates.tsv", "candidates_json": "candidates.json",
+            "candidates_all_tsv": "candidates_all.tsv", "candidates_all_json": "candidates_all.json",
             "chimap": "chimap.nii.gz", "swi": "swi.nii.gz", "mip": "mip.nii.gz",
             "brainmask": "brainmask.nii.gz", "localfield": "localfield.nii.gz",
             "r2star": "r2star.nii.gz", "markups": "candidates.mrk.json", "report": "report.html",
@@ -46,6 +49,7 @@ def bids_output_names(entities: dict[str, str | None]) -> dict[str, str]:
         return derivative_path(entities, suffix=suffix, extension=extension, **extra)
 
     return {"candidates_tsv": name("candidates", ".tsv", desc="cmb"),
+            "candidates_all_tsv": name("candidates", ".tsv", desc="cmball"),
             "chimap": name("Chimap", ".nii.gz"),
             "swi": name("T2starw", ".nii.gz", desc="swi"),
             "mip": name("T2starw", ".nii.gz", desc="mip"),
@@ -95,7 +99,9 @@ def init_cmb_wf(*, output_dir: str | Path, output_names: dict[str, str] | None =
                              for f in ("mag_file", "phase_file", "acq_json", "mask_file")]),
         (qsm_wf, detect_wf, [("outputnode.maps_bundle", "inputnode.maps_bundle")]),
         (qsm_wf, report_wf, [("outputnode.maps_bundle", "inputnode.maps_bundle")]),
+        (inputnode, report_wf, [("acq_json", "inputnode.acq_json")]),
         (detect_wf, report_wf, [("outputnode.candidates_tsv", "inputnode.candidates_tsv"),
+                                ("outputnode.candidates_all_tsv", "inputnode.candidates_all_tsv"),
                                 ("outputnode.model_info", "inputnode.model_info")]),
         (qsm_wf, outputnode, [(f"outputnode.{f}", f) for f in QSM_OUTPUTS]),
         (detect_wf, outputnode, [(f"outputnode.{f}", f) for f in DETECT_OUTPUTS]),

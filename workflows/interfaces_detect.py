@@ -20,8 +20,10 @@ class _DetectInputSpec(BaseInterfaceInputSpec):
 
 
 class _DetectOutputSpec(TraitedSpec):
-    candidates_tsv = File(exists=True, desc="candidates.tsv (one row per candidate)")
-    candidates_json = File(exists=True, desc="candidates.json (same content, JSON)")
+    candidates_tsv = File(exists=True, desc="candidates.tsv (the reader's list, in review order)")
+    candidates_json = File(exists=True, desc="candidates.json (its sidecar: columns, selection, rows)")
+    candidates_all_tsv = File(exists=True, desc="candidates_all.tsv (every stage-1 candidate, for audit)")
+    candidates_all_json = File(exists=True, desc="candidates_all.json (its sidecar)")
     model_info = File(exists=True, desc="model.json: name, sha256 and metadata of the model used")
     n_candidates = traits.Int(desc="number of candidates")
     n_microbleeds = traits.Int(desc="number of candidates labelled microbleed")
@@ -67,6 +69,8 @@ class DetectCandidates(CmbInterface):
         self._results["model_info"] = str(write_json(info, cwd / "model.json"))
         self._results["candidates_tsv"] = str(cwd / "candidates.tsv")
         self._results["candidates_json"] = str(cwd / "candidates.json")
+        self._results["candidates_all_tsv"] = str(cwd / "candidates_all.tsv")
+        self._results["candidates_all_json"] = str(cwd / "candidates_all.json")
         self._results["n_candidates"] = len(candidates)
         self._results["n_microbleeds"] = sum(1 for c in candidates if c.label == "microbleed")
         progress(inputs.label, f"{len(candidates)} candidates, "
