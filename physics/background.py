@@ -32,6 +32,18 @@ from .geometry import ball_kernel
 #: 51-68x / 11% with (6, 3, 2); 40-58x / 18% with (6, 2); without refinement (classic V-SHARP)
 #: (12..2) mm gave 26x / 42% and (8..2) mm 39x / 28%.
 DEFAULT_VSHARP_RADII_MM: tuple[float, ...] = (6.0, 4.0, 2.0)
+#: Up to this coarsest voxel edge (mm) :func:`vsharp_radii_mm` keeps :data:`DEFAULT_VSHARP_RADII_MM`; beyond it
+#: the radii grow in proportion, so the spheres keep the shape in voxels they have at 1.5 mm (4, 2.7 and 1.3
+#: voxels): at 3 mm the fixed radii are 2, 1.3 and 1 voxel, cubes and crosses rather than spheres, whose mean no
+#: longer cancels a harmonic background (measured: benchmarks/physics_cohort.py, docs/acquisition_fitness.md).
+VSHARP_REFERENCE_VOXEL_MM: float = 1.5
+
+
+def vsharp_radii_mm(voxel_size, radii_mm=DEFAULT_VSHARP_RADII_MM) -> tuple[float, ...]:
+    """The V-SHARP radii (mm, largest first) for this voxel size: ``radii_mm`` while the coarsest voxel edge is
+    at most :data:`VSHARP_REFERENCE_VOXEL_MM`, else ``radii_mm`` scaled by ``coarsest edge / 1.5 mm``."""
+    scale = max(1.0, float(np.max(np.asarray(voxel_size, dtype=float))) / VSHARP_REFERENCE_VOXEL_MM)
+    return tuple(sorted((round(float(r) * scale, 4) for r in radii_mm), reverse=True))
 
 
 def _check(total_field_ppm: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import background as bg
 from .errors import InputError
+from .fitness import assess_fitness, calls_withheld_reason
 from .geometry import b0_direction, voxel_sizes
 from .inversion import DEFAULT_METHOD, invert_dipole
 from .maps import PhysicsMaps
@@ -68,7 +69,7 @@ def chi_map_quality(chi_ppm: np.ndarray, mask: np.ndarray) -> tuple[dict, str | 
         return stats, None
     return stats, (f"susceptibility map implausible: median |chi| {med:.2f} ppm in the brain (tissue is below about "
                    f"{IMPLAUSIBLE_CHI_MEDIAN_PPM:g} ppm); the brain mask may hold scalp or background removal failed, "
-                   "so microbleed calls from this map are unreliable: check the brain mask or supply one")
+                   "so no candidate is labelled microbleed: check the brain mask or supply one")
 
 
 def _as_4d(a, name) -> np.ndarray:
@@ -93,10 +94,14 @@ def _check_geometry(affine, b0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return aff, voxel_sizes(aff), b0_direction(aff)
 
 
-def _remove_background(field, mask, vs, b0_dir, method, weights):
+def _remove_background(field, mask, vs, b0_dir, method, weights, vsharp_radii=None):
     if method == "vsharp":
-        local, valid = bg.vsharp(field, mask, vs)
-        return local, valid, {"method": "vsharp", "radii_mm": list(bg.DEFAULT_VSHARP_RADII_MM),
+        radii = bg.vsharp_radii_mm(vs) if vsharp_radii is None else tuple(float(r) for r in vsharp_radii)
+        local, valid = bg.vsharp(field, mask, vs, radii_mm=radii)
+        return local, valid, {"method": "vsharp", "radii_mm": list(radii),
+                              "radii_rule": "fixed (given)" if vsharp_radii is not None else
+                              f"{list(bg.DEFAULT_VSHARP_RADII_MM)} mm up to {bg.VSHARP_REFERENCE_VOXEL_MM:g} mm voxels,"
+                              " scaled with the coarsest voxel edge beyond",
                               "refine_iter": 3, "threshold": 0.05}
     if method == "pdf":
         local = bg.pdf(field, mask, vs, b0_dir, weights=weights)
@@ -126,6 +131,7 @@ def compute_physics_maps(
     min_coherence: float = DEFAULT_MIN_COHERENCE,
     min_spatial_coherence: float = DEFAULT_MIN_SPATIAL_COHERENCE,
     coherence_max_b0_te: float = DEFAULT_COHERENCE_MAX_B0_TE,
+    vsharp_radii_mm=None,
 ) -> PhysicsMaps:
     """Run the whole physics chain on one acquisition.
 
@@ -147,6 +153,13 @@ def compute_physics_maps(
         (:func:`cmbdetect.physics.echoes.spatial_phase_coherence`); 0 (default) keeps the brain mask.
     coherence_max_b0_te : multi-echo: the coherence is measured on the echoes with ``b0 * TE`` at most
         this (T*s; never fewer than the first two), against the line fitted to all echoes.
+    vsharp_radii_mm : V-SHARP radii (mm); ``None`` (default) scales them to the voxel size
+        (:func:`cmbdetect.physics.background.vsharp_radii_mm`).
+
+    The acquisition's fitness for a microbleed call (:func:`cmbdetect.physics.fitness.assess_fitness`) is
+    recorded in ``meta["fitness"]``; ``meta["calls_withheld"]`` is the reason no candidate may be labelled
+    microbleed (acquisition outside the validated range, or a failed chi quality check), else ``None``; each
+    such reason is also a warning line.
 
     Returns :class:`PhysicsMaps`; ``mask`` is the mask where the local field and chi are valid (the
     brain mask eroded by the background removal); ``meta`` records methods, parameters, timings (s)
@@ -210,7 +223,8 @@ def compute_physics_maps(
         brain = reliable
     lap("field_fit")
 
-    local, valid, bmeta = _remove_background(fit.field_ppm, brain, vs, b0_dir, background, fit.magnitude)
+    local, valid, bmeta = _remove_background(fit.field_ppm, brain, vs, b0_dir, background, fit.magnitude,
+                                             vsharp_radii_mm)
     bg_rms = bg.background_rms_ppm(fit.field_ppm, local, valid)
     loc_rms = float(np.sqrt(np.mean(local[valid] ** 2)))
     meta["background"] = {**bmeta, "background_rms_ppm": round(bg_rms, 4), "local_rms_ppm": round(loc_rms, 4),
@@ -229,6 +243,11 @@ def compute_physics_maps(
     meta["quality"], chi_warning = chi_map_quality(chi, valid)
     if chi_warning:
         meta["warnings"].append(chi_warning)
+    fitness = assess_fitness(voxel_size_mm=vs, b0_t=float(b0), te_s=t, mask=valid, local_field_ppm=local,
+                             affine=aff)
+    meta["fitness"] = fitness.as_dict()
+    meta["calls_withheld"] = calls_withheld_reason(fitness, chi_warning)
+    meta["warnings"].extend(f"no microbleed calls: {r}" for r in fitness.reasons)
     if fit.r2star is None:
         chi_pos, chi_neg = split_by_sign(chi)
         meta["sources"] = {"method": "sign", "note": "single echo: chi_pos/chi_neg = positive/negative part of chi"}
