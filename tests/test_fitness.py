@@ -96,3 +96,28 @@ def test_calls_withheld_reason_joins_fitness_and_chi_quality():
     assert calls_withheld_reason(fit, "susceptibility map implausible") == "susceptibility map implausible"
     joined = calls_withheld_reason(unfit.as_dict(), "chi failed")
     assert joined.startswith("voxels 3 x 3 x 3 mm") and joined.endswith("; chi failed")
+
+
+def test_healthy_volunteer_short_te_coarse_chain_withholds_calls_and_retries_the_mask():
+    """Issue 21's healthy volunteer, simulated: 3 mm isotropic, TE 2.3/4.6 ms at 3 T, no lesions.  The automatic
+    mask takes in a third of non-brain tissue and fails the chi check; the stricter-threshold retry keeps a
+    plausible map with almost no scalp; the fitness names both the voxel size and B0 x TE, so the maps withhold
+    every microbleed call, and each reason is a warning line."""
+    from cmbdetect.physics.chain import compute_physics_maps
+    from cmbdetect.pipeline.simulate import simulate_subject
+
+    sim = simulate_subject(seed=1, shape=(64, 75, 50), voxel_size=(3.0, 3.0, 3.0), te=(0.0023, 0.0046), b0=3.0,
+                           n_microbleeds=0, n_calcifications=0)
+    maps = compute_physics_maps(mag=sim.acq.mag, phase=sim.acq.phase, te=sim.acq.te, b0=sim.acq.b0,
+                                affine=sim.acq.affine)
+    intracranial = sim.truth.local_field_ppm != 0
+    retries = maps.meta["mask_retries"]
+    assert retries[0]["chi_abs_median_ppm"] > 0.4 and "after a failed chi map" in maps.meta["mask"]
+    assert maps.meta["quality"]["chi_abs_median_ppm"] <= 0.4
+    assert (maps.mask & ~intracranial).sum() < 0.05 * maps.mask.sum()
+    fitness = maps.meta["fitness"]
+    assert not fitness["ok"] and len(fitness["reasons"]) >= 2
+    assert fitness["measures"]["b0_te_max_t_s"] == pytest.approx(0.0138)
+    assert maps.meta["calls_withheld"].startswith("voxels 3 x 3 x 3 mm")
+    assert sum(w.startswith("no microbleed calls: ") for w in maps.meta["warnings"]) == len(fitness["reasons"])
+    assert maps.meta["background"]["radii_mm"] == [12.0, 8.0, 4.0]  # 4, 2.7, 1.3 voxels as at 1.5 mm
