@@ -105,8 +105,8 @@ def _remove_background(field, mask, vs, b0_dir, method, weights, vsharp_radii=No
         local, valid = bg.vsharp(field, mask, vs, radii_mm=radii)
         return local, valid, {"method": "vsharp", "radii_mm": list(radii),
                               "radii_rule": "fixed (given)" if vsharp_radii is not None else
-                              f"{list(bg.DEFAULT_VSHARP_RADII_MM)} mm up to {bg.VSHARP_REFERENCE_VOXEL_MM:g} mm voxels,"
-                              " scaled with the coarsest voxel edge beyond",
+                              f"{list(bg.DEFAULT_VSHARP_RADII_MM)} mm up to {bg.VSHARP_REFERENCE_VOXEL_MM:g} mm in-plane"
+                              " voxels, scaled with the in-plane voxel edge beyond",
                               "refine_iter": 3, "threshold": 0.05}
     if method == "pdf":
         local = bg.pdf(field, mask, vs, b0_dir, weights=weights)
