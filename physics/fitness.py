@@ -54,13 +54,20 @@ def field_noise_ppm(local_field_ppm: np.ndarray, mask: np.ndarray) -> float | No
     difference from the mean of its 6 face neighbours, over voxels whose neighbours all lie in ``mask``,
     divided by sqrt(7/6) (the gain of that difference on white noise).  Smooth tissue contrast cancels; veins and
     lesions are outliers the MAD ignores.  ``None`` when fewer than 100 such voxels exist."""
-    f = np.asarray(local_field_ppm, dtype=np.float64)
     m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return None
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(m))  # the mask's bounding box only
+    m = m[box]
+    f = np.asarray(local_field_ppm)[box].astype(np.float32)
     inner = ndimage.binary_erosion(m, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
     if inner.sum() < 100:
         return None
-    neighbours = sum(np.roll(f, s, axis=a) for a in range(3) for s in (1, -1)) / 6.0
-    r = (f - neighbours)[inner]
+    neighbours = np.zeros_like(f)
+    for a in range(3):
+        for shift in (1, -1):
+            neighbours += np.roll(f, shift, axis=a)
+    r = (f - neighbours / np.float32(6.0))[inner].astype(np.float64)
     mad = float(np.median(np.abs(r - np.median(r))))
     return float(1.4826 * mad / np.sqrt(7.0 / 6.0))
 
