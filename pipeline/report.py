@@ -247,6 +247,16 @@ def _candidate_table(candidates: list[Candidate]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def calls_withheld_banner(maps: PhysicsMaps) -> str:
+    """HTML banner "No microbleed calls: <reasons>" when the maps' acquisition fitness or chi quality check
+    withheld the microbleed calls (``maps.meta["calls_withheld"]``, see ``physics.chain``), else ``""``."""
+    reason = (maps.meta or {}).get("calls_withheld")
+    if not reason:
+        return ""
+    return (f'<p class="warn" data-calls-withheld="1"><b>No microbleed calls</b>: {html.escape(str(reason))}. '
+            "The maps are shown for reading; no candidate is labelled microbleed.</p>")
+
+
 def write_report(path, *, maps: PhysicsMaps, candidates: list[Candidate], settings: dict,
                  warnings: list[str], model_info: dict, max_gallery: int = 100, fov_mm: float = 20.0,
                  title: str = "cmbdetect report") -> Path:
@@ -287,6 +297,7 @@ def write_report(path, *, maps: PhysicsMaps, candidates: list[Candidate], settin
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
 <body><h1>{html.escape(title)}</h1>
+{calls_withheld_banner(maps)}
 <p><b>{len(candidates)} candidates</b>: {html.escape(summary)}. Microbleed candidates by MARS region
 (geometric heuristic, no atlas): {html.escape(mars)}.</p><p>Research software: every candidate needs a
 reader's confirmation; absence of a candidate does not exclude a microbleed.</p>
