@@ -83,3 +83,25 @@ def test_report_banner_only_when_calls_are_withheld():
     assert "<b>No microbleed calls</b>: voxels &lt;3&gt; mm" in calls_withheld_banner(maps)
     maps.meta["calls_withheld"] = None
     assert calls_withheld_banner(maps) == ""
+
+
+def test_failed_chi_map_withholds_microbleed_calls_on_a_fit_acquisition(tmp_path, model, capsys, monkeypatch):
+    """A fine-voxel, long-TE acquisition (fit) whose chi map fails the quality check (threshold lowered to 0 so
+    that every map fails): no microbleed label, the chi warning on stderr, the reason in the provenance.  Without
+    the failure the same model labels microbleeds on the same data."""
+    from cmbdetect.pipeline.simulate import simulate_subject
+
+    sim = simulate_subject(seed=11, shape=(48, 56, 32), voxel_size=(1.0, 1.0, 1.5), te=(0.02,), b0=3.0,
+                           n_microbleeds=4)
+    save_nifti(sim.acq.mag[0], sim.acq.affine, tmp_path / "mag.nii.gz")
+    save_nifti(sim.acq.phase[0], sim.acq.affine, tmp_path / "phase.nii.gz")
+    args = ["run", "--mag", str(tmp_path / "mag.nii.gz"), "--phase", str(tmp_path / "phase.nii.gz"), "--te", "0.02",
+            "--b0", "3", "--phase-units", "rad", "--model", model]
+    assert main([*args, "--out", str(tmp_path / "ok")]) == 0
+    assert "no microbleed calls" not in capsys.readouterr().err and _n_microbleed_labels(tmp_path / "ok") > 0
+    monkeypatch.setattr("cmbdetect.physics.chain.IMPLAUSIBLE_CHI_MEDIAN_PPM", 0.0)
+    assert main([*args, "--out", str(tmp_path / "failed")]) == 0
+    assert "warning: susceptibility map implausible" in capsys.readouterr().err
+    assert _n_microbleed_labels(tmp_path / "failed") == 0
+    physics = json.loads((tmp_path / "failed" / "provenance.json").read_text())["parameters"]["physics"]
+    assert physics["fitness"]["ok"] is True and physics["calls_withheld"].startswith("susceptibility map implausible")
