@@ -2,8 +2,10 @@
 
 Columns (also written, with units, into the header of ``candidates.json``):
 
-``id`` 1..N in order of decreasing ``probability``; ``label`` the stage-2 class (one of
-:data:`models.detection.CLASSES`); ``probability`` the calibrated probability of that label;
+``id`` 1..N in order of decreasing ``probability``; ``label`` the reader label (one of
+:data:`models.detection.READER_LABELS`: microbleed only at or above the model's call threshold on the
+calibrated microbleed probability, possible_microbleed at or above its borderline threshold, otherwise the
+most probable other class); ``probability`` the calibrated probability of the label's stage-2 class;
 ``x y z`` centre in scanner RAS mm; ``x_lps y_lps z_lps`` the same in LPS (DICOM, 3D Slicer);
 ``i j k`` continuous 0-based voxel indices on the input grid; ``susceptibility_ppm`` mean χ of the
 candidate (ppm, > 0 paramagnetic); ``diameter_mm``; ``volume_mm3``; ``region`` MARS group
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmbdetect.models.detection import CLASSES, Detection
+from cmbdetect.models.detection import CLASSES, READER_LABELS, Detection, stage2_class
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import ras_to_lps, voxel_to_world
 from cmbdetect.pipeline.atomic import write_json, write_text
@@ -79,8 +81,12 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Candidate))
 #: Units and meaning of each column (the JSON header).
 COLUMN_INFO: dict[str, dict[str, str]] = {
     "id": {"units": "", "description": "1..N in order of decreasing probability"},
-    "label": {"units": "", "description": f"stage-2 class, one of {', '.join(CLASSES)}"},
-    "probability": {"units": "1", "description": "calibrated probability of the label"},
+    "label": {"units": "", "description": f"reader label, one of {', '.join(READER_LABELS)}: microbleed when "
+                                          "p_microbleed reaches the model's call threshold, possible_microbleed "
+                                          "when it reaches the borderline threshold, otherwise the most probable "
+                                          "of the other classes"},
+    "probability": {"units": "1", "description": "calibrated probability of the label's stage-2 class "
+                                                 "(p_microbleed for possible_microbleed)"},
     **{c: {"units": "mm", "description": f"centre, scanner RAS {c}"} for c in ("x", "y", "z")},
     **{f"{c}_lps": {"units": "mm", "description": f"centre, LPS {c} (DICOM / 3D Slicer)"}
        for c in ("x", "y", "z")},
@@ -135,8 +141,8 @@ def candidates_from_detections(detections: list[Detection], *, affine: np.ndarra
     geometry = brain_geometry(mask, affine)
     rows = []
     for det in detections:
-        if det.label not in CLASSES:
-            raise ValueError(f"detection label {det.label!r} is not one of {CLASSES}")
+        if det.label not in READER_LABELS:
+            raise ValueError(f"detection label {det.label!r} is not one of {READER_LABELS}")
         ijk = np.asarray(det.centre_vox, dtype=float)
         ras = voxel_to_world(affine, ijk)
         lps = ras_to_lps(ras)
@@ -144,7 +150,7 @@ def candidates_from_detections(detections: list[Detection], *, affine: np.ndarra
         diameter = float(det.diameter_mm)
         volume = float(det.features.get("volume_mm3", math.pi / 6.0 * diameter ** 3))
         rows.append(Candidate(
-            id=0, label=det.label, probability=probs[det.label],
+            id=0, label=det.label, probability=probs[stage2_class(det.label)],
             x=float(ras[0]), y=float(ras[1]), z=float(ras[2]),
             x_lps=float(lps[0]), y_lps=float(lps[1]), z_lps=float(lps[2]),
             i=float(ijk[0]), j=float(ijk[1]), k=float(ijk[2]),
@@ -152,7 +158,7 @@ def candidates_from_detections(detections: list[Detection], *, affine: np.ndarra
             region=region_of(geometry, ijk), review_priority=0, score=float(det.score),
             uncertainty=float(det.uncertainty), **{f"p_{c}": probs[c] for c in CLASSES},
             chi_measured=float(det.features.get("chi_available", math.nan))))
-    rows.sort(key=lambda c: (CLASSES.index(c.label), -_key(c.probability), -_key(c.score), c.x, c.y, c.z))
+    rows.sort(key=lambda c: (READER_LABELS.index(c.label), -_key(c.probability), -_key(c.score), c.x, c.y, c.z))
     for n, cand in enumerate(rows, start=1):
         cand.id = n
     by_priority = sorted(rows, key=lambda c: (-_key(c.uncertainty), -_key(c.probability), c.id))

@@ -39,6 +39,17 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """Every file or folder the input options of ``args`` name (the output folder must stay clear of them)."""
+    paths: list[str] = []
+    for name in ("mag", "phase", "dicom"):
+        paths.extend(getattr(args, name, None) or [])
+    for name in ("mask", "local_field"):
+        if getattr(args, name, None):
+            paths.append(getattr(args, name))
+    return paths
+
+
 def parse_echo_times(values: list[str] | None) -> list[float] | None:
     """``--te`` values (repeated and/or comma separated) -> seconds, or ``None`` when not given."""
     if not values:

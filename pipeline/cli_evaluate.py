@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 
 from cmbdetect.models.evaluate import evaluate_detections, write_evaluation
+from cmbdetect.pipeline.atomic import atomic_directory
+from cmbdetect.pipeline.output_folder import add_overwrite_argument, claim_output_folder
 from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.candidates import read_candidates_tsv, read_tsv
 
@@ -31,7 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True, help="folder with *candidates.tsv per subject, or one TSV")
     p.add_argument("--truth", required=True,
                    help="ground-truth folder (derivatives/groundtruth or a BIDS root) or one lesion TSV")
-    p.add_argument("--out", required=True, help="output folder for metrics.json, froc.tsv, froc.png")
+    p.add_argument("--out", required=True, help="output folder for metrics.json, froc.tsv, froc.png: new, empty, "
+                   "or an earlier cmbdetect result (with --overwrite)")
+    add_overwrite_argument(p)
     p.add_argument("--hit-mm", type=float, default=5.0,
                    help="a prediction hits a lesion when the centres are closer than this (mm, default 5)")
     return p
@@ -110,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and write the outputs; returns 0.  Bad input raises :class:`InputError`."""
     if not (args.hit_mm > 0 and math.isfinite(args.hit_mm)):
         raise InputError(f"--hit-mm must be a positive distance in mm, got {args.hit_mm}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out {args.out} exists and is not a folder")
+    claim = claim_output_folder(args.out, overwrite=args.overwrite, inputs=[args.pred, args.truth])
     truth_root = Path(args.truth)
     if (truth_root / "derivatives" / "groundtruth").is_dir():
         truth_root = truth_root / "derivatives" / "groundtruth"
@@ -125,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     truth = {s: read_truth_points(f) for s, f in truth_files.items()}
     preds = {s: read_predictions(f) for s, f in pred_files.items()}
     result = evaluate_detections(preds, truth, hit_mm=float(args.hit_mm))
-    write_evaluation(result, Path(args.out))
+    with atomic_directory(claim.path, claim=claim, kind="evaluate") as tmp:
+        write_evaluation(result, tmp)
     missing = sorted(set(truth_files) - set(pred_files))
     note = f"; {len(missing)} subject(s) without predictions counted as all missed" if missing else ""
     def f(v) -> str:

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from cmbdetect.physics.errors import InputError
+from cmbdetect.pipeline.output_folder import add_overwrite_argument, claim_output_file
 
 COLUMNS = ("rank", "subject", "summed_uncertainty", "max_uncertainty", "n_candidates", "n_microbleed",
            "committee_disagreement")
@@ -22,7 +23,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("rank", help="rank unlabelled subjects for annotation by model uncertainty",
                               description=__doc__.split("\n\n")[1])
     p.add_argument("--bids-dir", required=True, help="BIDS dataset with magnitude + phase")
-    p.add_argument("--out", required=True, help="ranking TSV to write")
+    p.add_argument("--out", required=True, help="ranking TSV to write (an earlier ranking is replaced only with "
+                   "--overwrite; no other file is)")
+    add_overwrite_argument(p)
     p.add_argument("--model", default="default", help="model name or folder (default: default)")
     p.add_argument("--participant-label", nargs="+", default=None, help="only these subjects")
     return p
@@ -54,6 +57,7 @@ def run(args) -> int:
     from cmbdetect.pipeline.atomic import write_text
     from cmbdetect.pipeline.io_bids import find_bids_subjects, load_bids_acquisition
 
+    out = claim_output_file(args.out, overwrite=args.overwrite, first_line="\t".join(COLUMNS))
     model = load_model(args.model)
     subjects = find_bids_subjects(args.bids_dir, participant_label=args.participant_label)
     if not subjects:
@@ -65,5 +69,5 @@ def run(args) -> int:
         rows[s.label] = subject_row(detect(maps, model=model))
         print(f"[rank {n}/{len(subjects)}] {s.label}: summed uncertainty {rows[s.label]['summed_uncertainty']:.3f}",
               file=sys.stderr, flush=True)
-    write_text(format_ranking(rows), args.out)
+    write_text(format_ranking(rows), out)
     return 0

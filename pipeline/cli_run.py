@@ -20,6 +20,7 @@ from typing import Callable
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.acquisition import Acquisition
+from cmbdetect.pipeline.output_folder import OutputClaim
 
 #: Physics method choices offered on the command line.
 UNWRAP_CHOICES = ("laplacian", "exact")
@@ -53,12 +54,15 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from cmbdetect.pipeline.cli_common import add_input_arguments
+    from cmbdetect.pipeline.output_folder import add_overwrite_argument
 
     parser = subparsers.add_parser(
         "run", help="detect microbleeds in one subject (NIfTI or DICOM magnitude + phase)",
         description="Run QSM physics, detection and exports on one subject.")
     add_input_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced atomically)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: new, empty, or an earlier cmbdetect result (with --overwrite)")
+    add_overwrite_argument(parser)
     add_execution_arguments(parser)
     return parser
 
@@ -164,12 +168,13 @@ def prepare_inputs(acq: Acquisition, folder: Path, *, mask=None) -> dict:
 def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions, mask=None,
                     command_line: list[str] | None = None, label: str = "",
                     extra_writer: Callable[[Path], None] | None = None,
-                    model_info: dict | None = None) -> dict:
+                    model_info: dict | None = None, claim: OutputClaim | None = None) -> dict:
     """Run the workflow on ``acq`` and put the outputs (+ provenance.json) atomically in ``out_dir``.
 
     ``mask`` is an optional bool brain mask on the acquisition grid; ``extra_writer(tmp_out)`` may add
     files before the folder is renamed into place; ``model_info`` (from :func:`check_model`) saves
-    loading the model again.  Returns a summary (candidate counts, model, paths).
+    loading the model again; ``claim`` (:func:`~cmbdetect.pipeline.output_folder.claim_output_folder`) lets
+    the run replace an earlier result in ``out_dir`` (only its own files).  Returns a summary (candidate counts, model, paths).
     """
     from cmbdetect.pipeline.atomic import atomic_directory, write_json
     from cmbdetect.pipeline.candidates import read_candidates_tsv
@@ -191,7 +196,7 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
         settings = {**options.parameters(), "echo_times_s": [float(t) for t in acq.te],
                     "b0_t": float(acq.b0), "voxel_size_mm": [round(float(v), 4) for v in acq.voxel_size],
                     "shape": list(acq.shape)}
-        with atomic_directory(out_dir) as tmp:
+        with atomic_directory(out_dir, claim=claim, kind="run") as tmp:
             wf = init_cmb_wf(output_dir=tmp, model=options.model, model_sha256=model_info["sha256"],
                              prevalence=options.prevalence,
                              unwrap=options.unwrap, background=options.background,
@@ -223,8 +228,8 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
                                         outputs=outputs + ["provenance.json"]),
                        tmp / "provenance.json")
         ok = True
-    except InputError:
-        ok = True  # nothing worth keeping in a temporary work folder after a user error
+    except (InputError, KeyboardInterrupt):
+        ok = True  # nothing worth keeping in a temporary work folder after a user error or Ctrl-C
         raise
     finally:
         if temp_work and ok:
@@ -264,17 +269,17 @@ def _input_record(acq: Acquisition) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """``cmbdetect run``: read and validate the input, then run the pipeline."""
-    from cmbdetect.pipeline.cli_common import acquisition_from_args, load_user_mask
+    from cmbdetect.pipeline.cli_common import acquisition_from_args, input_paths, load_user_mask
+    from cmbdetect.pipeline.output_folder import claim_output_folder
     from cmbdetect.workflows.interfaces import progress
 
     options = options_from_args(args, single_subject=True)
-    out = Path(args.out).absolute()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+    claim = claim_output_folder(args.out, overwrite=args.overwrite, inputs=input_paths(args))
+    out = claim.path
     model_info = check_model(options.model)
     progress("", "reading input")
     acq = acquisition_from_args(args)
     mask = load_user_mask(args.mask, acq) if getattr(args, "mask", None) else None
     run_acquisition(acq, out_dir=out, options=options, mask=mask,
-                    command_line=command_line_of(args), model_info=model_info)
+                    command_line=command_line_of(args), model_info=model_info, claim=claim)
     return 0

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from cmbdetect.physics.errors import InputError
+from cmbdetect.pipeline.output_folder import add_overwrite_argument
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -57,7 +58,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description="Simulate subjects (procedural anatomy, veins, microbleeds, "
                                           "calcifications; magnitude and phase) as a BIDS dataset with "
                                           "ground truth in derivatives/groundtruth.")
-    p.add_argument("out", metavar="OUT", help="output BIDS folder (replaced atomically)")
+    p.add_argument("out", metavar="OUT",
+                   help="output BIDS folder: new, empty, or an earlier cmbdetect result (with --overwrite)")
+    add_overwrite_argument(p)
     p.add_argument("--subjects", type=int, default=1, help="number of subjects (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); subject k depends only on it")
     p.add_argument("--b0", default="random", help="field strength(s) in T to draw from, or 'random' (1.5/3/7)")
@@ -72,7 +75,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Run ``simulate`` from parsed arguments; InputError for bad options."""
+    from cmbdetect.pipeline.output_folder import claim_output_folder
     from cmbdetect.pipeline.simulate import simulate_dataset
+
+    claim = claim_output_folder(args.out, overwrite=args.overwrite, option="OUT")
 
     if args.subjects < 1:
         raise InputError(f"--subjects must be at least 1, got {args.subjects}")
@@ -86,7 +92,7 @@ def run(args) -> int:
         if len(vs) != 3 or min(vs) <= 0:
             raise InputError(f"--voxel-size needs three positive lengths in mm, got {args.voxel_size!r}")
     labels = simulate_dataset(
-        args.out, subjects=args.subjects, seed=args.seed, b0=parse_b0(args.b0), echoes=parse_echoes(args.echoes),
+        claim.path, claim=claim, subjects=args.subjects, seed=args.seed, b0=parse_b0(args.b0), echoes=parse_echoes(args.echoes),
         shape=parse_shape(args.shape), voxel_size=vs, n_microbleeds=args.microbleeds, preview=args.preview,
         progress=lambda label, p: print(f"sub-{label}: B0 {p['b0_t']} T, {len(p['te_s'])} echo(es), "
                                         f"{p['n_microbleeds']} microbleeds, {p['n_calcifications']} calcifications",

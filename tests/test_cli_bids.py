@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cmbdetect.models.detection import READER_LABELS
 from cmbdetect.pipeline.cli import main
 
 SHAPE = (40, 48, 28)
@@ -77,7 +78,7 @@ def test_participant_and_group(tmp_path, bids_dir, random_model, capsys):
     assert rows["sub-01"]["status"] == "done"
     n01 = len((out / "sub-01/anat/sub-01_desc-cmb_candidates.tsv").read_text().strip().splitlines()) - 1
     assert int(rows["sub-01"]["n_candidates"]) == n01
-    assert sum(int(rows["sub-01"][f"n_{k}"]) for k in ("microbleed", "calcification", "vein", "other")) == n01
+    assert sum(int(rows["sub-01"][f"n_{k}"]) for k in READER_LABELS) == n01
     page = (out / "group" / "index.html").read_text()
     for label in ("01", "02"):
         link = f'../sub-{label}/anat/sub-{label}_desc-cmb_report.html'
