@@ -14,10 +14,8 @@ from cmbdetect.pipeline.cli import main
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    from cmbdetect.models.registry import create_random_model
-
-    return str(create_random_model(tmp_path_factory.mktemp("model") / "random", seed=0))
+def model(tiny_random_model) -> str:
+    return tiny_random_model
 
 
 @pytest.fixture(scope="module")
