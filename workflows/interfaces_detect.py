@@ -40,9 +40,17 @@ def model_description(model: str) -> dict:
             "metadata": metadata}
 
 
+def calls_withheld(maps) -> str | None:
+    """Why no candidate of these maps may be labelled microbleed (``maps.meta["calls_withheld"]``: acquisition
+    outside the validated range or a failed chi quality check, see ``physics.fitness``), else ``None``."""
+    reason = (maps.meta or {}).get("calls_withheld")
+    return str(reason) if reason else None
+
+
 class DetectCandidates(CmbInterface):
     """Stage-1 detector + stage-2 classifier (``models.inference.detect``) on one subject's maps,
-    written as a candidate table (``pipeline.candidates.write_candidates``) in the node's folder."""
+    written as a candidate table (``pipeline.candidates.write_candidates``) in the node's folder.  When the maps
+    withhold microbleed calls (:func:`calls_withheld`), ``detect`` labels no candidate microbleed."""
 
     input_spec = _DetectInputSpec
     output_spec = _DetectOutputSpec
@@ -59,8 +67,9 @@ class DetectCandidates(CmbInterface):
             torch.set_num_threads(inputs.num_threads)
         maps = load_maps_bundle(inputs.maps_bundle)
         prevalence = inputs.prevalence if isdefined(inputs.prevalence) else None
+        withheld = calls_withheld(maps)
         progress(inputs.label, f"detecting candidates (model {inputs.model})")
-        detections = detect(maps, model=inputs.model, prevalence=prevalence)
+        detections = detect(maps, model=inputs.model, prevalence=prevalence, calls_withheld=withheld)
         candidates = candidates_from_detections(detections, affine=maps.affine, mask=maps.mask)
         write_candidates(candidates, cwd)
         info = model_description(inputs.model)
@@ -74,4 +83,5 @@ class DetectCandidates(CmbInterface):
         self._results["n_candidates"] = len(candidates)
         self._results["n_microbleeds"] = sum(1 for c in candidates if c.label == "microbleed")
         progress(inputs.label, f"{len(candidates)} candidates, "
-                               f"{self._results['n_microbleeds']} labelled microbleed")
+                               f"{self._results['n_microbleeds']} labelled microbleed"
+                               + (" (microbleed calls withheld: see the warnings)" if withheld else ""))
