@@ -10,7 +10,9 @@ candidate (ppm, > 0 paramagnetic); ``diameter_mm``; ``volume_mm3``; ``region`` M
 (:mod:`pipeline.regions`); ``review_priority`` 1 = review first (most uncertain); ``score`` stage-1
 heatmap peak; ``uncertainty`` 0..1 (higher = more informative to review); ``p_<class>`` per-class
 probabilities; ``chi_measured`` 1 where chi was measured at the centre, 0 in the rim outside the chi mask
-(magnitude only: the chi sign is unknown).  Missing numbers are ``n/a`` in the TSV and ``null`` in the JSON.
+(magnitude only: the chi sign is unknown); ``moment_ppm_mm3`` magnetic moment (ppm*mm^3, ball integral grown
+until it converges, :func:`cmbdetect.physics.moment.converged_moment`) and ``moment_sd_ppm_mm3`` its 1-sd
+uncertainty.  Missing numbers are ``n/a`` in the TSV and ``null`` in the JSON.
 """
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ class Candidate:
     p_vein: float
     p_other: float
     chi_measured: float = math.nan
+    moment_ppm_mm3: float = math.nan
+    moment_sd_ppm_mm3: float = math.nan
 
     @property
     def ras(self) -> np.ndarray:
@@ -98,6 +102,9 @@ COLUMN_INFO: dict[str, dict[str, str]] = {
     "chi_measured": {"units": "", "description": "1 = the centre lies where chi was measured; 0 = in the brain's "
                                                  "rim outside the chi mask (seen on the magnitude only: chi sign, "
                                                  "so bleed versus calcification, unknown)"},
+    "moment_ppm_mm3": {"units": "ppm*mm^3", "description": "magnetic moment (integrated chi over a ball grown until "
+                                                          "it converges; > 0 paramagnetic)"},
+    "moment_sd_ppm_mm3": {"units": "ppm*mm^3", "description": "uncertainty (1 sd) of moment_ppm_mm3"},
 }
 
 #: How the coordinate columns are defined (the JSON header).
@@ -151,7 +158,9 @@ def candidates_from_detections(detections: list[Detection], *, affine: np.ndarra
             susceptibility_ppm=_susceptibility(det.features), diameter_mm=diameter, volume_mm3=volume,
             region=region_of(geometry, ijk), review_priority=0, score=float(det.score),
             uncertainty=float(det.uncertainty), **{f"p_{c}": probs[c] for c in CLASSES},
-            chi_measured=float(det.features.get("chi_available", math.nan))))
+            chi_measured=float(det.features.get("chi_available", math.nan)),
+            moment_ppm_mm3=float(det.features.get("moment_ppm_mm3", math.nan)),
+            moment_sd_ppm_mm3=float(det.features.get("moment_sd_ppm_mm3", math.nan))))
     rows.sort(key=lambda c: (CLASSES.index(c.label), -_key(c.probability), -_key(c.score), c.x, c.y, c.z))
     for n, cand in enumerate(rows, start=1):
         cand.id = n
