@@ -21,7 +21,7 @@ from cmbdetect.physics.maps import PhysicsMaps
 
 def candidate_features(maps: PhysicsMaps, centres_vox, *, crop_mm: float = 8.0) -> list[dict[str, float]]:
     """One feature dict per candidate centre (continuous voxel coordinates on ``maps``' grid)."""
-    from cmbdetect.physics.moment import converged_moment
+    from cmbdetect.physics.moment import MOMENT_MAX_RADIUS_MM, MOMENT_START_RADIUS_MM, converged_moment
     from cmbdetect.physics.sources import lesion_features
 
     vs = voxel_sizes(maps.affine)
@@ -43,7 +43,8 @@ def candidate_features(maps: PhysicsMaps, centres_vox, *, crop_mm: float = 8.0) 
                                 voxel_size=vs, b0_dir=b0_dir)
         row = {k: float(v) for k, v in feats.items() if np.isscalar(v) or np.ndim(v) == 0}
         row["chi_available"] = float(mask[tuple(ijk)])  # 0: outside the chi mask, the sign is unknown
-        mom = converged_moment(maps.chi_ppm, c, vs, mask=mask, start_mm=row["diameter_mm"] / 2 + float(vs.max()))
+        start = float(np.clip(row["diameter_mm"] / 2 + vs.max(), MOMENT_START_RADIUS_MM, MOMENT_MAX_RADIUS_MM))
+        mom = converged_moment(maps.chi_ppm, c, vs, mask=mask, start_mm=start)
         row["moment_ppm_mm3"], row["moment_sd_ppm_mm3"] = mom["moment_ppm_mm3"], mom["moment_sd_ppm_mm3"]
         out.append(row)
     return out

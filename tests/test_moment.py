@@ -51,3 +51,25 @@ def test_mask_edges_and_errors():
         converged_moment(chi, CTR, VS, start_mm=5.0, max_radius_mm=2.0)
     with pytest.raises(InputError):
         converged_moment(chi, CTR, VS, mask=mask[:-1])
+
+
+def test_candidate_features_carry_moment(oblique_affine):
+    """models.features adds moment_ppm_mm3 / moment_sd_ppm_mm3 per candidate, also for a candidate larger
+    than the largest ball."""
+    from cmbdetect.models.features import candidate_features
+    from cmbdetect.physics.geometry import voxel_sizes
+    from cmbdetect.physics.maps import PhysicsMaps
+
+    shape = (40, 40, 24)
+    aff = oblique_affine(shape, (1.0, 1.0, 2.0))
+    vs = voxel_sizes(aff)
+    chi = 1.0 * _sphere_pv(shape, vs, np.array([7.2, 20.0, 11.5]), 2.5)
+    chi -= 0.5 * (np.linalg.norm((np.indices(shape).T - np.array([29.0, 20.0, 12.0])) * vs, axis=-1).T <= 9.0)
+    ones = np.ones(shape, np.float32)
+    maps = PhysicsMaps(mask=np.ones(shape, bool), magnitude=ones, field_ppm=0 * ones, local_field_ppm=0 * ones,
+                       chi_ppm=chi.astype(np.float32), chi_pos=np.maximum(chi, 0), chi_neg=np.maximum(-chi, 0),
+                       swi=ones, mip=ones, affine=aff, b0=3.0, r2star=None, meta={})
+    small, large = candidate_features(maps, [[7.2, 20.0, 11.5], [29.0, 20.0, 12.0]])
+    assert abs(small["moment_ppm_mm3"] / (np.pi / 6 * 5.0**3) - 1) < 0.1
+    assert small["moment_sd_ppm_mm3"] >= 0
+    assert large["moment_ppm_mm3"] < 0
