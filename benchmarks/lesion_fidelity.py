@@ -15,8 +15,11 @@ R2* = R2* tissue + 137 Hz/ppm * B0/3 * |chi|).  The magnitude given to the inver
 
 Per lesion: the sign of chi at its centre voxel, the sign and relative error of its integrated moment
 (``lesion_features`` on the >= 50 % partial-volume region, dilated by max(2 mm, 1.5 voxel edges)) and of the
-converged-ball moment (:func:`cmbdetect.physics.moment.converged_moment`); per size bin: centre-sign rate,
-moment-sign rate, median |moment error|; NRMSE of chi against the truth in the brain (both mean 0), and time.
+converged-ball moment (:func:`cmbdetect.physics.moment.converged_moment`, in brackets); per size bin: centre-sign
+rate, moment-sign rate, median |moment error|; NRMSE of chi against the truth in the brain (both mean 0), and time.
+Second opinion, when the qsm-ci package (MIT, offline) is installed: its challenge NRMSE, detrended NRMSE, HFEN and
+calcification moment deviation (relative; its adaptive threshold, made for the challenge head, reads 100 % when no
+voxel passes it) / streaking of the largest diamagnetic lesion.
 
 Run: ``python benchmarks/lesion_fidelity.py [--quick] [--methods tkd,tv,medi] [--seed 1]``.
 """
@@ -215,6 +218,28 @@ def evaluate(ph, chi):
     return nrmse, rows
 
 
+def qsm_ci_metrics(ph, chi) -> str:
+    """Second opinion from the QSM-CI scorer (the qsm-ci package, MIT, offline; optional): challenge NRMSE,
+    detrended NRMSE, HFEN and the calcification moment deviation / streaking of the largest diamagnetic
+    lesion (its >= 50 % partial-volume region as label 16)."""
+    try:
+        from qsm_ci import qsm_eval
+    except ImportError:
+        return "qsm-ci not installed"
+    m = ph["mask"]
+    chi = np.where(m, chi - chi[m].mean(), 0.0)
+    tru = np.where(m, ph["chi"] - ph["chi"][m].mean(), 0.0)
+    nrmse, nrmse_dt = qsm_eval.nrmse_challenge(chi, tru, m)
+    hf = qsm_eval.hfen(chi, tru, m)
+    dia = [(les.diameter_mm, pv) for les, pv in zip(ph["lesions"], ph["pvs"]) if les.chi_ppm < 0]
+    seg = np.zeros(m.shape, np.int16)
+    seg[max(dia, key=lambda t: t[0])[1] >= 0.5] = 16
+    dev, streak = qsm_eval.calcification_metrics(chi, tru, seg)
+    rel = dev / abs(float(tru[seg == 16].sum()))  # 1.0: its adaptive threshold found no calcification voxel
+    return (f"qsm-ci: NRMSE {nrmse:.1f} detrended {nrmse_dt:.1f} HFEN {hf:.1f} calc moment dev {rel:.1%} "
+            f"streak {streak:.3f}")
+
+
 def summarise(rows):
     out = {}
     for lo, hi in SIZE_BINS:
@@ -270,6 +295,7 @@ def main() -> None:
                              for k, v in s.items() if k != "big")
             print(f"{meth:<11}{nrmse:>7.1f}{dt:>7.1f} | {bins} | >=3vox {s['big']['n']}: {s['big']['merr']:.1%} "
                   f"[{s['big']['berr']:.1%}]")
+            print(f"{'':<11}{qsm_ci_metrics(ph, chi)}")
     print("\n== all settings")
     for meth in methods:
         rows = allrows[meth]

@@ -98,14 +98,9 @@ def medi_admm(
     ``n_iter`` to :data:`MEDI_ITERATIONS`, ``rho`` to ``100 * lam``.
     Returns chi (ppm, float32, 0 outside the mask).
     """
-    if lam is None:
-        sd = field_noise_sd(local_field_ppm, mask)
-        lam = float(np.clip(MEDI_LAMBDA_PER_NOISE_SD * sd, MEDI_LAMBDA_MIN, MEDI_LAMBDA))
-    lam = float(lam)
     n_iter = MEDI_ITERATIONS if n_iter is None else int(n_iter)
-    if lam <= 0 or n_iter < 1:
+    if (lam is not None and float(lam) <= 0) or n_iter < 1:
         raise InputError("weighted TV inversion needs lam > 0 and n_iter >= 1")
-    rho = 100.0 * lam if rho is None else float(rho)
     m_full = np.asarray(mask).astype(bool)
     if magnitude is not None:
         if np.shape(magnitude) != np.shape(local_field_ppm):
@@ -116,6 +111,11 @@ def medi_admm(
 
         edge_img = tkd(local_field_ppm, m_full, voxel_size, b0_dir, pad_mm=pad_mm)
     fp, d, m, crop, inner, vs, big = _prepare(local_field_ppm, mask, voxel_size, b0_dir, pad_mm)
+    if lam is None:
+        sd = field_noise_sd(np.asarray(local_field_ppm, dtype=np.float32)[crop], m[crop])
+        lam = float(np.clip(MEDI_LAMBDA_PER_NOISE_SD * sd, MEDI_LAMBDA_MIN, MEDI_LAMBDA))
+    lam = float(lam)
+    rho = 100.0 * lam if rho is None else float(rho)
     w_small = edge_weights(edge_img[crop], m[crop], vs, edge_fraction=edge_fraction)
     w = np.ones((3, *big), dtype=np.float32)  # outside the brain (zero field, zero chi): plain TV
     w[(slice(None), *inner)] = w_small
