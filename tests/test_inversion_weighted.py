@@ -136,3 +136,15 @@ def test_field_noise_sd_and_adaptive_weight(rng):
     b = np.array([0.0, 0.0, 1.0])
     np.testing.assert_array_equal(medi_admm(noisy, mask, np.ones(3), b), medi_admm(noisy, mask, np.ones(3), b,
                                                                                      lam=MEDI_LAMBDA))
+
+
+def test_chain_accepts_medi(oblique_affine, rng):
+    """The chain's inversion option takes "medi" (``cmbdetect qsm --inversion medi``)."""
+    from cmbdetect.physics.chain import invert_local_field
+
+    field, mask, mag, vs, b0_dir, lesions = _small_lesions(oblique_affine, rng)
+    aff = oblique_affine(field.shape, (1.0, 1.0, 2.0), angles_deg=(15.0, 0.0, 0.0))
+    maps = invert_local_field(local_field_ppm=field, mask=mask, affine=aff, b0=3.0, inversion="medi")
+    assert maps.meta["inversion"]["method"] == "medi"
+    ijk = tuple(int(round(v)) for v in lesions[0][0])
+    assert maps.chi_ppm[ijk] > 0
