@@ -210,7 +210,7 @@ def evaluate(ph, chi):
             region[ijk] = True
         f = lesion_features(chi_ppm=est, local_field_ppm=ph["field"], magnitude=None, region_mask=region,
                             voxel_size=vs, b0_dir=ph["b0_dir"])
-        cm = converged_moment(est, les.centre_vox, vs, mask=m, start_mm=les.diameter_mm / 2 + vs.max())
+        cm = converged_moment(est, les.centre_vox, vs, mask=m, start_mm=les.diameter_mm / 2 + 0.5 * vs.max())
         rows.append(dict(d=les.diameter_mm, chi=les.chi_ppm, surface=les.surface,
                          centre=float(est[ijk]), moment=f["integrated_chi_ppm_mm3"], truth=les.moment,
                          ball=cm["moment_ppm_mm3"], ball_sd=cm["moment_sd_ppm_mm3"],

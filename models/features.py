@@ -43,7 +43,7 @@ def candidate_features(maps: PhysicsMaps, centres_vox, *, crop_mm: float = 8.0) 
                                 voxel_size=vs, b0_dir=b0_dir)
         row = {k: float(v) for k, v in feats.items() if np.isscalar(v) or np.ndim(v) == 0}
         row["chi_available"] = float(mask[tuple(ijk)])  # 0: outside the chi mask, the sign is unknown
-        start = float(np.clip(row["diameter_mm"] / 2 + vs.max(), MOMENT_START_RADIUS_MM, MOMENT_MAX_RADIUS_MM))
+        start = float(np.clip(row["diameter_mm"] / 2 + 0.5 * vs.max(), MOMENT_START_RADIUS_MM, MOMENT_MAX_RADIUS_MM))
         mom = converged_moment(maps.chi_ppm, c, vs, mask=mask, start_mm=start)
         row["moment_ppm_mm3"], row["moment_sd_ppm_mm3"] = mom["moment_ppm_mm3"], mom["moment_sd_ppm_mm3"]
         out.append(row)
