@@ -43,6 +43,11 @@ METHODS = ("default", "tkd", "tv", "medi")
 #:   7 T (TE 5 ms):       TKD 16.6% / 45.8%    TV-ADMM 2.2% / 10.4%
 #: TV lam 1e-4 / 1e-3 gave 2.2-5.4% / 8.7-18.8% and 4.6-6.3% / 14-15% (3e-4 is the best compromise);
 #: 10-30 iterations change the moments by < 1% (10 is the default, for speed).
+#: Kept at "tv" although "medi" (morphology-weighted TV, physics/inversion_weighted.py) is better on every lesion
+#: figure of benchmarks/lesion_fidelity.py (and halves the NRMSE): the shipped detector was trained on TV-ADMM maps,
+#: and its 15 iterations cost about 1.5x TV-ADMM's 10 on the chain's largest stage budget (256x256x128 single echo
+#: was already 13.7 s in-process / 15.2 s fresh with TV); see docs/qsm_lesion_fidelity.md.  Use
+#: ``--inversion medi`` for quantitative susceptibility maps.
 DEFAULT_METHOD = "tv"
 
 
