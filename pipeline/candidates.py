@@ -22,8 +22,9 @@ LPS (DICOM, 3D Slicer); ``i j k`` continuous 0-based voxel indices on the input 
 ``review_order`` 1 = read first (0 = not on the reader's list); ``score`` stage-1 heatmap peak;
 ``uncertainty`` 0..1 (normalised entropy of the committee's mean class probabilities: higher = the model is
 less sure, a reader's label teaches it more); ``chi_measured`` 1 where chi was measured at the centre, 0 in
-the rim outside the chi mask (magnitude only: the chi sign is unknown).  Missing numbers are ``n/a`` in the
-TSV and ``null`` in the JSON.
+the rim outside the chi mask (magnitude only: the chi sign is unknown); ``moment_ppm_mm3`` magnetic moment
+(ppm*mm^3, ball integral grown until it converges, :func:`cmbdetect.physics.moment.converged_moment`) and
+``moment_sd_ppm_mm3`` its 1-sd uncertainty.  Missing numbers are ``n/a`` in the TSV and ``null`` in the JSON.
 """
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ class Candidate:
     p_vein: float
     p_other: float
     chi_measured: float = math.nan
+    moment_ppm_mm3: float = math.nan
+    moment_sd_ppm_mm3: float = math.nan
 
     @property
     def ras(self) -> np.ndarray:
@@ -125,6 +128,9 @@ COLUMN_INFO: dict[str, dict[str, str]] = {
     "chi_measured": {"units": "", "description": "1 = the centre lies where chi was measured; 0 = in the brain's "
                                                  "rim outside the chi mask (seen on the magnitude only: chi sign, "
                                                  "so bleed versus calcification, unknown)"},
+    "moment_ppm_mm3": {"units": "ppm*mm^3", "description": "magnetic moment (integrated chi over a ball grown until "
+                                                          "it converges; > 0 paramagnetic)"},
+    "moment_sd_ppm_mm3": {"units": "ppm*mm^3", "description": "uncertainty (1 sd) of moment_ppm_mm3"},
 }
 
 COLUMN_INFO = {c: COLUMN_INFO[c] for c in COLUMNS}  # in column order; every column described
@@ -218,7 +224,9 @@ def candidates_from_detections(detections: list[Detection], *, affine: np.ndarra
             susceptibility_ppm=_susceptibility(det.features), diameter_mm=diameter, volume_mm3=volume,
             region=region, side=side, lobe=lobe, review_order=0, score=float(det.score),
             uncertainty=float(det.uncertainty), **{f"p_{c}": probs[c] for c in CLASSES},
-            chi_measured=float(det.features.get("chi_available", math.nan))))
+            chi_measured=float(det.features.get("chi_available", math.nan)),
+            moment_ppm_mm3=float(det.features.get("moment_ppm_mm3", math.nan)),
+            moment_sd_ppm_mm3=float(det.features.get("moment_sd_ppm_mm3", math.nan))))
     listed = reader_candidates(rows, vein_floor=vein_floor)
     chosen = {id(c) for c in listed}
     rest = sorted((c for c in rows if id(c) not in chosen),
