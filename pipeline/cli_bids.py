@@ -28,7 +28,7 @@ from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.output_folder import add_to_manifest
 from cmbdetect.pipeline.cli_run import (EXPORT_STEPS, PipelineOptions, add_execution_arguments, check_model,
                                         command_line_of, node_memory_gb, options_from_args,
-                                        prepare_inputs)
+                                        physics_meta, prepare_inputs)
 
 FAILURES_FILE = Path("logs") / "failures.tsv"
 #: Output kinds of the export steps: missing after a failed export step, the acquisition is still done.
@@ -197,7 +197,7 @@ def run_participant(args: argparse.Namespace) -> int:
         from cmbdetect.pipeline.provenance import work_subdir
 
         meta = pe.Workflow(name="cmbdetect_wf", base_dir=str(work_subdir(work)))
-        planned, node_failures, node_seconds, n_incomplete = {}, [], {}, 0
+        planned, node_failures, node_seconds, node_outputs, n_incomplete = {}, [], {}, {}, 0
         n_parallel = max(1, min(options.nprocs, len(subjects)))
         for n, subject in enumerate(subjects, 1):
             label = subject.label
@@ -242,6 +242,7 @@ def run_participant(args: argparse.Namespace) -> int:
             outcome = run_workflow(meta, plugin_name=options.plugin_name,
                                    plugin_args=options.plugin_args, crash_dir=crash_dir)
             node_failures, node_seconds = outcome.failures, outcome.node_seconds
+            node_outputs = outcome.node_outputs or {}
         for label, (wf_name, names, sources, sub_staging) in planned.items():
             failed = [f for f in node_failures if f".{wf_name}." in f".{f.node}."]
             failed_exports = [f for f in failed if EXPORT_STEPS in f".{f.node}."]
@@ -255,9 +256,13 @@ def run_participant(args: argparse.Namespace) -> int:
                 failures.append({"label": label, "stage": "workflow", "message": message})
                 _progress(f"error: {label} failed: {message}")
                 continue
+            physics = physics_meta({k: v for k, v in node_outputs.items() if f".{wf_name}." in f".{k}."})
+            for warning in physics.get("warnings", []):
+                _progress(f"{label}: warning: {warning}")
             prov = build_provenance(command_line=command_line_of(args),
                                     parameters={**options.parameters(), "subject": label,
-                                                "execution": options.execution()}, model=model,
+                                                "execution": options.execution(), "physics": physics},
+                                    model=model,
                                     timings={k: v for k, v in node_seconds.items()
                                              if f".{wf_name}." in f".{k}."},
                                     inputs={"sources": sources},

@@ -223,7 +223,7 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
             outputs = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
             timings = {**timer.seconds, "total": timer.total(),
                        **{f"node:{k}": v for k, v in outcome.node_seconds.items()}}
-            physics = _physics_meta(outcome.node_outputs)
+            physics = physics_meta(outcome.node_outputs)
             for warning in physics.get("warnings", []):
                 progress(label, f"warning: {warning}")
             exports = dicom_export_record(wf)
@@ -257,7 +257,7 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
             "export_errors": export_errors}
 
 
-def _physics_meta(node_outputs: dict | None) -> dict:
+def physics_meta(node_outputs: dict | None) -> dict:
     """The physics chain's own record (methods, parameters, warnings) from the maps node's bundle."""
     from cmbdetect.workflows.interfaces import load_maps_meta
 

@@ -65,6 +65,8 @@ def test_participant_and_group(tmp_path, bids_dir, random_model, capsys):
         assert tsv.is_file() and (anat / f"sub-{label}_Chimap.nii.gz").is_file()
         assert (anat / f"sub-{label}_desc-cmb_report.html").is_file()
         assert (anat / f"sub-{label}_desc-cmb_provenance.json").is_file()
+        physics = json.loads((anat / f"sub-{label}_desc-cmb_provenance.json").read_text())["parameters"]["physics"]
+        assert "ok" in physics["fitness"] and physics["mask"]  # the chain's record, as `run` writes it
         sidecar = json.loads((anat / f"sub-{label}_desc-cmb_candidates.json").read_text())
         assert sidecar["Model"]["sha256"] and sidecar["Sources"]
         assert all(s.startswith(f"bids:raw:sub-{label}/anat/") for s in sidecar["Sources"])

@@ -131,9 +131,28 @@ def run_workflow(wf, *, plugin_name: str, plugin_args: dict, crash_dir: str | Pa
             raise
         if any(f.kind == "KeyboardInterrupt" or "KeyboardInterrupt" in f.message for f in failures):
             raise KeyboardInterrupt from None  # Ctrl-C inside a node: Nipype reports it as a node crash
-        return RunOutcome(failures, {}, {})
+        return RunOutcome(failures, {}, _results_on_disk(wf))
     seconds, outputs = _node_results(graph)
     return RunOutcome(collect_failures(crash_dir), seconds, outputs)
+
+
+def _results_on_disk(wf) -> dict[str, dict]:
+    """Outputs of the nodes that finished, read from their result files, after a run that raised (Nipype
+    returns no graph then): full node name -> outputs.  The nodes of the subjects that succeeded are needed
+    for their provenance (the physics chain's record) even when another subject failed."""
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    base = Path(wf.base_dir or ".")
+    outputs = {}
+    for result_file in base.glob(f"{wf.name}/**/result_*.pklz"):
+        try:
+            result = load_resultfile(result_file)
+            if result.outputs is not None:
+                rel = result_file.parent.relative_to(base)
+                outputs[".".join(rel.parts)] = result.outputs.get()
+        except Exception:  # a partial or unreadable result file: that node's outputs are not known
+            continue
+    return outputs
 
 
 def _node_results(graph) -> tuple[dict[str, float], dict[str, dict]]:
