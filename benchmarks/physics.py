@@ -2,7 +2,8 @@
 
 Prints, per stage (mask, unwrap, echo fit, background, inversion, SWI+minIP), the wall time and the
 peak of traced (numpy) memory, then the whole ``compute_physics_maps`` call, and - in the same run,
-as peers - one complex64 FFT of the volume and ``skimage.restoration.unwrap_phase`` of one echo.
+as peers - one complex64 FFT of the volume, every dipole inversion method (TKD, TV-ADMM, weighted TV "medi") on
+the same local field, and ``skimage.restoration.unwrap_phase`` of one echo.
 Targets: whole single-echo physics stage <= 15 s and <= 2 GB; faster than skimage unwrapping alone.
 
 Run: ``python benchmarks/physics.py [--skip-skimage]`` (the machine load is printed: it is shared).
@@ -111,6 +112,11 @@ def run(te, *, skimage: bool) -> None:
     import scipy.fft as sfft
 
     _stage(rows, "peer: complex64 FFT (scipy, workers=-1)", sfft.fftn, vol, workers=-1)
+    from cmbdetect.physics.inversion import METHODS
+
+    for name in METHODS[1:]:  # every inversion on the same local field (peers: TKD, TV-ADMM)
+        _stage(rows, f"peer: inversion {name}", invert_dipole, local, valid, vs, b0_dir, method=name,
+               magnitude=fit.magnitude)
     if skimage:
         from skimage.restoration import unwrap_phase
 

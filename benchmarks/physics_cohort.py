@@ -10,7 +10,8 @@ the multi-echo reliability mask); ``all-echo-coherence`` (the reliability cohere
 before the ``B0 * TE <= 0.2 T*s`` limit); ``no-closing`` (``brain_mask(close_mm=0)``); ``spatial-0.3`` (the opt-in
 single-echo spatial coherence threshold); ``previous`` (neither closing nor reliability mask: the chain of
 the first release); ``faces-median`` (the brain-mask background level read as the plain median of the volume's
-faces, as before the slab fix: tissue on a slab's faces raised it).
+faces, as before the slab fix: tissue on a slab's faces raised it); ``fixed-vsharp-radii`` (V-SHARP radii 6/4/2 mm at
+every voxel size, as before they were scaled beyond 1.5 mm voxels).
 
 Usage: ``python benchmarks/physics_cohort.py --bids-dir /tmp/cmb-test [--only default,no-reliability]``.
 """
@@ -35,6 +36,7 @@ CONFIGS = {
     "spatial-0.3": ({}, {"min_spatial_coherence": 0.3}),
     "previous": ({"close_mm": 0.0}, {"min_coherence": 0.0}),
     "faces-median": ({"faces_median_background": True}, {}),
+    "fixed-vsharp-radii": ({}, {"vsharp_radii_mm": (6.0, 4.0, 2.0)}),
 }
 
 

@@ -20,6 +20,7 @@ import os
 import uuid
 from pathlib import Path
 
+from cmbdetect.models.detection import reader_thresholds
 from cmbdetect.models.registry import ENSEMBLE_SHARED_KEYS, VEIN_GATE, load_model
 from cmbdetect.physics.errors import InputError
 
@@ -45,7 +46,7 @@ def ensemble_metadata(members: list, names: list[str], *, name: str, command: st
     th = [m.metadata["thresholds"] for m in members]
     meta["thresholds"] = {"heatmap": min(float(t["heatmap"]) for t in th),
                           "min_distance_mm": float(th[0]["min_distance_mm"]),
-                          "max_candidates": max(int(t["max_candidates"]) for t in th)}
+                          "max_candidates": max(int(t["max_candidates"]) for t in th), **reader_thresholds()}
     meta["inference"] = dict(base.get("inference", {}))
     meta["physics_gate"] = base.get("physics_gate", "")
     meta["vein_gate"] = VEIN_GATE  # applied at inference to any model (metadata inference.vein_gate false: off)

@@ -19,7 +19,7 @@ from cmbdetect.models.calibration import adjust_prevalence, scale_prior_odds
 from cmbdetect.models.channels import map_back, physics_channels, resample_channels, resample_factors
 from cmbdetect.models.classifier import (calibrated_probabilities, committee_logits, committee_uncertainty,
                                          extract_patches, features_vector, physics_gate)
-from cmbdetect.models.detection import CLASSES, Detection, merge_duplicates
+from cmbdetect.models.detection import CLASSES, Detection, LabelPolicy, merge_duplicates
 from cmbdetect.models.detector import find_candidates, predict_volume
 from cmbdetect.models.features import candidate_features
 from cmbdetect.models.registry import LoadedModel, load_model
@@ -213,7 +213,7 @@ def apply_vein_gate(maps: PhysicsMaps, centres_vox, feats: list[dict], head_p: n
 
 
 def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
-           prevalence: float | None = None) -> list[Detection]:
+           prevalence: float | None = None, calls_withheld: str | None = None) -> list[Detection]:
     """Candidate lesions of one subject, sorted by decreasing microbleed probability.
 
     ``model``: registered name, model folder, or a :class:`LoadedModel`.  ``prevalence``: the deployment
@@ -222,11 +222,15 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
     An ensemble averages the members' stage-1 heatmaps, and its stage-2 committee is all members' heads
     (probability = their mean; disagreement between members counts towards the uncertainty); a large
     stage-1 budget is screened by a plain stage-2 pass (:func:`committee_probabilities`).
+    Labels follow the model's reader thresholds (:class:`LabelPolicy`); ``calls_withheld`` (a reason: the
+    acquisition or the chi map cannot carry a call) keeps every candidate from a microbleed label, while its
+    probabilities stay as computed.
     """
     if prevalence is not None and not (0.0 < float(prevalence) < 1.0):
         raise InputError(f"prevalence must be strictly between 0 and 1, got {prevalence}")
     m = model if isinstance(model, LoadedModel) else load_model(model)
     meta = m.metadata
+    policy = LabelPolicy.from_metadata(meta, calls_withheld=calls_withheld)
     x, mask, vs, resampled = model_grid(maps, meta)
     centres, scores, diam = stage1_candidates(m, x, mask, vs)
     if len(centres) == 0:
@@ -247,7 +251,7 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
         p = {c: float(probs[n, k]) for k, c in enumerate(CLASSES)}
         d_mm = float(f.get("diameter_mm", diam[n]))
         out.append(Detection(centre_vox=tuple(float(v) for v in native[n]), score=float(scores[n]),
-                             probabilities=p, label=CLASSES[int(np.argmax(probs[n]))],
+                             probabilities=p, label=policy.label(p),
                              diameter_mm=d_mm if np.isfinite(d_mm) and d_mm > 0 else float(diam[n]),
                              features=f, uncertainty=float(unc[n])))
     if bool(meta.get("inference", {}).get("merge_duplicates", True)):

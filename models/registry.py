@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from cmbdetect.models.channels import ALL_CHANNELS, normalisation_spec
-from cmbdetect.models.detection import CLASSES
+from cmbdetect.models.detection import CLASSES, reader_thresholds
 from cmbdetect.models.networks import CentreNet3D, PatchClassifier
 from cmbdetect.physics.constants import (MICROBLEED_MAX_CHI_PPM, MICROBLEED_MAX_DIAMETER_MM,
                                         MICROBLEED_MAX_MOMENT_PPM_MM3, VEIN_CONTINUATION_FACTOR, VEIN_FIT_MIN_R2,
@@ -191,7 +191,7 @@ def base_metadata(*, channels=ALL_CHANNELS, spacing=None, detector_arch: dict, c
         "patch_size": int(patch_size),
         "features": {"names": list(FEATURE_NAMES), "mean": [0.0] * len(FEATURE_NAMES),
                      "std": [1.0] * len(FEATURE_NAMES)},
-        "thresholds": {"heatmap": 0.3, "min_distance_mm": 3.0, "max_candidates": 200},
+        "thresholds": {"heatmap": 0.3, "min_distance_mm": 3.0, "max_candidates": 200, **reader_thresholds()},
         "calibration": {"method": "temperature", "temperature": 1.0, "class_weights": [1.0] * len(CLASSES),
                         "training_prevalence": 0.5},
         "physics_gate": PHYSICS_GATE,

@@ -18,7 +18,7 @@ import torch
 from cmbdetect.models.augment import IntensityAugmentation, ResolutionAugmentation
 from cmbdetect.models.channels import ALL_CHANNELS
 from cmbdetect.models.classifier import calibrated_probabilities, committee_logits, features_vector, physics_gate
-from cmbdetect.models.detection import CLASSES
+from cmbdetect.models.detection import CLASSES, reader_thresholds
 from cmbdetect.models.inference import model_grid
 from cmbdetect.models.registry import FEATURE_NAMES, base_metadata, build_networks, load_model, save_model
 from cmbdetect.models.train_stage1 import (FOCAL_KINDS, Stage1Volume, lesion_best_scores, pad_volume,
@@ -324,7 +324,7 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     if opts.stacking and use_val:
         meta["calibration"]["stacking"] = stage1_stacking(va_logits, va.labels, s1_val, meta["calibration"])
     meta["thresholds"] = {"heatmap": threshold, "min_distance_mm": opts.min_distance_mm,
-                          "max_candidates": opts.max_candidates}
+                          "max_candidates": opts.max_candidates, **reader_thresholds()}
     p_mb, val_labels = np.zeros(0), np.zeros(0, int)  # stage 1 left no validation candidate
     if n_val_ex:  # the validation candidates, however few; never the training set
         val_set, logits = concat_sets(ex_val), np.concatenate(lg_val)

@@ -48,3 +48,25 @@ def ppm_to_hz(field_ppm, b0_t: float):
 def hz_to_ppm(field_hz, b0_t: float):
     """Convert a frequency offset in Hz to ppm of B0 at ``b0_t`` tesla."""
     return field_hz / (GAMMA_BAR_MHZ_PER_T * b0_t)
+
+# --- Validated acquisition range of a microbleed call (physics/fitness.py) ---------------------------------
+# The shipped detector was trained and tested on simulated cohorts with voxels 0.75-1.1 mm in-plane and 1.4-2.5 mm
+# slices (thick-slice test 0.8 x 0.8 x 2.4 mm: sensitivity 0.84 at 0.5 FP/subject); on 2.2-2.9 mm voxels its
+# sensitivity fell to 0.65 (models/weights/default/README.md).  Issue 21: a healthy volunteer at 3 mm isotropic,
+# TE 2.3/4.6 ms at 3 T (0.014 T*s) got 13-31 microbleeds.  Outside these limits the maps are still written, but no
+# candidate is labelled microbleed (physics.fitness.assess_fitness says why).
+#: Largest in-plane voxel edge (mm; the two finer edges of the voxel) of a microbleed call.
+FITNESS_MAX_INPLANE_MM: float = 1.5
+#: Largest slice thickness (mm; the coarsest voxel edge) of a microbleed call.
+FITNESS_MAX_SLICE_MM: float = 3.0
+#: Smallest B0 x longest TE (T*s) of a microbleed call: the phase a microbleed's field accrues, and its blooming,
+#: grow with it; 0.03 T*s is TE 10 ms at 3 T (20 ms at 1.5 T).
+FITNESS_MIN_B0_TE_T_S: float = 0.03
+#: Smallest extent (mm) of the valid (background-removed) brain mask along each voxel axis: thinner slabs leave
+#: background removal no room.  The real 3-echo crop (24 x 24 x 41 mm field of view) keeps 20 mm.
+FITNESS_MIN_BRAIN_EXTENT_MM: float = 15.0
+#: Reference microbleed of the field-CNR measure: diameter (mm) and susceptibility (ppm, relative to tissue).
+FITNESS_REFERENCE_MICROBLEED_DIAMETER_MM: float = 3.0
+FITNESS_REFERENCE_MICROBLEED_CHI_PPM: float = 0.5
+#: Smallest field CNR (peak voxel-averaged field of the reference microbleed / local-field noise) of a call.
+FITNESS_MIN_FIELD_CNR: float = 2.0

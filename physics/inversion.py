@@ -9,6 +9,8 @@ Sign: a positive local field (paramagnetic pattern) gives chi > 0.
   ``sign(D)/t`` otherwise.  Fast; under-estimates chi and streaks along the magic-angle cone.
 * :func:`tv_admm` - total-variation regularised inversion, ADMM with closed-form k-space updates
   (Bilgic et al. 2014): ``min_chi 1/2 ||D chi - f||^2 + lam ||grad chi||_1``.  Suppresses streaks.
+* ``"medi"`` - morphology-weighted TV (:mod:`cmbdetect.physics.inversion_weighted`): no TV penalty on
+  the magnitude's (or a TKD estimate's) edges, so small lesions keep their contrast and sign.
 * :func:`invert_dipole` - the method chosen by measured accuracy (``method="default"``).
 
 Computation runs on the bounding box of the mask plus ``pad_mm`` of zeros, padded to a fast FFT
@@ -29,7 +31,7 @@ TV_LAMBDA = 3e-4
 TV_ITERATIONS = 10
 
 #: Methods :func:`invert_dipole` accepts.
-METHODS = ("default", "tkd", "tv")
+METHODS = ("default", "tkd", "tv", "medi")
 
 #: The default method, chosen by measured accuracy.  Test head phantom (tests/phantoms.py: 96x96x80
 #: at 1 mm, 40 spheres of 2-8 mm, +-0.3..1.5 ppm; noisy wrapped phase -> Laplacian unwrapping ->
@@ -41,6 +43,11 @@ METHODS = ("default", "tkd", "tv")
 #:   7 T (TE 5 ms):       TKD 16.6% / 45.8%    TV-ADMM 2.2% / 10.4%
 #: TV lam 1e-4 / 1e-3 gave 2.2-5.4% / 8.7-18.8% and 4.6-6.3% / 14-15% (3e-4 is the best compromise);
 #: 10-30 iterations change the moments by < 1% (10 is the default, for speed).
+#: Kept at "tv" although "medi" (morphology-weighted TV, physics/inversion_weighted.py) is better on every lesion
+#: figure of benchmarks/lesion_fidelity.py (and halves the NRMSE): the shipped detector was trained on TV-ADMM maps,
+#: and its 15 iterations cost about 1.5x TV-ADMM's 10 on the chain's largest stage budget (256x256x128 single echo
+#: was already 13.7 s in-process / 15.2 s fresh with TV); see docs/qsm_lesion_fidelity.md.  Use
+#: ``--inversion medi`` for quantitative susceptibility maps.
 DEFAULT_METHOD = "tv"
 
 
@@ -196,8 +203,9 @@ def invert_dipole(
 ) -> np.ndarray:
     """Dipole inversion with the named method (``"default"`` = :data:`DEFAULT_METHOD`).
 
-    ``method``: "default" | "tkd" | "tv".  ``magnitude`` is accepted for methods that weight the
-    data term (none of the current ones do; it is checked for shape only).  Units as :func:`tkd`.
+    ``method``: "default" | "tkd" | "tv" | "medi" (morphology-weighted TV,
+    :func:`cmbdetect.physics.inversion_weighted.medi_admm`).  ``magnitude`` (same shape) is the edge prior
+    of "medi" (without it, the edges of a TKD estimate); the other methods check its shape only.  Units as :func:`tkd`.
     """
     if magnitude is not None and np.shape(magnitude) != np.shape(local_field_ppm):
         raise InputError("magnitude must have the local field's shape")
@@ -206,4 +214,8 @@ def invert_dipole(
         return tkd(local_field_ppm, mask, voxel_size, b0_dir)
     if name == "tv":
         return tv_admm(local_field_ppm, mask, voxel_size, b0_dir)
+    if name == "medi":
+        from .inversion_weighted import medi_admm
+
+        return medi_admm(local_field_ppm, mask, voxel_size, b0_dir, magnitude=magnitude)
     raise InputError(f"unknown dipole inversion method {method!r}; choose one of {', '.join(METHODS)}")

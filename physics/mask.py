@@ -177,6 +177,7 @@ def brain_masks(
     close_mm: float = 4.0,
     scalp_open_mm: float = SCALP_OPEN_MM,
     scalp_margin_mm: float = SCALP_MARGIN_MM,
+    threshold_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The brain mask from a 3D magnitude image (arbitrary units) without and with its scalp guard:
     ``(plain, guarded)``, bool arrays of the image's shape, ``guarded`` a subset of ``plain`` (equal to it when the
@@ -200,6 +201,8 @@ def brain_masks(
     cuts open the void of a surface microbleed; the guarded mask is the plain one limited to
     ``scalp_margin_mm`` around that result (largest component), so lesion voids at the brain surface stay
     and the scalp, which lies beyond the skull, goes.  ``scalp_open_mm <= open_mm`` turns the guard off.
+    ``threshold_scale`` multiplies the threshold (the chain's retry after a failed chi map: on short-TE data scalp,
+    muscle and brain are all bright and only a stricter threshold opens the skull gap).
     Raises :class:`InputError` when ``plain`` is empty.
     """
     mag = np.asarray(mag3d, dtype=np.float32)
@@ -211,7 +214,7 @@ def brain_masks(
     if np.any(vs <= 0):
         raise InputError(f"voxel sizes must be positive mm, got {vs.tolist()}")
     sm = ndimage.gaussian_filter(mag, sigma=smooth_mm / vs, mode="nearest") if smooth_mm > 0 else mag
-    thr = float(threshold) if threshold is not None else _auto_threshold(sm)
+    thr = (float(threshold) if threshold is not None else _auto_threshold(sm)) * float(threshold_scale)
     fg = sm > thr
     if not fg.any():
         raise InputError("brain mask is empty: no voxel above the magnitude threshold")

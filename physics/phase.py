@@ -7,6 +7,12 @@ Project convention (one place): phase in radians, a paramagnetic source raises t
 with ``gamma_bar = constants.GAMMA_BAR_HZ_PER_T`` (Hz/T), B0 in tesla, TE in seconds.  Vendor phase
 is rescaled to radians here (:func:`rescale_phase`); a dataset with the opposite sign convention is
 flipped once at reading (:func:`apply_phase_sign`), never later.
+
+Vendor units (values after any DICOM RescaleSlope/Intercept): Siemens -4096..4095 (or 0..4095 unsigned,
+``uint12``) for -pi..pi; Philips and GE milliradians (+-3142, ``mrad``) or radians; the DICOM reader
+chooses among these from the headers (:mod:`cmbdetect.pipeline.dicom_vendors`).  No unit rule changes
+the sign: whether a vendor's stored phase rises or falls for a paramagnetic source is a matter of
+``--phase-sign`` (see :func:`apply_phase_sign`).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from cmbdetect.physics.constants import GAMMA_BAR_HZ_PER_T
 from cmbdetect.physics.errors import InputError
 
 #: Units accepted by :func:`rescale_phase` (besides ``"scale:<max>"``).
-PHASE_UNITS = ("auto", "rad", "siemens", "uint12")
+PHASE_UNITS = ("auto", "rad", "mrad", "siemens", "uint12")
 
 _PI_TOL = np.pi * (1.0 + 1e-3)
 
@@ -51,6 +57,7 @@ def detect_phase_units(phase) -> str:
 
     Rules: values within [-pi, pi] reaching at least 0.05*pi (or within [0, 2*pi]) -> radians, except
     a range of exactly +-1 (phase normalised to +-1 is common and would be read pi times too small);
+    non-integer values reaching +-2830..3173 -> milliradians (Philips phase after RescaleSlope/Intercept);
     integer-valued data within -4096..4095 with negative values -> Siemens (x*pi/4096), unless the
     extreme is 3100..3142 (milliradians? refused as ambiguous); integer-valued
     data within 0..4095 -> 12-bit unsigned (x*2*pi/4096 - pi).  Anything else (e.g. a tiny range
@@ -72,22 +79,25 @@ def detect_phase_units(phase) -> str:
         return "rad"
     if lo >= 0.0 and hi <= 2 * _PI_TOL and hi >= 0.4 * np.pi:
         return "rad"
+    if not _is_integer_valued(a) and lo < 0 and 0.9 * 1000 * np.pi <= amax <= 1000 * np.pi * 1.01:
+        return "mrad"  # real-world values +-3142 that are not integers: milliradians (Philips rescaled)
     if _is_integer_valued(a) and hi > 2 * _PI_TOL:
         if lo < 0 and 3100 <= amax <= 1000 * np.pi + 0.6:
             raise InputError(f"phase values {lo:.6g}..{hi:.6g} look like milliradians (+-3142, e.g. Philips) "
-                             "or a partial Siemens range; give --phase-units (scale:3141.59 or siemens)")
+                             "or a partial Siemens range; give --phase-units (mrad or siemens)")
         if lo >= -4096 and hi <= 4095 and lo < 0:
             return "siemens"
         if lo >= 0 and hi <= 4095:
             return "uint12"
     raise InputError(f"phase values {lo:.6g}..{hi:.6g} are not radians or a known vendor range; "
-                     "give --phase-units (rad, siemens, uint12 or scale:<max>)")
+                     "give --phase-units (rad, mrad, siemens, uint12 or scale:<max>)")
 
 
 def rescale_phase(phase, *, units: str = "auto") -> np.ndarray:
     """Phase in radians, wrapped to [-pi, pi), float32.
 
-    ``units``: ``"auto"`` (see :func:`detect_phase_units`), ``"rad"``, ``"siemens"`` (-4096..4095 ->
+    ``units``: ``"auto"`` (see :func:`detect_phase_units`), ``"rad"``, ``"mrad"`` (milliradians, x/1000:
+    Philips/GE +-3142), ``"siemens"`` (-4096..4095 ->
     x*pi/4096), ``"uint12"`` (0..4095 -> x*2*pi/4096 - pi) or ``"scale:<max>"`` (+-max -> +-pi, e.g.
     ``scale:0.0036744``).  The sign is not changed (see :func:`apply_phase_sign`).  Unknown units or
     values outside the declared range raise :class:`InputError` naming ``--phase-units``.
@@ -104,6 +114,11 @@ def rescale_phase(phase, *, units: str = "auto") -> np.ndarray:
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
     if u == "rad":
         return wrap_phase(x)
+    if u == "mrad":
+        if max(abs(lo), abs(hi)) > 1000 * np.pi * 1.01:
+            raise InputError(f"phase values {lo:.6g}..{hi:.6g} exceed the milliradian range +-3142; "
+                             "check --phase-units")
+        return wrap_phase(x / 1000.0)
     if u == "siemens":
         if lo < -4096.5 or hi > 4096.5:
             raise InputError(f"phase values {lo:.6g}..{hi:.6g} exceed the Siemens range -4096..4095; "
@@ -118,7 +133,7 @@ def rescale_phase(phase, *, units: str = "auto") -> np.ndarray:
         if max(abs(lo), abs(hi)) > m * 1.01:
             raise InputError(f"phase values {lo:.6g}..{hi:.6g} exceed --phase-units scale:{m:g}")
         return wrap_phase(x * (np.pi / m))
-    raise InputError(f"unknown --phase-units {units!r}; use auto, rad, siemens, uint12 or scale:<max>")
+    raise InputError(f"unknown --phase-units {units!r}; use auto, rad, mrad, siemens, uint12 or scale:<max>")
 
 
 def apply_phase_sign(phase, sign: int) -> np.ndarray:
@@ -128,9 +143,9 @@ def apply_phase_sign(phase, sign: int) -> np.ndarray:
     try:
         s = int(sign)
     except (TypeError, ValueError):
-        raise InputError(f"--phase-sign must be +1 or -1, got {sign!r}") from None
+        raise InputError(f"--phase-sign must be +1 or -1, got {sign}") from None
     if s not in (1, -1) or s != sign:
-        raise InputError(f"--phase-sign must be +1 or -1, got {sign!r}")
+        raise InputError(f"--phase-sign must be +1 or -1, got {sign}")
     return (np.asarray(phase, dtype=np.float32) * np.float32(s)).astype(np.float32)
 
 

@@ -57,8 +57,12 @@ class Acquisition:
             raise InputError(f"echo times must be positive and in seconds, got {self.te.tolist()}")
         if np.any(np.diff(self.te) <= 0):
             raise InputError(f"echo times must increase, got {self.te.tolist()}")
-        if not (np.isfinite(self.b0) and 0.1 <= float(self.b0) <= 20.0):
-            raise InputError(f"field strength must be given in tesla (0.1-20), got {self.b0}")
+        try:
+            self.b0 = float(self.b0)
+        except (TypeError, ValueError):
+            raise InputError(f"field strength must be a number in tesla, got {self.b0!r}") from None
+        if not (np.isfinite(self.b0) and 0.1 <= self.b0 <= 20.0):
+            raise InputError(f"field strength must be given in tesla (0.1-20), got {float(self.b0):g}")
         if self.affine.shape != (4, 4) or not np.all(np.isfinite(self.affine)) \
                 or abs(np.linalg.det(self.affine[:3, :3])) < 1e-9:
             raise InputError("the image affine is missing or singular")

@@ -13,12 +13,15 @@ import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import nibabel as nib
 import numpy as np
 
 from cmbdetect.physics.errors import InputError
+
+if TYPE_CHECKING:
+    from cmbdetect.pipeline.output_folder import OutputClaim
 
 
 def _umask_mode(mode: int) -> int:
@@ -34,18 +37,28 @@ def _temp_path_beside(path: Path, *, kind: str) -> Path:
 
 
 @contextmanager
-def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(final_dir: str | os.PathLike, *, claim: "OutputClaim | None" = None,
+                     kind: str = "run") -> Iterator[Path]:
     """Yield an empty temporary directory beside ``final_dir``; move it to ``final_dir`` on success.
 
     On an exception inside the ``with`` block the temporary directory is removed and ``final_dir`` is
-    left exactly as it was (absent, or the previous complete output).  An existing ``final_dir`` is
-    replaced safely: it is first renamed aside, the new directory is renamed into place, and only then
-    is the old one deleted (if the second rename fails the old one is put back).  A ``final_dir`` that
-    exists as a file raises :class:`InputError`.
+    left exactly as it was (absent, or the previous complete output).  On success the folder gets its manifest
+    (:func:`cmbdetect.pipeline.output_folder.write_manifest`, ``kind`` = the command).  An existing
+    non-empty ``final_dir`` is replaced only when ``claim`` (from
+    :func:`~cmbdetect.pipeline.output_folder.claim_output_folder`) says it holds an earlier cmbdetect result,
+    and then only that result's own files go: the old folder is renamed aside, the new one renamed into place,
+    every file the old result did not list as its own is moved back into it, and only then is the rest of the
+    old one deleted.  A ``final_dir`` that exists as a file, or holds files not claimed, raises
+    :class:`InputError` before anything is written.
     """
+    from cmbdetect.pipeline.output_folder import write_manifest
+
     final = Path(final_dir).absolute()
     if final.exists() and not final.is_dir():
         raise InputError(f"output path {final} exists and is not a directory")
+    if final.is_dir() and any(final.iterdir()) and not (claim is not None and claim.previous):
+        raise InputError(f"output folder {final} is not empty; it is replaced only when it holds an earlier "
+                         f"cmbdetect result and --overwrite is given")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -54,6 +67,7 @@ def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, _umask_mode(0o777))
     try:
         yield tmp
+        write_manifest(tmp, kind=kind)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -66,12 +80,27 @@ def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
             except BaseException:
                 os.rename(old, final)
                 raise
+            _move_foreign_files(old, final, own=claim.own_files if claim is not None else frozenset())
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _move_foreign_files(old: Path, new: Path, *, own: frozenset[str]) -> None:
+    """Move every file of ``old`` that is not listed in ``own`` (relative paths) to the same place in ``new``;
+    one whose name the new result also uses is kept beside it as ``NAME.kept-<id>``."""
+    for path in sorted(p for p in old.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = path.relative_to(old)
+        if str(rel) in own:
+            continue
+        dst = new / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists() or dst.is_symlink():
+            dst = dst.with_name(f"{dst.name}.kept-{uuid.uuid4().hex[:8]}")
+        os.rename(path, dst)
 
 
 @contextmanager

@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-#: BIDS entity order (subset relevant to GRE/SWI and derivatives).
-ENTITY_ORDER: tuple[str, ...] = ("sub", "ses", "acq", "ce", "rec", "run", "echo", "part", "space", "desc", "label")
+#: BIDS entity order (the specification's entity table; subset relevant to GRE/SWI and derivatives):
+#: ``label`` comes before ``desc``, which is always last.
+ENTITY_ORDER: tuple[str, ...] = ("sub", "ses", "task", "acq", "ce", "rec", "run", "echo", "part", "space",
+                                 "res", "label", "desc")
 
 _VALUE = re.compile(r"^[A-Za-z0-9]+$")
 

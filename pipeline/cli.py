@@ -22,7 +22,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 from cmbdetect.physics.errors import InputError  # noqa: E402
 
 #: Subcommands, in help order; each is ``cmbdetect.pipeline.cli_<name>``.
-SUBCOMMANDS: tuple[str, ...] = ("run", "qsm", "demo", "simulate", "train", "rank", "evaluate")
+SUBCOMMANDS: tuple[str, ...] = ("run", "qsm", "demo", "simulate", "train", "rank", "review", "evaluate")
 
 _EPILOG = ("BIDS-App form: cmbdetect BIDS_DIR OUT_DIR participant [--participant-label 01 02 ...] | "
            "cmbdetect BIDS_DIR OUT_DIR group (see 'cmbdetect BIDS_DIR OUT_DIR participant --help')")
@@ -74,10 +74,13 @@ def _configure_nipype(verbose: bool) -> None:
     0.5 s scheduler poll instead of 2 s (each level of a parallel workflow waited up to one poll)."""
     import nipype  # nipype sets its loggers' levels when first imported: import it first
 
+    from cmbdetect.workflows.plugins import NIPYPE_LOGGERS, prepare_worker_processes
+
     nipype.config.set("execution", "poll_sleep_duration", "0.5")
     level = logging.INFO if verbose else logging.CRITICAL
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+    for name in NIPYPE_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    prepare_worker_processes(verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cmbdetect: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("cmbdetect: interrupted", file=sys.stderr)
+        from cmbdetect.workflows.plugins import stop_worker_processes
+
+        stop_worker_processes()
+        print("cmbdetect: interrupted (Ctrl-C): stopped, work folders removed, no partial output left", file=sys.stderr)
         return 130
     except Exception as exc:
         if verbose:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import html
+import json
 import os
 import re
 import shutil
@@ -24,11 +25,14 @@ from collections import Counter
 from pathlib import Path
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline.cli_run import (PipelineOptions, add_execution_arguments, check_model,
+from cmbdetect.pipeline.output_folder import add_to_manifest
+from cmbdetect.pipeline.cli_run import (EXPORT_STEPS, PipelineOptions, add_execution_arguments, check_model,
                                         command_line_of, node_memory_gb, options_from_args,
-                                        prepare_inputs)
+                                        physics_meta, prepare_inputs)
 
 FAILURES_FILE = Path("logs") / "failures.tsv"
+#: Output kinds of the export steps: missing after a failed export step, the acquisition is still done.
+_EXPORT_KINDS = ("markups", "report", "dicom_dir")
 _FAILURE_FIELDS = ("label", "stage", "message")
 
 
@@ -36,8 +40,14 @@ def add_bids_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("bids_dir", metavar="BIDS_DIR", help="BIDS dataset (raw)")
     parser.add_argument("output_dir", metavar="OUT_DIR", help="derivatives folder")
     parser.add_argument("analysis_level", choices=("participant", "group"), help="analysis level")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier results of a participant in OUT_DIR (only cmbdetect's own files; "
+                             "without it a participant with results is reported and skipped)")
     parser.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
                         help="subjects to process (with or without 'sub-'); default: all")
+    parser.add_argument("--strict-exports", action="store_true",
+                        help="exit with status 1 when an export (report, Slicer markups) of an "
+                             "acquisition could not be written (its maps and tables are written either way)")
     add_execution_arguments(parser)
     return parser
 
@@ -62,16 +72,30 @@ def _progress(message: str) -> None:
     progress("", message)
 
 
+def claim_derivatives_folder(out_dir: Path, *, bids_dir: Path) -> None:
+    """Refuse an OUT_DIR that would mix with the input or with a user's files (one line, InputError): it must
+    be new, empty, or a cmbdetect derivatives folder (its manifest, or its dataset_description.json from a
+    version before the manifest), and neither be, contain nor lie inside BIDS_DIR except under its
+    ``derivatives/``.  Earlier participants' results in it are replaced only with ``--overwrite``."""
+    from cmbdetect.pipeline.output_folder import GENERATOR, check_clear_of_inputs, claim_output_folder
+
+    try:
+        generated = json.loads((out_dir / "dataset_description.json").read_text()).get("GeneratedBy") or [{}]
+        legacy = generated[0].get("Name") == GENERATOR
+    except (OSError, ValueError, AttributeError, IndexError):
+        legacy = False
+    if legacy:  # a derivatives folder of cmbdetect before the manifest: only the input checks
+        check_clear_of_inputs(out_dir, [bids_dir], option="OUT_DIR", derivatives_of=bids_dir)
+        return
+    claim_output_folder(out_dir, overwrite=True, inputs=[bids_dir], option="OUT_DIR", derivatives_of=bids_dir)
+
+
 def write_dataset_description(out_dir: Path, *, bids_dir: Path) -> None:
-    from cmbdetect.pipeline.atomic import write_json, write_text
+    """dataset_description.json, .bidsignore and README.md (``pipeline.bids_derivatives``)."""
+    from cmbdetect.pipeline.bids_derivatives import write_derivative_metadata
     from cmbdetect.pipeline.provenance import cmbdetect_version
 
-    write_json({"Name": "cmbdetect cerebral microbleed candidates", "BIDSVersion": "1.9.0",
-                "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": "cmbdetect", "Version": cmbdetect_version(), "CodeURL": None}],
-                "SourceDatasets": [{"URL": bids_dir.as_uri()}]},
-               out_dir / "dataset_description.json")
-    write_text("logs/\ngroup/\n", out_dir / ".bidsignore")
+    write_derivative_metadata(out_dir, bids_dir=bids_dir, version=cmbdetect_version())
 
 
 def _sources(acq, bids_dir: Path) -> list[str]:
@@ -92,11 +116,9 @@ def _sources(acq, bids_dir: Path) -> list[str]:
 
 
 def _sidecars(sources: list[str], model: dict) -> dict[str, dict]:
-    base = {"Sources": sources, "Model": {k: model.get(k) for k in ("name", "version", "sha256")}}
-    return {"candidates_tsv": {**base, "Description": "cerebral microbleed candidates (cmbdetect)"},
-            "chimap": {**base, "Units": "ppm"}, "localfield": {**base, "Units": "ppm"},
-            "brainmask": {**base, "Type": "Brain"}, "swi": dict(base), "mip": dict(base),
-            "r2star": {**base, "Units": "1/s"}}
+    from cmbdetect.pipeline.bids_derivatives import derivative_sidecars
+
+    return derivative_sidecars(sources, model)
 
 
 def _node_name(label: str) -> str:
@@ -148,6 +170,7 @@ def discover(bids_dir: Path, *, participant_label=None) -> tuple[list, list[dict
 def run_participant(args: argparse.Namespace) -> int:
     """Participant level (see the module docstring); returns 0, or 1 if any acquisition failed."""
     from cmbdetect.pipeline.atomic import write_json
+    from cmbdetect.pipeline.bids_derivatives import derivative_path
     from cmbdetect.pipeline.io_bids import load_bids_acquisition
     from cmbdetect.pipeline.provenance import build_provenance
     from cmbdetect.workflows.cmb import bids_output_names, configure_execution, init_cmb_wf
@@ -156,8 +179,7 @@ def run_participant(args: argparse.Namespace) -> int:
     bids_dir, out_dir = Path(args.bids_dir).absolute(), Path(args.output_dir).absolute()
     if not bids_dir.is_dir():
         raise InputError(f"BIDS_DIR {bids_dir} is not a folder")
-    if out_dir == bids_dir:
-        raise InputError("OUT_DIR must differ from BIDS_DIR")
+    claim_derivatives_folder(out_dir, bids_dir=bids_dir)
     options: PipelineOptions = options_from_args(args)
     subjects, failures = discover(bids_dir, participant_label=args.participant_label)
     if not subjects and not failures:
@@ -165,6 +187,7 @@ def run_participant(args: argparse.Namespace) -> int:
     model = check_model(options.model)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(out_dir, bids_dir=bids_dir)
+    add_to_manifest(out_dir, kind="bids", files=["dataset_description.json", ".bidsignore", "README.md"])
     temp_work = options.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="cmbdetect-work-")) if temp_work else options.work_dir
     staging = Path(tempfile.mkdtemp(prefix=".cmbdetect-staging-", dir=out_dir))
@@ -174,7 +197,7 @@ def run_participant(args: argparse.Namespace) -> int:
         from cmbdetect.pipeline.provenance import work_subdir
 
         meta = pe.Workflow(name="cmbdetect_wf", base_dir=str(work_subdir(work)))
-        planned, node_failures, node_seconds = {}, [], {}
+        planned, node_failures, node_seconds, node_outputs, n_incomplete = {}, [], {}, {}, 0
         n_parallel = max(1, min(options.nprocs, len(subjects)))
         for n, subject in enumerate(subjects, 1):
             label = subject.label
@@ -190,9 +213,17 @@ def run_participant(args: argparse.Namespace) -> int:
                 continue
             entities = {"sub": subject.subject, "ses": subject.session,
                         **{k: v for k, v in subject.entities.items() if k in ("acq", "rec", "run")}}
-            names = bids_output_names(entities)
+            names = {**bids_output_names(entities),
+                     "provenance": derivative_path(entities, suffix="provenance", extension=".json", desc="cmb")}
+            done = sorted(rel for rel in names.values() if (out_dir / rel).exists())
+            if done and not args.overwrite:
+                message = f"already has results in {out_dir} ({done[0]}); add --overwrite to replace them"
+                failures.append({"label": label, "stage": "output", "message": message})
+                _progress(f"error: {label} skipped: {message}")
+                continue
             sub_staging = staging / label
-            wf = init_cmb_wf(output_dir=sub_staging, output_names=names,
+            wf = init_cmb_wf(output_dir=sub_staging,
+                             output_names={k: v for k, v in names.items() if k != "provenance"},
                              sidecars=_sidecars(sources, model), model=options.model,
                              model_sha256=model["sha256"],
                              prevalence=options.prevalence, unwrap=options.unwrap,
@@ -211,29 +242,45 @@ def run_participant(args: argparse.Namespace) -> int:
             outcome = run_workflow(meta, plugin_name=options.plugin_name,
                                    plugin_args=options.plugin_args, crash_dir=crash_dir)
             node_failures, node_seconds = outcome.failures, outcome.node_seconds
+            node_outputs = outcome.node_outputs or {}
         for label, (wf_name, names, sources, sub_staging) in planned.items():
             failed = [f for f in node_failures if f".{wf_name}." in f".{f.node}."]
+            failed_exports = [f for f in failed if EXPORT_STEPS in f".{f.node}."]
+            failed = [f for f in failed if f not in failed_exports]
+            optional = ("r2star", "provenance") + (_EXPORT_KINDS if failed_exports else ())
             missing = [rel for kind, rel in names.items()
-                       if kind != "r2star" and not (sub_staging / rel).is_file()]
+                       if kind not in optional and not (sub_staging / rel).is_file()]
             if failed or missing:
                 message = _failure_message(failed[0], out_dir, label) if failed \
                     else f"outputs missing: {', '.join(missing)}"
                 failures.append({"label": label, "stage": "workflow", "message": message})
                 _progress(f"error: {label} failed: {message}")
                 continue
+            physics = physics_meta({k: v for k, v in node_outputs.items() if f".{wf_name}." in f".{k}."})
+            for warning in physics.get("warnings", []):
+                _progress(f"{label}: warning: {warning}")
             prov = build_provenance(command_line=command_line_of(args),
                                     parameters={**options.parameters(), "subject": label,
-                                                "execution": options.execution()}, model=model,
+                                                "execution": options.execution(), "physics": physics},
+                                    model=model,
                                     timings={k: v for k, v in node_seconds.items()
                                              if f".{wf_name}." in f".{k}."},
                                     inputs={"sources": sources},
                                     outputs=list(names.values()))
-            tsv = sub_staging / names["candidates_tsv"]
-            write_json(prov, tsv.with_name(tsv.name.replace("_candidates.tsv", "_provenance.json")))
+            if failed_exports:
+                prov["export_errors"] = [f"{f.node.rsplit('.', 1)[-1]}: {f.kind}: {f.message}"
+                                         for f in failed_exports]
+                n_incomplete += 1
+                _progress(f"warning: {label}: exports incomplete ({'; '.join(prov['export_errors'])}); "
+                          "the maps and candidate tables are written")
+            write_json(prov, sub_staging / names["provenance"])
+            moved = []
             for src in sorted(p for p in sub_staging.rglob("*") if p.is_file()):
                 dst = out_dir / src.relative_to(sub_staging)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, dst)
+                moved.append(str(dst.relative_to(out_dir)))
+            add_to_manifest(out_dir, kind="bids", files=moved)
             _progress(f"{label}: done")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -242,10 +289,12 @@ def run_participant(args: argparse.Namespace) -> int:
     processed = {s.label for s in subjects} | {f["label"] for f in failures}
     kept = [r for r in _read_failures(out_dir / FAILURES_FILE) if r.get("label") not in processed]
     _write_failures(out_dir / FAILURES_FILE, kept + failures)
+    add_to_manifest(out_dir, kind="bids", files=[str(FAILURES_FILE), *(str(p.relative_to(out_dir))
+                                                               for p in (out_dir / "logs").glob("crash-*.txt"))])
     n_all = len(subjects) + sum(f["stage"] == "discovery" for f in failures)
     _progress(f"participant level: {n_all - len(failures)} of {n_all} acquisitions done"
               + (f", {len(failures)} failed (see {out_dir / FAILURES_FILE})" if failures else ""))
-    return 1 if failures else 0
+    return 1 if failures or (n_incomplete and getattr(args, "strict_exports", False)) else 0
 
 
 def _failure_message(failure, out_dir: Path, label: str) -> str:
@@ -267,7 +316,7 @@ def _one_line(exc: BaseException) -> str:
 
 def study_rows(out_dir: Path, *, participant_label=None) -> list[dict]:
     """One row per acquisition found under ``out_dir`` (done or failed)."""
-    from cmbdetect.models.detection import CLASSES
+    from cmbdetect.models.detection import READER_LABELS
     from cmbdetect.pipeline.candidates import read_candidates_tsv
 
     wanted = {str(p).removeprefix("sub-") for p in participant_label} if participant_label else None
@@ -281,7 +330,7 @@ def study_rows(out_dir: Path, *, participant_label=None) -> list[dict]:
         regions = Counter(c.region for c in cands if c.label == "microbleed")
         report = tsv.with_name(f"{label}_desc-cmb_report.html")
         rows.append({"label": label, "status": "done", "n_candidates": len(cands),
-                     **{f"n_{k}": by_class.get(k, 0) for k in CLASSES},
+                     **{f"n_{k}": by_class.get(k, 0) for k in READER_LABELS},
                      **{f"microbleeds_{r}": n for r, n in sorted(regions.items())},
                      "report": str(report.relative_to(out_dir)) if report.is_file() else "",
                      "message": ""})
@@ -303,7 +352,9 @@ def run_group(out_dir: Path, *, participant_label=None) -> int:
     rows = study_rows(out_dir, participant_label=participant_label)
     if not rows:
         raise InputError(f"no participant results in {out_dir}; run the participant level first")
-    columns = ["label", "status", "n_candidates", "n_microbleed", "n_calcification", "n_vein", "n_other"]
+    from cmbdetect.models.detection import READER_LABELS
+
+    columns = ["label", "status", "n_candidates", *(f"n_{k}" for k in READER_LABELS)]
     columns += sorted({k for r in rows for k in r if k.startswith("microbleeds_")}) + ["report", "message"]
     lines = ["\t".join(columns)]
     lines += ["\t".join(str(r.get(c, "n/a" if c.startswith("n_") and r["status"] == "failed" else 0
@@ -311,6 +362,7 @@ def run_group(out_dir: Path, *, participant_label=None) -> int:
               for r in rows]
     write_text("\n".join(lines) + "\n", out_dir / "group" / "cmb_study_table.tsv")
     write_text(_group_html(rows, columns), out_dir / "group" / "index.html")
+    add_to_manifest(out_dir, kind="bids", files=["group/cmb_study_table.tsv", "group/index.html"])
     n_failed = sum(r["status"] == "failed" for r in rows)
     _progress(f"group level: {len(rows)} acquisitions ({n_failed} failed); "
               f"table {out_dir / 'group' / 'cmb_study_table.tsv'}")

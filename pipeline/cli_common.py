@@ -3,12 +3,14 @@
 ``--mag/--phase`` (NIfTI, one per echo or one 4D file each; repeat in echo order), or ``--dicom DIR``
 (repeatable: magnitude and phase series folders); ``--te`` in seconds (repeatable or comma list; wins
 over sidecars/headers); ``--b0`` tesla; ``--phase-sign`` (+1 project convention, -1 flips once at
-reading); ``--phase-units`` (NIfTI only); ``--mask`` (optional brain mask on the same grid).
+reading); ``--phase-units`` (overrides the vendor scaling; for DICOM it applies to the values after
+RescaleSlope/Intercept); ``--mask`` (optional brain mask on the same grid).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import numpy as np
 
@@ -34,9 +36,21 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     g.add_argument("--phase-sign", type=int, choices=(1, -1), default=1,
                    help="+1 if a paramagnetic source raises the phase (default), -1 to flip it once")
     g.add_argument("--phase-units", default="auto",
-                   help="NIfTI phase units: auto (default), rad, siemens, uint12 or scale:<max>")
+                   help="phase units: auto (default: from the headers/values), rad, mrad, siemens, uint12 "
+                        "or scale:<max>; for DICOM, of the values after RescaleSlope/Intercept")
     g.add_argument("--mask", metavar="NIFTI", help="brain mask on the same grid (default: computed)")
     return parser
+
+
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """Every file or folder the input options of ``args`` name (the output folder must stay clear of them)."""
+    paths: list[str] = []
+    for name in ("mag", "phase", "dicom"):
+        paths.extend(getattr(args, name, None) or [])
+    for name in ("mask", "local_field"):
+        if getattr(args, name, None):
+            paths.append(getattr(args, name))
+    return paths
 
 
 def parse_echo_times(values: list[str] | None) -> list[float] | None:
@@ -62,18 +76,26 @@ def acquisition_from_args(args: argparse.Namespace) -> Acquisition:
     mags, phases, dicom = getattr(args, "mag", None), getattr(args, "phase", None), getattr(args, "dicom", None)
     if dicom and (mags or phases):
         raise InputError("give either --dicom or --mag/--phase, not both")
+    units = getattr(args, "phase_units", None) or "auto"
     if dicom:
-        if getattr(args, "phase_units", "auto") not in (None, "auto"):
-            raise InputError("--phase-units applies to NIfTI input; DICOM phase scaling is read from the headers")
-        return load_dicom_acquisition(dicom, te=te, b0=args.b0, phase_sign=args.phase_sign)
+        acq = load_dicom_acquisition(dicom, te=te, b0=args.b0, phase_sign=args.phase_sign, phase_units=units)
+        return _report_notes(acq)
     if not mags and not phases:
         raise InputError("no input: give --mag and --phase (NIfTI) or --dicom DIR")
     if not mags:
         raise InputError("magnitude missing: give --mag as well as --phase")
     if not phases:
         raise InputError("phase missing: cmbdetect needs the phase images (--phase) as well as --mag")
-    return load_nifti_acquisition(mags, phases, te=te, b0=args.b0, phase_sign=args.phase_sign,
-                                  phase_units=args.phase_units)
+    return _report_notes(load_nifti_acquisition(mags, phases, te=te, b0=args.b0, phase_sign=args.phase_sign,
+                                                phase_units=units))
+
+
+def _report_notes(acq: Acquisition) -> Acquisition:
+    """Print the reader's notes (e.g. a phase-difference map read at the echo spacing) and warnings
+    (e.g. NaN voxels set to 0) on stderr, one line each; they stay in ``acq.source`` for provenance."""
+    for note in list(acq.source.get("notes", [])) + list(acq.source.get("warnings", [])):
+        print(f"cmbdetect: {note}", file=sys.stderr)
+    return acq
 
 
 def load_user_mask(path: str | os.PathLike, acq_or_affine: Acquisition | np.ndarray,

@@ -15,13 +15,16 @@ import numpy as np
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.cli_run import add_execution_arguments, options_from_args, run_acquisition
+from cmbdetect.pipeline.output_folder import add_overwrite_argument, claim_output_folder
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "demo", help="simulate one subject and run the whole pipeline on it",
         description="Simulate a subject with known microbleeds, run cmbdetect, compare with the truth.")
-    parser.add_argument("out", metavar="OUT", help="output folder (replaced atomically)")
+    parser.add_argument("out", metavar="OUT",
+                        help="output folder: new, empty, or an earlier cmbdetect result (with --overwrite)")
+    add_overwrite_argument(parser)
     parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=(192, 224, 96),
                         help="simulated volume shape in voxels (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
@@ -45,13 +48,14 @@ def run(args: argparse.Namespace) -> int:
     from cmbdetect.pipeline.cli_run import check_model
 
     options = options_from_args(args, single_subject=True)
+    claim = claim_output_folder(args.out, overwrite=args.overwrite)
+    out = claim.path
     model_info = check_model(options.model)
-    out = Path(args.out).absolute()
     progress("demo", f"simulating a subject ({'x'.join(map(str, args.shape))} voxels, seed {args.seed})")
     sim = simulate_subject(seed=args.seed, shape=tuple(args.shape))
     summary = run_acquisition(
         sim.acq, out_dir=out, options=options, command_line=command_line_of(args), label="demo",
-        model_info=model_info,
+        model_info=model_info, claim=claim,
         extra_writer=lambda tmp: write_lesion_table(sim.truth.lesions, tmp / "truth_lesions.tsv"))
     true_mb = [les for les in sim.truth.lesions if les.kind == "microbleed"]
     found = [c for c in summary["candidates"] if c.label == "microbleed"]

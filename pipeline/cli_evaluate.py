@@ -1,7 +1,9 @@
 """``cmbdetect evaluate``: VALDO-style detection metrics of candidate tables against ground truth.
 
 ``--pred`` is a folder searched for ``*candidates.tsv`` (run outputs or a BIDS derivatives folder; the
-subject is the first ``sub-<label>`` part of each file's path) or a single candidate table.  ``--truth`` is
+subject is the first ``sub-<label>`` part of each file's path; where a folder also holds the audit table of
+every stage-1 candidate, ``candidates_all.tsv`` or ``*_desc-cmball_candidates.tsv``, that one is read, since
+the FROC ranks all candidates, not only the reader's list) or a single candidate table.  ``--truth`` is
 a ground-truth folder (``derivatives/groundtruth`` or a BIDS root containing it) searched for
 ``*lesions*.tsv`` with at least the columns ``kind x y z`` (scanner RAS mm); only ``kind == microbleed``
 rows are lesions to find.  Writes ``metrics.json``, ``froc.tsv`` and ``froc.png`` into ``--out``.
@@ -17,6 +19,8 @@ import re
 from pathlib import Path
 
 from cmbdetect.models.evaluate import evaluate_detections, write_evaluation
+from cmbdetect.pipeline.atomic import atomic_directory
+from cmbdetect.pipeline.output_folder import add_overwrite_argument, claim_output_folder
 from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.candidates import read_candidates_tsv, read_tsv
 
@@ -31,7 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True, help="folder with *candidates.tsv per subject, or one TSV")
     p.add_argument("--truth", required=True,
                    help="ground-truth folder (derivatives/groundtruth or a BIDS root) or one lesion TSV")
-    p.add_argument("--out", required=True, help="output folder for metrics.json, froc.tsv, froc.png")
+    p.add_argument("--out", required=True, help="output folder for metrics.json, froc.tsv, froc.png: new, empty, "
+                   "or an earlier cmbdetect result (with --overwrite)")
+    add_overwrite_argument(p)
     p.add_argument("--hit-mm", type=float, default=5.0,
                    help="a prediction hits a lesion when the centres are closer than this (mm, default 5)")
     return p
@@ -75,6 +81,21 @@ def _by_subject(found: list[tuple[str | None, Path]], what: str, *,
     return out
 
 
+def _is_audit(path: Path) -> bool:
+    return path.name == "candidates_all.tsv" or path.name.endswith("_desc-cmball_candidates.tsv")
+
+
+def prediction_files(root: Path) -> list[tuple[str | None, Path]]:
+    """``(subject or None, table)``: in each folder the audit table when there is one, else its
+    ``*candidates.tsv``."""
+    if root.is_file():
+        return _find(root, "", "prediction")
+    found = [(s, f) for s, f in _find(root, "*candidates*.tsv", "prediction")
+             if _is_audit(f) or f.name.endswith("candidates.tsv")]
+    audited = {f.parent for _, f in found if _is_audit(f)}
+    return [(s, f) for s, f in found if _is_audit(f) or f.parent not in audited]
+
+
 def read_truth_points(path: Path) -> list[tuple[float, float, float]]:
     """Centres (scanner RAS mm) of the ``kind == microbleed`` rows of a lesion table."""
     _, rows = read_tsv(path, required=("kind", "x", "y", "z"), what="lesion table")
@@ -110,22 +131,21 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and write the outputs; returns 0.  Bad input raises :class:`InputError`."""
     if not (args.hit_mm > 0 and math.isfinite(args.hit_mm)):
         raise InputError(f"--hit-mm must be a positive distance in mm, got {args.hit_mm}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out {args.out} exists and is not a folder")
+    claim = claim_output_folder(args.out, overwrite=args.overwrite, inputs=[args.pred, args.truth])
     truth_root = Path(args.truth)
     if (truth_root / "derivatives" / "groundtruth").is_dir():
         truth_root = truth_root / "derivatives" / "groundtruth"
     truth_files = _by_subject(_find(truth_root, "*lesions*.tsv", "ground-truth"), "ground-truth")
     only = next(iter(truth_files)) if len(truth_files) == 1 else None
-    pred_files = _by_subject(_find(Path(args.pred), "*candidates.tsv", "prediction"), "prediction",
-                             only_subject=only)
+    pred_files = _by_subject(prediction_files(Path(args.pred)), "prediction", only_subject=only)
     extra = sorted(set(pred_files) - set(truth_files))
     if extra:
         raise InputError(f"predictions for subjects without ground truth: {', '.join(extra)}")
     truth = {s: read_truth_points(f) for s, f in truth_files.items()}
     preds = {s: read_predictions(f) for s, f in pred_files.items()}
     result = evaluate_detections(preds, truth, hit_mm=float(args.hit_mm))
-    write_evaluation(result, Path(args.out))
+    with atomic_directory(claim.path, claim=claim, kind="evaluate") as tmp:
+        write_evaluation(result, tmp)
     missing = sorted(set(truth_files) - set(pred_files))
     note = f"; {len(missing)} subject(s) without predictions counted as all missed" if missing else ""
     def f(v) -> str:

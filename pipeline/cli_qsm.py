@@ -19,7 +19,8 @@ import numpy as np
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.atomic import atomic_directory, write_json
-from cmbdetect.pipeline.cli_common import acquisition_from_args, add_input_arguments, load_user_mask
+from cmbdetect.pipeline.cli_common import acquisition_from_args, add_input_arguments, input_paths, load_user_mask
+from cmbdetect.pipeline.output_folder import add_overwrite_argument, claim_output_folder
 from cmbdetect.pipeline.io_nifti import read_nifti_volume
 from cmbdetect.pipeline.maps_io import write_physics_maps
 
@@ -35,21 +36,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_input_arguments(p)
     p.add_argument("--local-field", metavar="NIFTI",
                    help="local (tissue) field in ppm: skip unwrapping/background removal (needs --mask, --b0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (written atomically)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder: new, empty, or an earlier cmbdetect result (with --overwrite)")
+    add_overwrite_argument(p)
     p.add_argument("--unwrap", default="laplacian", help="phase unwrapping: laplacian (default) or exact")
     p.add_argument("--background", default="vsharp", help="background field removal (default vsharp)")
     p.add_argument("--inversion", default="default", help="dipole inversion method (default: the chain's)")
     p.add_argument("--swi-slab-mm", type=float, default=8.0, help="minimum-intensity projection slab (mm)")
     return p
-
-
-def check_output_dir(out: Path) -> None:
-    """Refuse an output path that is a file, or a non-empty folder that is not an earlier qsm output."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / SETTINGS_FILE).is_file():
-        raise InputError(f"--out {out} is a non-empty folder that is not a cmbdetect qsm output; "
-                         "choose a new or empty folder")
 
 
 def _maps_from_local_field(args: argparse.Namespace):
@@ -89,8 +83,8 @@ def _maps_from_acquisition(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run ``qsm``; returns the exit status (bad input raises :class:`InputError` for ``cli.main``)."""
-    out = Path(args.out)
-    check_output_dir(out)
+    claim = claim_output_folder(args.out, overwrite=args.overwrite, inputs=input_paths(args))
+    out = claim.path
     if args.swi_slab_mm is not None and not args.swi_slab_mm > 0:
         raise InputError(f"--swi-slab-mm must be positive, got {args.swi_slab_mm}")
     if args.local_field:
@@ -100,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {"command": "qsm", "inputs": inputs,
                 "options": {"unwrap": args.unwrap, "background": args.background, "inversion": args.inversion,
                             "swi_slab_mm": args.swi_slab_mm}}
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, claim=claim, kind="qsm") as tmp:
         write_physics_maps(maps, tmp)
         write_json(settings, tmp / SETTINGS_FILE)
     print(f"cmbdetect qsm: wrote {len(list(out.glob('*.nii.gz')))} maps to {out}")

@@ -20,6 +20,7 @@ from typing import Callable
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.acquisition import Acquisition
+from cmbdetect.pipeline.output_folder import OutputClaim
 
 #: Physics method choices offered on the command line.
 UNWRAP_CHOICES = ("laplacian", "exact")
@@ -53,12 +54,18 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from cmbdetect.pipeline.cli_common import add_input_arguments
+    from cmbdetect.pipeline.output_folder import add_overwrite_argument
 
     parser = subparsers.add_parser(
         "run", help="detect microbleeds in one subject (NIfTI or DICOM magnitude + phase)",
         description="Run QSM physics, detection and exports on one subject.")
     add_input_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced atomically)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: new, empty, or an earlier cmbdetect result (with --overwrite)")
+    add_overwrite_argument(parser)
+    parser.add_argument("--strict-exports", action="store_true",
+                        help="exit with status 1 when an export (report, Slicer markups, DICOM SR, key "
+                             "images, SEG) could not be written (the maps and tables are written either way)")
     add_execution_arguments(parser)
     return parser
 
@@ -164,12 +171,13 @@ def prepare_inputs(acq: Acquisition, folder: Path, *, mask=None) -> dict:
 def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions, mask=None,
                     command_line: list[str] | None = None, label: str = "",
                     extra_writer: Callable[[Path], None] | None = None,
-                    model_info: dict | None = None) -> dict:
+                    model_info: dict | None = None, claim: OutputClaim | None = None) -> dict:
     """Run the workflow on ``acq`` and put the outputs (+ provenance.json) atomically in ``out_dir``.
 
     ``mask`` is an optional bool brain mask on the acquisition grid; ``extra_writer(tmp_out)`` may add
     files before the folder is renamed into place; ``model_info`` (from :func:`check_model`) saves
-    loading the model again.  Returns a summary (candidate counts, model, paths).
+    loading the model again; ``claim`` (:func:`~cmbdetect.pipeline.output_folder.claim_output_folder`) lets
+    the run replace an earlier result in ``out_dir`` (only its own files).  Returns a summary (candidate counts, model, paths).
     """
     from cmbdetect.pipeline.atomic import atomic_directory, write_json
     from cmbdetect.pipeline.candidates import read_candidates_tsv
@@ -191,7 +199,7 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
         settings = {**options.parameters(), "echo_times_s": [float(t) for t in acq.te],
                     "b0_t": float(acq.b0), "voxel_size_mm": [round(float(v), 4) for v in acq.voxel_size],
                     "shape": list(acq.shape)}
-        with atomic_directory(out_dir) as tmp:
+        with atomic_directory(out_dir, claim=claim, kind="run") as tmp:
             wf = init_cmb_wf(output_dir=tmp, model=options.model, model_sha256=model_info["sha256"],
                              prevalence=options.prevalence,
                              unwrap=options.unwrap, background=options.background,
@@ -200,31 +208,43 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
                              label=label)
             wf.base_dir = str(work_subdir(work))
             crash_dir = work / "crash" / uuid.uuid4().hex[:8]
-            configure_execution(wf, crash_dir=crash_dir, stop_on_first_crash=True)
+            # not stopped by a failed export step: the maps and tables are still copied (export_failures)
+            configure_execution(wf, crash_dir=crash_dir, stop_on_first_crash=False)
             for key, value in values.items():
                 setattr(wf.inputs.inputnode, key, value)
             with timer("workflow"):
                 outcome = run_workflow(wf, plugin_name=options.plugin_name,
                                        plugin_args=options.plugin_args, crash_dir=crash_dir)
-            raise_for_failures(outcome.failures)
+            failed_exports = [f for f in outcome.failures if EXPORT_STEPS in f".{f.node}."]
+            raise_for_failures([f for f in outcome.failures if f not in failed_exports])
             if extra_writer is not None:
                 extra_writer(tmp)
             candidates = read_candidates_tsv(tmp / "candidates.tsv")
             outputs = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
             timings = {**timer.seconds, "total": timer.total(),
                        **{f"node:{k}": v for k, v in outcome.node_seconds.items()}}
-            physics = _physics_meta(outcome.node_outputs)
+            physics = physics_meta(outcome.node_outputs)
             for warning in physics.get("warnings", []):
                 progress(label, f"warning: {warning}")
-            write_json(build_provenance(command_line=command_line or sys.argv,
-                                        parameters={**settings, "execution": options.execution(),
-                                                    "physics": physics},
-                                        model=model_info, timings=timings, inputs=_input_record(acq),
-                                        outputs=outputs + ["provenance.json"]),
-                       tmp / "provenance.json")
+            exports = dicom_export_record(wf)
+            export_errors = [f"{e['object']}: {e['message']}" for e in exports.get("errors", [])]
+            export_errors += [f"{f.node.rsplit('.', 1)[-1]}: {f.kind}: {f.message}" for f in failed_exports]
+            if export_errors:
+                progress(label, "warning: exports incomplete (" + "; ".join(export_errors)
+                         + "); the maps and candidate tables are written")
+            prov = build_provenance(command_line=command_line or sys.argv,
+                                    parameters={**settings, "execution": options.execution(),
+                                                "physics": physics},
+                                    model=model_info, timings=timings, inputs=_input_record(acq),
+                                    outputs=outputs + ["provenance.json"])
+            if exports:
+                prov["dicom_export"] = exports
+            if export_errors:
+                prov["export_errors"] = export_errors
+            write_json(prov, tmp / "provenance.json")
         ok = True
-    except InputError:
-        ok = True  # nothing worth keeping in a temporary work folder after a user error
+    except (InputError, KeyboardInterrupt):
+        ok = True  # nothing worth keeping in a temporary work folder after a user error or Ctrl-C
         raise
     finally:
         if temp_work and ok:
@@ -233,10 +253,11 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
     progress(label, f"done: {len(candidates)} candidates, {n_mb} labelled microbleed; "
                     f"report: {Path(out_dir) / 'report.html'}")
     return {"n_candidates": len(candidates), "n_microbleeds": n_mb, "model": model_info,
-            "out_dir": str(out_dir), "candidates": candidates}
+            "out_dir": str(out_dir), "candidates": candidates,
+            "export_errors": export_errors}
 
 
-def _physics_meta(node_outputs: dict | None) -> dict:
+def physics_meta(node_outputs: dict | None) -> dict:
     """The physics chain's own record (methods, parameters, warnings) from the maps node's bundle."""
     from cmbdetect.workflows.interfaces import load_maps_meta
 
@@ -247,6 +268,26 @@ def _physics_meta(node_outputs: dict | None) -> dict:
             except (OSError, ValueError, KeyError):
                 return {}
     return {}
+
+
+#: Workflow steps (``report_wf``: markups, report, DICOM) whose failure keeps the maps and tables: a
+#: warning, and exit 1 only with ``--strict-exports``.
+EXPORT_STEPS = ".report_wf."
+
+
+def dicom_export_record(wf) -> dict:
+    """The DICOM export node's record (objects written, errors, captured warnings) from its folder in
+    the work directory (Nipype's ``base_dir/<workflow>/report_wf/dicom``: read even when another step
+    failed); {} when the workflow has no DICOM export or the node did not finish."""
+    import json
+
+    path = Path(wf.base_dir) / wf.name / "report_wf" / "dicom" / "dicom_export.json"
+    if wf.get_node("report_wf.dicom") is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"errors": [{"object": "dicom", "message": f"export record {path} unreadable"}]}
 
 
 def command_line_of(args: argparse.Namespace) -> list[str]:
@@ -264,17 +305,17 @@ def _input_record(acq: Acquisition) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """``cmbdetect run``: read and validate the input, then run the pipeline."""
-    from cmbdetect.pipeline.cli_common import acquisition_from_args, load_user_mask
+    from cmbdetect.pipeline.cli_common import acquisition_from_args, input_paths, load_user_mask
+    from cmbdetect.pipeline.output_folder import claim_output_folder
     from cmbdetect.workflows.interfaces import progress
 
     options = options_from_args(args, single_subject=True)
-    out = Path(args.out).absolute()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+    claim = claim_output_folder(args.out, overwrite=args.overwrite, inputs=input_paths(args))
+    out = claim.path
     model_info = check_model(options.model)
     progress("", "reading input")
     acq = acquisition_from_args(args)
     mask = load_user_mask(args.mask, acq) if getattr(args, "mask", None) else None
-    run_acquisition(acq, out_dir=out, options=options, mask=mask,
-                    command_line=command_line_of(args), model_info=model_info)
-    return 0
+    summary = run_acquisition(acq, out_dir=out, options=options, mask=mask,
+                              command_line=command_line_of(args), model_info=model_info, claim=claim)
+    return 1 if summary["export_errors"] and getattr(args, "strict_exports", False) else 0

@@ -1,10 +1,14 @@
-"""``cmbdetect simulate OUT``: write a simulated BIDS dataset with ground truth."""
+"""``cmbdetect simulate OUT``: write a simulated BIDS dataset with ground truth (``--dicom STYLE``: also
+each subject as scanner-style DICOM in ``sourcedata/dicom/sub-XX/STYLE/``, see
+:mod:`cmbdetect.pipeline.simulate_dicom`)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from cmbdetect.physics.errors import InputError
+from cmbdetect.pipeline.output_folder import add_overwrite_argument
+from cmbdetect.pipeline.simulate_dicom import DICOM_STYLES
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -57,7 +61,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description="Simulate subjects (procedural anatomy, veins, microbleeds, "
                                           "calcifications; magnitude and phase) as a BIDS dataset with "
                                           "ground truth in derivatives/groundtruth.")
-    p.add_argument("out", metavar="OUT", help="output BIDS folder (replaced atomically)")
+    p.add_argument("out", metavar="OUT",
+                   help="output BIDS folder: new, empty, or an earlier cmbdetect result (with --overwrite)")
+    add_overwrite_argument(p)
     p.add_argument("--subjects", type=int, default=1, help="number of subjects (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); subject k depends only on it")
     p.add_argument("--b0", default="random", help="field strength(s) in T to draw from, or 'random' (1.5/3/7)")
@@ -74,13 +80,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="density factor of the 'tortuous' veins (default random 0.5-1.5; 3 = dense)")
     p.add_argument("--iron-spots", default="0",
                    help="small iron-rich deep-grey spots per subject (mimics): a number, or 'random' (0-5)")
+    p.add_argument("--dicom", action="append", metavar="STYLE", choices=DICOM_STYLES,
+                   help="also write each subject as scanner-style DICOM under sourcedata/dicom/sub-XX/STYLE/ "
+                        f"(repeatable; one of {', '.join(DICOM_STYLES)})")
     return p
+
+
+def _write_dicom_copies(bids_root, styles: list[str]) -> None:
+    """Each simulated subject (read back from the BIDS files) as DICOM in each style, beside the BIDS data."""
+    from cmbdetect.pipeline.io_bids import find_bids_subjects, load_bids_acquisition
+    from cmbdetect.pipeline.simulate_dicom import write_acquisition_dicom
+
+    for subject in find_bids_subjects(bids_root):
+        acq = load_bids_acquisition(subject)
+        for style in dict.fromkeys(styles):
+            write_acquisition_dicom(acq, bids_root / "sourcedata" / "dicom" / f"sub-{subject.subject}" / style,
+                                    style=style, patient_id=f"sub-{subject.subject}")
 
 
 def run(args) -> int:
     """Run ``simulate`` from parsed arguments; InputError for bad options."""
-    from cmbdetect.pipeline.simulate import simulate_dataset
+    from cmbdetect.pipeline.output_folder import claim_output_folder
 
+    claim = claim_output_folder(args.out, overwrite=args.overwrite, option="OUT")
     if args.subjects < 1:
         raise InputError(f"--subjects must be at least 1, got {args.subjects}")
     if args.seed < 0:
@@ -101,13 +123,32 @@ def run(args) -> int:
     iron = args.iron_spots.strip().lower()
     if iron != "random" and not (iron.isdigit() and int(iron) <= 20):
         raise InputError(f"--iron-spots must be a number 0-20 or 'random', got {args.iron_spots!r}")
-    labels = simulate_dataset(
-        args.out, subjects=args.subjects, seed=args.seed, b0=parse_b0(args.b0), echoes=parse_echoes(args.echoes),
+    styles = getattr(args, "dicom", None) or []
+    if styles:  # BIDS and DICOM appear together or not at all
+        from cmbdetect.pipeline.atomic import atomic_directory
+
+        with atomic_directory(claim.path, claim=claim, kind="simulate") as tmp:
+            labels = _simulate(args, tmp / "bids", vs)
+            for child in (tmp / "bids").iterdir():
+                child.rename(tmp / child.name)
+            (tmp / "bids").rmdir()
+            _write_dicom_copies(tmp, styles)
+        print(f"wrote {len(labels)} subjects to {args.out} (DICOM: {', '.join(styles)} in sourcedata/dicom)")
+        return 0
+    labels = _simulate(args, claim.path, vs, claim=claim)
+    print(f"wrote {len(labels)} subjects to {args.out}")
+    return 0
+
+
+def _simulate(args, out, vs, *, claim=None) -> list[str]:
+    from cmbdetect.pipeline.simulate import simulate_dataset
+
+    return simulate_dataset(
+        out, claim=claim, subjects=args.subjects, seed=args.seed, b0=parse_b0(args.b0),
+        echoes=parse_echoes(args.echoes),
         shape=parse_shape(args.shape), voxel_size=vs, n_microbleeds=args.microbleeds, preview=args.preview,
         vein_family=args.vein_family, vein_density=args.vein_density,
-        iron_spots=None if iron == "random" else int(iron),
+        iron_spots=None if args.iron_spots.strip().lower() == "random" else int(args.iron_spots),
         progress=lambda label, p: print(f"sub-{label}: B0 {p['b0_t']} T, {len(p['te_s'])} echo(es), "
                                         f"{p['n_microbleeds']} microbleeds, {p['n_calcifications']} calcifications",
                                         file=sys.stderr))
-    print(f"wrote {len(labels)} subjects to {args.out}")
-    return 0

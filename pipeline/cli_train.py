@@ -13,6 +13,7 @@ import shlex
 import sys
 
 from cmbdetect.physics.errors import InputError
+from cmbdetect.pipeline.output_folder import add_overwrite_argument
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,7 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bids-dir", required=True, nargs="+", help="BIDS dataset folder(s) with magnitude + phase")
     p.add_argument("--labels", default=None, help="folder of per-subject label TSVs or label maps "
                    "(default: derivatives/groundtruth)")
-    p.add_argument("--out", required=True, help="model folder to write (weights + metadata.json)")
+    p.add_argument("--out", required=True, help="model folder to write (weights + metadata.json): new, empty, or "
+                   "an earlier cmbdetect model (with --overwrite or --resume)")
+    add_overwrite_argument(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--init", default=None, help="fine-tune from this model name or folder")
@@ -143,21 +146,39 @@ def options_from_args(args):
 
 
 def run(args) -> int:
+    from cmbdetect.pipeline.output_folder import MANIFEST_NAME, claim_output_folder, write_manifest
+
+    if args.members < 1:
+        raise InputError(f"--members must be >= 1, got {args.members}")
+    opts = options_from_args(args)
+    inputs = [*args.bids_dir, *([args.labels] if args.labels else [])]
+    claim = claim_output_folder(args.out, overwrite=args.overwrite or args.resume, inputs=inputs)
+    foreign = {str(p.relative_to(claim.path)) for p in claim.path.rglob("*") if p.is_file()} - claim.own_files \
+        if claim.previous else set()
+    claim.path.mkdir(parents=True, exist_ok=True)
+    write_manifest(claim.path, kind="train", files=claim.own_files - {MANIFEST_NAME})  # recognisable if interrupted
+    try:
+        _train_members(args, opts, log=lambda m: print(m, file=sys.stderr, flush=True))
+    finally:
+        write_manifest(claim.path, kind="train",
+                       files={str(p.relative_to(claim.path)) for p in claim.path.rglob("*") if p.is_file()}
+                       - foreign - {MANIFEST_NAME})
+    return 0
+
+
+def _train_members(args, opts, *, log) -> None:
+    """Train ``args.members`` member(s) into ``args.out`` (one model, or an ensemble of members)."""
     from dataclasses import replace
     from pathlib import Path
 
     from cmbdetect.models.ensemble import member_name, write_ensemble
     from cmbdetect.models.train import train
 
-    opts = options_from_args(args)
     command = "cmbdetect " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "cmbdetect train"
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    if args.members < 1:
-        raise InputError(f"--members must be >= 1, got {args.members}")
     if args.members == 1:
         train(args.bids_dir, args.out, labels=args.labels, options=opts, resume=args.resume, init=args.init,
               cache_dir=args.cache_dir, command=command, log=log)
-        return 0
+        return
     out = Path(args.out)
     cache = args.cache_dir or out / "cache"
     for k in range(args.members):
@@ -170,4 +191,3 @@ def run(args) -> int:
               resume=args.resume, init=args.init, init_member=k, cache_dir=cache, command=command, log=log)
     write_ensemble(out, command=command)
     log(f"[ensemble] {args.members} members written to {out}")
-    return 0

@@ -30,7 +30,7 @@ def _description(c: Candidate) -> str:
     if c.chi_measured == 0:
         chi = "not measured (brain rim, magnitude only)"
     return (f"chi {chi}; diameter {c.diameter_mm:.1f} mm; region {c.region}; "
-            f"review priority {c.review_priority}")
+            f"review order {c.review_order}")
 
 
 def markups_document(candidates: list[Candidate], *, name: str = "cmbdetect candidates") -> dict:

@@ -18,8 +18,9 @@ import nibabel as nib
 import numpy as np
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.physics.phase import apply_phase_sign, rescale_phase
+from cmbdetect.physics.phase import apply_phase_sign, detect_phase_units, rescale_phase
 from cmbdetect.pipeline.acquisition import Acquisition
+from cmbdetect.pipeline.input_forms import field_map_hz_message, phase_difference_note, phase_difference_record
 
 PathLike = str | os.PathLike
 #: Largest |difference| (mm, per affine entry) tolerated between the affines of files of one acquisition.
@@ -96,12 +97,25 @@ def _volumes_of(path: Path, *, what: str) -> tuple[list[np.ndarray], np.ndarray,
         raise InputError(f"{what} file {path} is 2D (shape {data.shape}); a 3D volume of at least "
                          "3 slices is needed")
     if data.ndim > 4:
-        raise InputError(f"{what} file {path} has {data.ndim} dimensions; expected 3D or 4D (echoes last)")
-    if not np.all(np.isfinite(data)):
-        raise InputError(f"{what} file {path} contains NaN or infinite values")
+        extra = " x ".join(str(n) for n in data.shape[4:])
+        raise InputError(f"{what} file {path} has {data.ndim} dimensions (shape {'x'.join(map(str, data.shape))}): "
+                         f"axis 4 ({data.shape[3]}) would be echoes and axis 5 ({extra}) looks like receive "
+                         "coils (or complex parts); cmbdetect needs coil-combined magnitude and phase, "
+                         "3D or 4D with echoes last: combine the coils first")
+    if not np.any(np.isfinite(data)):
+        raise InputError(f"{what} file {path} holds no finite value (all NaN or infinite)")
     if data.ndim == 3:
         return [data], affine, oriented
     return [data[..., e] for e in range(data.shape[3])], affine, oriented
+
+
+def _plain(value) -> str:
+    """A value for a message: numbers as ``%g``, sequences as comma lists (never a numpy repr)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "[" + ", ".join(_plain(v) for v in np.asarray(value, dtype=object).ravel()) + "]"
+    if isinstance(value, (float, np.floating, int, np.integer)) and not isinstance(value, bool):
+        return f"{float(value):g}"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def check_echo_times_seconds(te: Sequence[float], *, origin: str) -> np.ndarray:
@@ -109,9 +123,9 @@ def check_echo_times_seconds(te: Sequence[float], *, origin: str) -> np.ndarray:
     try:
         arr = np.atleast_1d(np.asarray(te, dtype=float))
     except (TypeError, ValueError) as exc:
-        raise InputError(f"echo times from {origin} are not numbers: {te!r}") from exc
+        raise InputError(f"echo times from {origin} are not numbers: {_plain(te)}") from exc
     if arr.ndim != 1 or not np.all(np.isfinite(arr)):
-        raise InputError(f"echo times from {origin} are not a list of numbers: {te!r}")
+        raise InputError(f"echo times from {origin} are not a list of numbers: {_plain(te)}")
     if np.any(arr > 1.0):
         raise InputError(f"echo time {arr.max():g} from {origin} looks like milliseconds; "
                          f"echo times must be in seconds (e.g. {arr.max() / 1000:g})")
@@ -145,6 +159,36 @@ def _field_strength_from_meta(metas: list[dict], paths: list[Path]) -> float | N
     return None
 
 
+def _refuse_sidecar_form(meta: dict, path: Path) -> None:
+    """Refuse (one line) a ``--phase`` file whose sidecar says it is a field map in Hz or a real or
+    imaginary part image rather than phase."""
+    image_type = meta.get("ImageType") or []
+    types = {str(t).upper() for t in (image_type if isinstance(image_type, list) else [image_type])}
+    if str(meta.get("Units", "")).strip().lower() == "hz" or "FIELDMAPHZ" in types:
+        raise InputError(field_map_hz_message(f"phase file {path}", "its sidecar: Units Hz / ImageType FIELDMAPHZ"))
+    part = ("real" if types & {"REAL", "R"} else "imaginary" if types & {"IMAGINARY", "I"} else None)
+    if types & {"MAGNITUDE", "M"} and not types & {"PHASE", "P"}:
+        raise InputError(f"phase file {path} is a magnitude image (sidecar ImageType {'/'.join(sorted(types))}); "
+                         "give the phase image as --phase (and this one as --mag)")
+    if part is not None and not types & {"PHASE", "P"}:
+        raise InputError(f"phase file {path} is a {part}-part image (sidecar ImageType {'/'.join(sorted(types))}); "
+                         "cmbdetect needs phase: give the phase image, or the DICOM series (--dicom), whose "
+                         "real and imaginary images are combined to complex")
+
+
+def _phase_difference_times(phase_meta: list[dict], n_phase: int, paths: list[Path]) -> tuple[float, float] | None:
+    """(EchoTime1, EchoTime2) in s when the one phase volume is a phase difference (BIDS/dcm2niix
+    ``EchoTime1``/``EchoTime2`` in its sidecar), else ``None``."""
+    if n_phase != 1 or not phase_meta or "EchoTime1" not in phase_meta[0] or "EchoTime2" not in phase_meta[0]:
+        return None
+    te1, te2 = check_echo_times_seconds([phase_meta[0]["EchoTime1"], phase_meta[0]["EchoTime2"]],
+                                        origin=f"the sidecar of {paths[0]} (EchoTime1/EchoTime2)")
+    if te2 <= te1:
+        raise InputError(f"the sidecar of {paths[0]} gives EchoTime2 {te2 * 1000:.4g} ms not after EchoTime1 "
+                         f"{te1 * 1000:.4g} ms; a phase-difference map needs TE2 > TE1")
+    return float(te1), float(te2)
+
+
 def _phase_to_radians(phase: np.ndarray, *, units: str, sign: int) -> np.ndarray:
     """Vendor units -> radians in [-pi, pi) (physics owns the unit rules), then the sign flip."""
     return apply_phase_sign(rescale_phase(phase, units=units), sign)
@@ -163,6 +207,8 @@ def acquisition_from_nifti_files(
     mags, phases = list(mags), list(phases)
     if not mags or not phases:
         raise InputError("both magnitude and phase images are needed (--mag and --phase)")
+    for meta, path in zip(phase_meta, phases):
+        _refuse_sidecar_form(meta, path)
     apply_phase_sign(np.zeros(1), phase_sign)  # validates --phase-sign before any file is read
     mag_vols: list[np.ndarray] = []
     phase_vols: list[np.ndarray] = []
@@ -188,6 +234,14 @@ def acquisition_from_nifti_files(
                                  f"{ref_shape}; magnitude and phase must share one grid")
             vols.extend(v)
             counts.append(len(v))
+    notes: list[str] = []
+    difference = _phase_difference_times(list(phase_meta), len(phase_vols), phases)
+    if difference is not None:
+        mag_tes = _echo_times_from_meta(list(mag_meta), mag_counts, mags)
+        pick = int(np.argmin(np.abs(mag_tes - difference[0]))) if mag_tes is not None else 0
+        mag_vols, mag_meta, mag_counts = [mag_vols[pick]], [{**(list(mag_meta)[0] if mag_meta else {}),
+                                                             "EchoTime": difference[0]}], [1]
+        notes.append(phase_difference_note(*difference, origin=f"phase file {phases[0].name}"))
     if len(mag_vols) != len(phase_vols):
         raise InputError(f"{len(mag_vols)} magnitude echoes but {len(phase_vols)} phase echoes")
     n_echoes = len(mag_vols)
@@ -197,6 +251,8 @@ def acquisition_from_nifti_files(
         te_arr = check_echo_times_seconds(te, origin="--te")
         if te_arr.size != n_echoes:
             raise InputError(f"{te_arr.size} echo times given (--te) for {n_echoes} echoes")
+    elif difference is not None:
+        te_arr, te_origin = np.array([round(difference[1] - difference[0], 9)]), "EchoTime2 - EchoTime1"
     else:
         te_arr = _echo_times_from_meta(list(mag_meta), mag_counts, mags)
         te_phase = _echo_times_from_meta(list(phase_meta), phase_counts, phases)
@@ -220,7 +276,15 @@ def acquisition_from_nifti_files(
         phase_units = "rad"  # BIDS part-phase metadata: Units "rad" (or "arbitrary")
     order = np.argsort(te_arr, kind="stable")
     mag = np.stack([mag_vols[i] for i in order])
-    phase = _phase_to_radians(np.stack([phase_vols[i] for i in order]), units=phase_units, sign=phase_sign)
+    raw_phase = np.stack([phase_vols[i] for i in order])
+    bad = ~np.all(np.isfinite(mag), axis=0) | ~np.all(np.isfinite(raw_phase), axis=0)
+    if bad.any():  # e.g. the NaN background of a skull-stripped image: zero magnitude reads as background
+        mag[:, bad], raw_phase[:, bad] = 0.0, 0.0
+        warnings.append(f"{int(bad.sum())} voxels with NaN or infinite magnitude/phase set to 0 (treated as "
+                        "background)")
+    if phase_units == "auto":
+        phase_units = detect_phase_units(raw_phase)  # recorded as resolved
+    phase = _phase_to_radians(raw_phase, units=phase_units, sign=phase_sign)
     src = {
         "format": "nifti",
         "mag": [str(p) for p in mags],
@@ -231,7 +295,11 @@ def acquisition_from_nifti_files(
         "phase_units": phase_units,
         "phase_sign": int(phase_sign),
         "warnings": sorted(set(warnings)),
+        "notes": notes,
+        "nonfinite_voxels": int(bad.sum()),
     }
+    if difference is not None:
+        src["phase_difference"] = phase_difference_record(*difference)
     if mag_meta and mag_meta[0]:
         src["sidecar"] = dict(mag_meta[0])
     src.update(source or {})
@@ -255,7 +323,12 @@ def load_nifti_acquisition(
     phase_units : ``"auto" | "rad" | "siemens" | "uint12" | "scale:<max>"`` (see ``physics.phase``);
         ``"auto"`` becomes ``"rad"`` when every phase sidecar says ``"Units": "rad"`` (BIDS).
 
-    Echoes are sorted by echo time.  Shape or affine mismatch, 2D data, NaNs, missing echo time or field
+    Echoes are sorted by echo time.  A single phase file whose sidecar has ``EchoTime1``/``EchoTime2``
+    is a phase difference: read as one echo with TE = EchoTime2 - EchoTime1 and the magnitude at
+    EchoTime1 (``source["phase_difference"]``, ``source["notes"]``).  A phase sidecar with ``Units: Hz``
+    or ImageType FIELDMAPHZ (a field map), or a real/imaginary ImageType, is refused.  NaN/infinite
+    voxels are set to 0 (magnitude and phase, all echoes) and counted (``source["nonfinite_voxels"]``).
+    Shape or affine mismatch, 2D data, 5D (per-coil) data, missing echo time or field
     strength, and unreadable files raise :class:`InputError` with a one-line message.
     ``acq.source`` records the files, where TE/B0 came from, the phase units and sign.
     """

@@ -1,220 +1,49 @@
-"""Self-contained HTML report for a reader: overview, one image tile per candidate, table, provenance.
+"""Self-contained HTML report, laid out the way a neuroradiologist reads it.
 
-Everything is inline (PNG as base64 ``data:`` URIs, CSS in a ``<style>`` block, no scripts, no external
-links), so the file can be mailed or archived alone.  Images are composed with numpy + Pillow (fast:
-a few ms per tile); windows are the same for every tile: magnitude and SWI 1-99.5th percentile inside
-the brain mask, χ ±0.5 ppm, local field ±0.05 ppm (white = paramagnetic / positive field).
+Top to bottom: who (patient name / ID, study date, series, acquisition; subject and input files for NIfTI /
+BIDS), any warning that withholds microbleed calls (acquisition fitness), the summary in MARS and BOMBS terms
+with linked ids, the reader's list as a table (each id links to its tile), a short legend (probability,
+uncertainty, review order, the list's floor), the gallery (one tile per listed candidate, with accept /
+reject / relabel controls and a contrast control, :mod:`pipeline.report_review`), the axial overview, then
+settings and model as tables (the full records as JSON in collapsed provenance blocks).
 
-Tiles are world-aligned reformats (axial, coronal, sagittal through the candidate centre, scanner RAS)
-of a ``fov_mm`` field of view, radiological convention (patient right on the viewer's left, anterior
-up in axial, superior up otherwise, anterior left in sagittal).
+Everything is inline (PNG as base64 ``data:`` URIs, CSS and one short script in the page, no network, no
+external links), so the file can be mailed or archived alone.  Images: :mod:`pipeline.report_images`.
 """
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
-from cmbdetect.physics.geometry import voxel_sizes, world_to_voxel
 from cmbdetect.physics.maps import PhysicsMaps
 from cmbdetect.pipeline.atomic import write_text
-from cmbdetect.pipeline.candidates import Candidate, reportable
-from cmbdetect.pipeline.regions import REGIONS, brain_geometry
-
-#: Marker colour of each class (RGB).
-LABEL_COLOURS: dict[str, tuple[int, int, int]] = {
-    "microbleed": (255, 70, 70), "calcification": (80, 210, 255), "vein": (120, 140, 255),
-    "other": (230, 200, 60)}
-#: World directions (RAS) of (rows downwards, columns rightwards) of each displayed plane.
-PLANES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
-    "axial": ((0, -1, 0), (-1, 0, 0)), "coronal": ((0, 0, -1), (-1, 0, 0)),
-    "sagittal": ((0, 0, -1), (0, -1, 0))}
-#: Patient direction at the (top, left) edge of each plane.
-_EDGE_LETTERS: dict[str, tuple[str, str]] = {"axial": ("A", "R"), "coronal": ("S", "R"),
-                                             "sagittal": ("S", "A")}
-
-
-@dataclass(frozen=True)
-class DisplayWindows:
-    """Grey-level windows (low, high) shared by all tiles, in each map's units."""
-
-    magnitude: tuple[float, float]
-    swi: tuple[float, float]
-    chi_ppm: tuple[float, float]
-    field_ppm: tuple[float, float]
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _percentiles(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    values = image[mask] if mask.any() else image.ravel()
-    values = values[np.isfinite(values)]
-    if values.size > 500_000:
-        values = values[:: values.size // 500_000]
-    lo, hi = (np.percentile(values, (1.0, 99.5)) if values.size else (0.0, 1.0))
-    return float(lo), float(hi if hi > lo else lo + 1.0)
-
-
-def display_windows(maps: PhysicsMaps, *, chi_window_ppm: float = 0.5,
-                    field_window_ppm: float = 0.05) -> DisplayWindows:
-    """The windows of a report: robust percentiles for magnitude/SWI, symmetric fixed χ and field."""
-    return DisplayWindows(_percentiles(maps.magnitude, maps.mask), _percentiles(maps.swi, maps.mask),
-                          (-chi_window_ppm, chi_window_ppm), (-field_window_ppm, field_window_ppm))
-
-
-def _grey(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    lo, hi = window
-    out = np.clip((values - lo) / (hi - lo), 0.0, 1.0) * 255.0
-    return np.where(np.isfinite(values), out, 0.0).astype(np.uint8)
-
-
-def _sample_plane(volume: np.ndarray, affine: np.ndarray, centre_ras: np.ndarray, plane: str, *,
-                  fov_mm: float, n: int) -> np.ndarray:
-    """``n`` x ``n`` world-aligned reformat of ``volume`` (linear interpolation, NaN outside)."""
-    rows, cols = (np.asarray(d, float) for d in PLANES[plane])
-    offsets = (np.arange(n) - (n - 1) / 2.0) * (fov_mm / n)
-    pts = centre_ras + offsets[:, None, None] * rows + offsets[None, :, None] * cols
-    vox = world_to_voxel(affine, pts.reshape(-1, 3)).T
-    return ndimage.map_coordinates(volume, vox, order=1, mode="constant", cval=np.nan).reshape(n, n)
-
-
-def render_candidate_tile(maps: PhysicsMaps, candidate: Candidate, *, windows: DisplayWindows,
-                          fov_mm: float = 20.0, context_mm: float = 60.0, panel_px: int = 96) -> np.ndarray:
-    """RGB uint8 tile of one candidate: rows axial/coronal/sagittal; columns magnitude, SWI, χ, local
-    field (``fov_mm`` field of view) and a ``context_mm`` context view (axial: the minimum-intensity
-    projection, where veins show as tubes; coronal/sagittal: SWI); a header line with the call and a
-    5 mm scale bar.  Yellow ticks point at the centre and leave the lesion itself uncovered."""
-    columns = (("magnitude", maps.magnitude, maps.magnitude, windows.magnitude, fov_mm),
-               ("SWI", maps.swi, maps.swi, windows.swi, fov_mm),
-               (f"chi ±{windows.chi_ppm[1]:g} ppm", maps.chi_ppm, maps.chi_ppm, windows.chi_ppm, fov_mm),
-               (f"field ±{windows.field_ppm[1]:g} ppm", maps.local_field_ppm, maps.local_field_ppm,
-                windows.field_ppm, fov_mm),
-               (f"minIP/SWI {context_mm:g} mm", maps.mip, maps.swi, windows.swi, context_mm))
-    label_w, head_h, title_h, gap = 58, 20, 14, 2
-    width = label_w + len(columns) * (panel_px + gap)
-    height = head_h + title_h + len(PLANES) * (panel_px + gap)
-    tile = Image.new("RGB", (width, height), (12, 12, 16))
-    draw = ImageDraw.Draw(tile)
-    small, big = _font(11), _font(13)
-    chi = "n/a" if math.isnan(candidate.susceptibility_ppm) else f"{candidate.susceptibility_ppm:+.2f} ppm"
-    if candidate.chi_measured == 0:
-        chi = "not measured (rim)"
-    draw.text((4, 3), f"#{candidate.id} {candidate.label} p={candidate.probability:.2f}  chi {chi}  "
-                      f"{candidate.diameter_mm:.1f} mm  {candidate.region}  review {candidate.review_priority}",
-              fill=LABEL_COLOURS.get(candidate.label, (255, 255, 255)), font=big)
-    diameter = candidate.diameter_mm if math.isfinite(candidate.diameter_mm) else 3.0
-    mid = (panel_px - 1) / 2.0
-    for col, (title, *_) in enumerate(columns):
-        draw.text((label_w + col * (panel_px + gap) + 2, head_h), title, fill=(200, 200, 200), font=small)
-    for row, plane in enumerate(PLANES):
-        y0 = head_h + title_h + row * (panel_px + gap)
-        draw.text((4, y0 + panel_px // 2 - 6), plane, fill=(200, 200, 200), font=small)
-        top, left = _EDGE_LETTERS[plane]
-        draw.text((label_w - 10, y0 + panel_px // 2 - 6), left, fill=(120, 200, 255), font=small,
-                  stroke_width=1, stroke_fill=(0, 0, 0))
-        for col, (_, axial_volume, volume, window, fov) in enumerate(columns):
-            x0 = label_w + col * (panel_px + gap)
-            source = axial_volume if plane == "axial" else volume
-            plane_img = _sample_plane(source, maps.affine, candidate.ras, plane, fov_mm=fov, n=panel_px)
-            tile.paste(Image.fromarray(_grey(plane_img, window), "L").convert("RGB"), (x0, y0))
-            if col == 0:
-                draw.text((x0 + panel_px // 2 - 3, y0), top, fill=(120, 200, 255), font=small,
-                          stroke_width=1, stroke_fill=(0, 0, 0))
-            px_mm = panel_px / fov
-            inner = max(2.5, 0.75 * diameter) * px_mm
-            outer = inner + max(2.0, 2.5 * px_mm)
-            cx, cy = x0 + mid, y0 + mid
-            for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-                draw.line([(cx + dx * inner, cy + dy * inner), (cx + dx * outer, cy + dy * outer)],
-                          fill=(255, 220, 0), width=1)
-        if row == 0:  # 5 mm scale bar in the first panel
-            px_mm = panel_px / fov_mm
-            draw.line([(label_w + 4, y0 + panel_px - 5), (label_w + 4 + 5 * px_mm, y0 + panel_px - 5)],
-                      fill=(255, 255, 255), width=2)
-            draw.text((label_w + 6 + 5 * px_mm, y0 + panel_px - 12), "5 mm", fill=(255, 255, 255), font=small)
-    return np.asarray(tile)
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """PNG encoding of an RGB (or grey) uint8 array."""
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
-
-
-def _axial_view(affine: np.ndarray) -> tuple[int, int, int, bool, bool]:
-    """Voxel axes (through-plane, row, column) of the axial montage and whether to flip rows/columns
-    so that anterior is up and patient right is on the left."""
-    a = np.asarray(affine, float)[:3, :3]
-    normal = int(np.argmax(np.abs(a[2])))
-    rest = [ax for ax in range(3) if ax != normal]
-    col = max(rest, key=lambda ax: abs(a[0, ax]))
-    row = rest[0] if col == rest[1] else rest[1]
-    return normal, row, col, a[1, row] > 0, a[0, col] > 0
-
-
-def render_overview(maps: PhysicsMaps, candidates: list[Candidate], *, panel_px: int = 200,
-                    max_panels: int = 20) -> np.ndarray:
-    """RGB montage of axial minimum-intensity-projection slices (``maps.mip``) across the brain, each
-    candidate numbered on the slice nearest its centre."""
-    normal, row_ax, col_ax, flip_r, flip_c = _axial_view(maps.affine)
-    vox = voxel_sizes(maps.affine)
-    occupied = np.nonzero(maps.mask.any(axis=tuple(ax for ax in range(3) if ax != normal)))[0]
-    lo, hi = (occupied[0], occupied[-1]) if occupied.size else (0, maps.shape[normal] - 1)
-    step = max(1, int(round(8.0 / vox[normal])), int(math.ceil((hi - lo + 1) / max_panels)))
-    slices = list(range(lo + step // 2, hi + 1, step)) or [lo]
-    window = _percentiles(maps.mip, maps.mask)
-    centres = {c.id: world_to_voxel(maps.affine, c.ras) for c in candidates}  # RAS is always present
-    scale = panel_px / max(maps.shape[row_ax] * vox[row_ax], maps.shape[col_ax] * vox[col_ax])
-    h, w = int(maps.shape[row_ax] * vox[row_ax] * scale), int(maps.shape[col_ax] * vox[col_ax] * scale)
-    ncols = min(5, len(slices))
-    nrows = math.ceil(len(slices) / ncols)
-    canvas = Image.new("RGB", (ncols * (w + 4), nrows * (h + 4)), (0, 0, 0))
-    draw = ImageDraw.Draw(canvas)
-    font = _font(12)
-    for n, s in enumerate(slices):
-        img = np.take(maps.mip, s, axis=normal)  # remaining axes in increasing order
-        img = img if row_ax < col_ax else img.T
-        img = img[::-1] if flip_r else img
-        img = img[:, ::-1] if flip_c else img
-        x0, y0 = (n % ncols) * (w + 4), (n // ncols) * (h + 4)
-        canvas.paste(Image.fromarray(_grey(img, window), "L").resize((w, h)).convert("RGB"), (x0, y0))
-        draw.text((x0 + 3, y0 + 2), f"slice {s}", fill=(160, 160, 160), font=font)
-        for c in candidates:
-            ijk = centres[c.id]
-            if not np.all(np.isfinite(ijk)) or abs(ijk[normal] - s) > step / 2.0:
-                continue
-            r = ijk[row_ax] * vox[row_ax] * scale
-            q = ijk[col_ax] * vox[col_ax] * scale
-            r, q = (h - 1 - r if flip_r else r), (w - 1 - q if flip_c else q)
-            colour = LABEL_COLOURS.get(c.label, (255, 255, 255))
-            rad = max(8.0, (c.diameter_mm if math.isfinite(c.diameter_mm) else 3.0) * scale + 5.0)
-            draw.ellipse([x0 + q - rad, y0 + r - rad, x0 + q + rad, y0 + r + rad], outline=colour, width=1)
-            draw.text((x0 + q + rad, y0 + r - rad - 10), str(c.id), fill=colour, font=font)
-    return np.asarray(canvas)
-
+from cmbdetect.pipeline.candidates import (MIMIC_LIST_FLOOR_P_MICROBLEED, REVIEW_ORDER_RULE, Candidate,
+                                           reader_candidates)
+from cmbdetect.pipeline.regions import brain_geometry
+from cmbdetect.pipeline.report_images import (LABEL_COLOURS, DisplayWindows, display_windows,  # noqa: F401
+                                              png_bytes, render_candidate_tile, render_overview, slice_number)
+from cmbdetect.pipeline.report_review import (CSS as REVIEW_CSS, decision_controls, figure_attrs, script_html,
+                                              toolbar_html)
+from cmbdetect.pipeline.report_summary import bombs_table, headline, mars_table
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
-h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
+body{font-family:system-ui,sans-serif;margin:0 1.5em 1.5em;background:#fafafa;color:#222}
+h1{font-size:1.35em;margin:.5em 0 .2em}h2{font-size:1.15em;margin-top:1.4em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-th{background:#eee}td.t{text-align:left;max-width:60em;overflow-wrap:anywhere}
+th{background:#eee}td.t,th.t{text-align:left;max-width:60em;overflow-wrap:anywhere}td.n0{color:#aaa}
+.ident{display:grid;grid-template-columns:max-content 1fr max-content 1fr;gap:2px 14px;background:#e8eef6;
+ border:1px solid #9ab;padding:.5em .9em;font-size:.95em}.ident b{font-size:1.05em}.ident span{color:#456}
 .warn{background:#fff4d6;border-left:4px solid #e0a000;padding:.3em .8em}
-.gallery{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;background:#111;padding:4px;color:#ddd}
-figcaption{font-size:.8em;padding-top:3px}.note{color:#666;font-size:.85em}
+.stop{background:#fde2e2;border-left:6px solid #c00;padding:.4em .9em;font-weight:bold}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;background:#111;padding:4px;color:#ddd;width:min-content}
+figcaption{font-size:.85em;padding-top:3px}.note{color:#555;font-size:.85em}.ids a{font-size:.9em}
+table.sum td{text-align:left}dl.legend{font-size:.88em;display:grid;grid-template-columns:max-content 1fr;
+ gap:2px 12px}dl.legend dt{font-weight:bold}dl.legend dd{margin:0}a{color:#0645ad}
 """
 
 
@@ -229,79 +58,177 @@ def _fmt(value, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-def _kv_table(items: dict) -> str:
-    rows = "".join(f'<tr><td class="t">{html.escape(str(k))}</td><td class="t">'
-                   f'{html.escape(v if isinstance(v, str) else json.dumps(v, default=str))}</td></tr>'
-                   for k, v in items.items())
+def _flat(items: dict, prefix: str = "", depth: int = 2) -> dict[str, str]:
+    """Nested ``items`` as ``{"a.b": text}`` rows (``depth`` levels; deeper or long values shortened)."""
+    out: dict[str, str] = {}
+    for k, v in items.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and depth > 1 and v:
+            out.update(_flat(v, f"{key}.", depth - 1))
+            continue
+        text = v if isinstance(v, str) else json.dumps(v, default=str)
+        out[key] = text if len(text) <= 160 else text[:157] + "..."
+    return out
+
+
+def _kv_table(items: dict, *, depth: int = 2) -> str:
+    rows = "".join(f'<tr><th class="t">{html.escape(k)}</th><td class="t">{html.escape(v)}</td></tr>'
+                   for k, v in _flat(items, depth=depth).items())
     return f"<table>{rows}</table>" if rows else '<p class="note">none recorded</p>'
 
 
-def _candidate_table(candidates: list[Candidate]) -> str:
-    cols = [("id", "id", 0), ("label", "label", 0), ("probability", "p", 3), ("susceptibility_ppm", "χ ppm", 3),
-            ("diameter_mm", "Ø mm", 1), ("volume_mm3", "vol mm³", 1), ("region", "region", 0),
-            ("review_priority", "review", 0), ("x", "x RAS", 1), ("y", "y RAS", 1), ("z", "z RAS", 1),
-            ("score", "score", 3), ("uncertainty", "uncert.", 3)]
+def _json_block(title: str, obj) -> str:
+    text = html.escape(json.dumps(obj, indent=1, default=str))
+    return f'<details><summary class="note">{html.escape(title)} (JSON)</summary><pre class="note">{text}</pre></details>'
+
+
+def _identity_html(identity: dict[str, str], title: str) -> str:
+    cells = "".join(f"<span>{html.escape(k)}</span><b>{html.escape(str(v))}</b>" for k, v in identity.items())
+    return f'<h1>{html.escape(title)}</h1><div class="ident" id="identity">{cells}</div>'
+
+
+def calls_withheld_banner(maps: PhysicsMaps) -> str:
+    """Red banner "No microbleed calls: <reasons>" when the acquisition fitness or the chi quality check withheld
+    the microbleed calls (``maps.meta["calls_withheld"]``, with the reasons of ``maps.meta["fitness"]``, see
+    ``physics.fitness``), else ``""``."""
+    meta = maps.meta if isinstance(maps.meta, dict) else {}
+    fitness = meta.get("fitness") if isinstance(meta.get("fitness"), dict) else {}
+    reason = meta.get("calls_withheld")
+    if not reason and fitness.get("ok", True) is not False:
+        return ""
+    reasons = [str(reason)] if reason else []
+    reasons += [str(r) for r in fitness.get("reasons", []) if str(r) not in reasons]
+    text = "; ".join(reasons) or "the acquisition is outside the validated range"
+    return (f'<p class="stop" id="fitness" data-calls-withheld="1">No microbleed calls: {html.escape(text)}. '
+            "No candidate is labelled microbleed or possible microbleed; the maps are shown for reading.</p>")
+
+
+def _candidate_table(candidates: list[Candidate], gallery_ids: set[int]) -> str:
+    cols = [("review_order", "review", 0), ("id", "id", 0), ("label", "label", 0), ("p_microbleed", "P(mb)", 2),
+            ("probability", "P(label)", 2), ("diameter_mm", "Ø mm", 1), ("susceptibility_ppm", "χ ppm", 2),
+            ("region", "region", 0), ("lobe", "lobe", 0), ("side", "side", 0), ("slice", "slice", 0),
+            ("uncertainty", "uncert.", 2)]
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t, _ in cols)
-    body = "".join("<tr>" + "".join(f'<td{" class=t" if d == 0 else ""}>{_fmt(getattr(c, a), d)}</td>'
-                                    for a, _, d in cols) + "</tr>" for c in candidates)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    body = []
+    for c in candidates:
+        cells = []
+        for attr, _, digits in cols:
+            value = slice_number(c) if attr == "slice" else getattr(c, attr)
+            text = _fmt("n/a" if value is None else value, digits)
+            if attr == "id" and c.id in gallery_ids:
+                text = f'<a href="#cand-{c.id}">#{c.id}</a>'
+            if attr == "label":
+                colour = LABEL_COLOURS.get(c.label, (0, 0, 0))
+                text = f'<span style="color:rgb{tuple(int(v * 0.75) for v in colour)}">■</span> {text}'
+            cells.append(f'<td{" class=t" if digits == 0 and attr not in ("review_order", "slice") else ""}>{text}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table id="candidates"><tr>{head}</tr>{"".join(body)}</table>'
+
+
+def _legend(thresholds: dict, vein_floor: float, fov_mm: float) -> str:
+    call = thresholds.get("microbleed_call", 0.5)
+    border = thresholds.get("microbleed_borderline", 0.2)
+    items = {
+        "P(mb)": f"calibrated probability that the candidate is a microbleed (0-1). Label microbleed at P(mb) "
+                 f">= {call:g}, possible microbleed (borderline) at >= {border:g}; otherwise the most probable of "
+                 f"calcification, vein and other (P(label) is that class's probability).",
+        "review": f"review order: {REVIEW_ORDER_RULE}.",
+        "listed": f"the list holds every microbleed, possible microbleed and calcification; veins and 'other' "
+                  f"only when P(mb) >= {vein_floor:g}. Every stage-1 candidate is in candidates_all.tsv.",
+        "uncert.": "how unsure the model is (0-1, normalised entropy of its committee's class probabilities): "
+                   "high = the model is torn between classes, so your decision teaches it most. It is not a "
+                   "probability of disease.",
+        "χ ppm": "mean susceptibility: > 0 paramagnetic (blood products), < 0 diamagnetic (calcification).",
+        "region / lobe / side": "MARS group, lobe and side estimated from the brain mask's geometry (no atlas): "
+                                "check them on the images.",
+        "slice": "1-based slice (image) number of the centre along the acquired slice axis of the input.",
+        "tiles": f"rows axial, coronal, sagittal (radiological: patient right on the viewer's left; letters on "
+                 f"every edge); columns magnitude, SWI, χ (white = paramagnetic), local field ({fov_mm:g} mm), then "
+                 "a 60 mm context (axial minimum-intensity projection: veins run as tubes); yellow ticks point at "
+                 "the centre.",
+        "decisions": "accept = the label is right; reject = not a lesion; relabel = the class you choose. "
+                     "'Save decisions' downloads a TSV for 'cmbdetect review import'.",
+    }
+    body = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items.items())
+    return f'<dl class="legend" id="legend">{body}</dl>'
+
+
+def _tile(maps: PhysicsMaps, c: Candidate, windows: DisplayWindows, fov_mm: float) -> str:
+    tile = render_candidate_tile(maps, c, windows=windows, fov_mm=fov_mm)
+    chi = "n/a" if math.isnan(c.susceptibility_ppm) else f"{c.susceptibility_ppm:+.2f} ppm"
+    p_mb = "n/a" if math.isnan(c.p_microbleed) else f"{c.p_microbleed:.2f}"
+    where = " ".join(v for v in (c.region, c.lobe, c.side if c.side != "unknown" else "") if v)
+    caption = (f"<b>#{c.id} {html.escape(c.label.replace('_', ' '))}</b> · P(microbleed) {p_mb} · "
+               f"Ø {_fmt(c.diameter_mm, 1)} mm · χ {chi} · slice {slice_number(c) or 'n/a'} · "
+               f"{html.escape(where)} · review {c.review_order or 'n/a'} · uncert. {_fmt(c.uncertainty, 2)}")
+    img = _img(tile, f"candidate {c.id}", f'data-candidate="{c.id}" ')
+    return (f"<figure {figure_attrs(c)}>{img}"
+            f"<figcaption>{caption}</figcaption>{decision_controls(c)}</figure>")
 
 
 def write_report(path, *, maps: PhysicsMaps, candidates: list[Candidate], settings: dict,
-                 warnings: list[str], model_info: dict, max_gallery: int = 100, fov_mm: float = 20.0,
-                 title: str = "cmbdetect report") -> Path:
+                 warnings: list[str], model_info: dict, identity: dict[str, str] | None = None,
+                 n_all: int | None = None, max_gallery: int = 100, fov_mm: float = 20.0,
+                 vein_floor: float = MIMIC_LIST_FLOOR_P_MICROBLEED,
+                 title: str = "cmbdetect report: cerebral microbleed candidates") -> Path:
     """Write the HTML report to ``path`` atomically; returns the path.
 
-    ``settings``: processing options shown as given; ``warnings``: lines shown prominently;
-    ``model_info``: at least ``name``, ``version``, ``sha256``.  The overview and the gallery show the
-    :func:`~cmbdetect.pipeline.candidates.reportable` candidates (the gallery at most ``max_gallery``, in
-    table order), each gallery ``<img>`` carrying ``data-candidate="<id>"``; the table lists all of them.
+    ``candidates``: the run's candidates (the reader's list, or every candidate: only the reader's list,
+    :func:`~cmbdetect.pipeline.candidates.reader_candidates`, is shown); ``n_all`` the number of stage-1
+    candidates behind them (``candidates_all.tsv``); ``identity``: ordered header lines
+    (:func:`pipeline.report_identity.report_identity`); ``settings``: processing options; ``warnings``: lines
+    shown prominently; ``model_info``: at least ``name``, ``version``, ``sha256`` (``metadata.thresholds``
+    gives the label thresholds of the legend).  ``maps.meta["calls_withheld"]`` / ``["fitness"]`` (if any) become
+    the banner that says why microbleed calls were withheld (:func:`calls_withheld_banner`).  The gallery shows at most ``max_gallery`` tiles, in review
+    order, each ``<figure id="cand-<id>">`` holding an ``<img data-candidate="<id>">``.
     """
+    listed = reader_candidates(candidates, vein_floor=vein_floor)
+    n_all = len(candidates) if n_all is None and len(candidates) > len(listed) else n_all
     windows = display_windows(maps)
-    counts = {label: sum(c.label == label for c in candidates) for label in LABEL_COLOURS}
-    summary = ", ".join(f"{n} {label}" for label, n in counts.items() if n) or "no candidates"
-    by_region = {r: sum(c.label == "microbleed" and c.region == r for c in candidates) for r in REGIONS}
-    mars = ", ".join(f"{r} {n}" for r, n in by_region.items() if n) or "none"
-    if any(c.region == "unknown" for c in candidates):
+    shown = listed[:max_gallery]
+    gallery_ids = {c.id for c in shown}
+    identity = dict(identity or {"Subject": "(not given)"})
+    meta = model_info.get("metadata") if isinstance(model_info.get("metadata"), dict) else {}
+    thresholds = meta.get("thresholds") or {}
+    region_note = ""
+    if any(c.region == "unknown" for c in listed):
         geometry = brain_geometry(maps.mask, maps.affine)
-        mars += (f" (region unknown: {geometry.reason})" if not geometry.usable else
-                 " (unknown = centre outside the brain mask or in the low part of a slab cut at both ends)")
-    shown_all = reportable(candidates)  # stage-2 rejects ("other") stay in the table only
-    shown = shown_all[:max_gallery]  # candidates come ordered: microbleeds first, by probability
-    tiles = []
-    for c in shown:
-        tile = render_candidate_tile(maps, c, windows=windows, fov_mm=fov_mm)
-        attrs = f'data-candidate="{c.id}" '
-        tiles.append(f'<figure>{_img(tile, f"candidate {c.id}", attrs)}'
-                     f"<figcaption>#{c.id} {html.escape(c.label)} p={c.probability:.2f}, "
-                     f"{html.escape(c.region)}, review priority {c.review_priority}</figcaption></figure>")
-    rejected = len(candidates) - len(shown_all)
-    cap_note = (f'<p class="note">Gallery and overview show the {len(shown)} candidates not rejected by the '
-                f"false-positive classifier (microbleeds first){'' if len(shown) == len(shown_all) else f', limited to {len(shown)} of {len(shown_all)}'}; "
-                f"{rejected} candidates labelled 'other' are in the table and candidates.tsv only.</p>"
-                if len(shown) < len(candidates) else "")
-    warn = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in warnings) or '<p class="note">none</p>'
-    legend = " ".join(f'<span style="color:rgb{col}">●</span> {label}' for label, col in LABEL_COLOURS.items())
+        region_note = (f"Region unknown: {geometry.reason}." if not geometry.usable else
+                       "Region unknown = centre outside the brain mask or in the low part of a slab cut at both ends.")
+    cap = (f'<p class="note">Gallery limited to the first {len(shown)} of {len(listed)} listed candidates '
+           f"(review order); the others are in the table and candidates.tsv.</p>" if len(shown) < len(listed) else "")
+    warn = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in warnings)
+    legend = " ".join(f'<span style="color:rgb{col}">●</span> {label.replace("_", " ")}'
+                      for label, col in LABEL_COLOURS.items())
     model = {k: model_info.get(k, "n/a") for k in ("name", "version", "sha256")}
-    model.update({k: v for k, v in model_info.items() if k not in model})
+    model.update({"thresholds": thresholds, **{k: v for k, v in meta.items() if not isinstance(v, (dict, list))}})
+    table = (_candidate_table(listed, gallery_ids) if listed else
+             "<p>No candidate to review: no microbleed, possible microbleed or calcification was found.</p>")
     doc = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
-<body><h1>{html.escape(title)}</h1>
-<p><b>{len(candidates)} candidates</b>: {html.escape(summary)}. Microbleed candidates by MARS region
-(geometric heuristic, no atlas): {html.escape(mars)}.</p><p>Research software: every candidate needs a
-reader's confirmation; absence of a candidate does not exclude a microbleed.</p>
-<h2>Warnings</h2>{warn}
-<h2>Overview (minimum-intensity projection of SWI, axial slabs)</h2>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{_CSS}{REVIEW_CSS}</style></head>
+<body>{_identity_html(identity, title)}
+{calls_withheld_banner(maps)}{warn}
+<p class="note">Go to: <a href="#summary">summary</a> · <a href="#candidates">candidates</a> ·
+<a href="#legend">legend</a> · <a href="#gallery">gallery</a> · <a href="#overview">overview</a> ·
+<a href="#settings">settings and model</a></p>
+<h2 id="summary">Summary</h2>
+<p><b>{html.escape(headline(listed, n_all=n_all))}</b>. Research software: every candidate needs a reader's
+confirmation; absence of a candidate does not exclude a microbleed.</p>
+<p class="note">Definite = label microbleed, possible = possible (borderline) microbleed; locations are
+geometric estimates (no atlas). {html.escape(region_note)} Numbers link to the tiles.</p>
+{mars_table(listed)}<p></p>{bombs_table(listed)}
+<h2>Candidates to review ({len(listed)})</h2>{table}
+<h2>Legend</h2>{_legend(thresholds, vein_floor, fov_mm)}
+<h2 id="gallery">Gallery</h2>{toolbar_html(len(shown))}{cap}
+<div class="gallery">{''.join(_tile(maps, c, windows, fov_mm) for c in shown)}</div>
+<h2 id="overview">Overview (minimum-intensity projection of SWI, axial slabs)</h2>
 <p class="note">{legend}. Numbers are candidate ids; patient right on the viewer's left.</p>
-{_img(render_overview(maps, shown_all), "overview")}
-<h2>Candidates</h2>{_candidate_table(candidates) if candidates else '<p>No candidates were found.</p>'}
-<h2>Gallery</h2>
-<p class="note">Rows axial, coronal, sagittal (radiological); columns magnitude, SWI, χ (white =
-paramagnetic), local field ({fov_mm:g} mm field of view), then a 60 mm context view (axial: minimum-intensity
-projection, where veins run as tubes; coronal/sagittal: SWI); yellow ticks point at the candidate centre.</p>
-{cap_note}<div class="gallery">{''.join(tiles)}</div>
+<div class="overview">{_img(render_overview(maps, listed), "overview")}</div>
+<h2 id="settings">Settings</h2>{_kv_table(settings)}
 <h2>Model</h2>{_kv_table(model)}
-<h2>Settings</h2>{_kv_table(settings)}
+{_json_block("provenance: model", model_info)}{_json_block("provenance: settings", settings)}
+{script_html()}
 </body></html>
 """
     return write_text(doc, Path(path))

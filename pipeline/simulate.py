@@ -287,7 +287,7 @@ def subject_seed(seed: int, index: int) -> np.random.SeedSequence:
 
 def simulate_dataset(out_dir, *, subjects: int, seed: int, b0=None, echoes="random", shape=(192, 224, 96),
                      voxel_size=None, n_microbleeds: int | None = None, preview: bool = False,
-                     progress=None, vein_family: str = "trees", vein_density: float | None = None,
+                     progress=None, claim=None, vein_family: str = "trees", vein_density: float | None = None,
                      iron_spots: int | None = 0) -> list[str]:
     """Simulate ``subjects`` subjects and write them as a BIDS dataset at ``out_dir`` (built in a
     temporary directory beside it and renamed into place).  Returns the subject labels.
@@ -295,7 +295,9 @@ def simulate_dataset(out_dir, *, subjects: int, seed: int, b0=None, echoes="rand
     ``b0`` None (random 1.5/3/7 T), a number, or a list to draw from; ``echoes`` "random", a number of
     echoes or a list of echo times (s); ``shape`` voxels; ``voxel_size`` mm (None: random field of
     view); ``n_microbleeds`` None draws 0-15 per subject; ``preview`` also writes
-    ``derivatives/preview/sub-XX_preview.png``; ``progress`` optional callable(label, params);
+    ``derivatives/preview/sub-XX_preview.png``; ``progress`` optional callable(label, params); ``claim``
+    (:func:`cmbdetect.pipeline.output_folder.claim_output_folder`) lets it replace an earlier simulated
+    dataset at ``out_dir`` (only the files that one wrote); without it ``out_dir`` must be new or empty.
     ``vein_family``, ``vein_density``, ``iron_spots`` as in :func:`simulate_subject`.
     Subject ``k`` depends only on (``seed``, ``k``) and the options, not on ``subjects``.
     """
@@ -308,7 +310,7 @@ def simulate_dataset(out_dir, *, subjects: int, seed: int, b0=None, echoes="rand
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     b0_choices = None if b0 is None else [float(v) for v in np.atleast_1d(b0)]
     labels = [subject_label(k) for k in range(int(subjects))]
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, claim=claim, kind="simulate") as tmp:
         write_dataset_files(tmp, labels, int(seed))
         for k, label in enumerate(labels):
             ss = subject_seed(seed, k)

@@ -47,3 +47,27 @@ def oblique_affine():
         return make(shape, voxel_size, angles_deg=angles_deg)
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def tiny_random_model(tmp_path_factory) -> str:
+    """A tiny random two-stage model folder (untrained: for end-to-end plumbing, not for detection quality)."""
+    from cmbdetect.models.registry import create_random_model
+
+    return str(create_random_model(tmp_path_factory.mktemp("model") / "random", seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_subject_files(tmp_path_factory) -> dict:
+    """A simulated single-echo 40 x 44 x 28 subject as NIfTI magnitude + phase (radians) in its own folder:
+    ``{"dir", "mag", "phase", "args"}`` (``args``: the input options of ``cmbdetect run``/``qsm``)."""
+    from cmbdetect.pipeline.atomic import save_nifti
+    from cmbdetect.pipeline.simulate import simulate_subject
+
+    sim = simulate_subject(seed=5, shape=(40, 44, 28), n_microbleeds=2)
+    folder = tmp_path_factory.mktemp("tiny-subject")
+    mag = save_nifti(sim.acq.mag[0], sim.acq.affine, folder / "mag.nii.gz")
+    phase = save_nifti(sim.acq.phase[0], sim.acq.affine, folder / "phase.nii.gz")
+    return {"dir": folder, "mag": mag, "phase": phase,
+            "args": ["--mag", str(mag), "--phase", str(phase), "--te", str(float(sim.acq.te[0])),
+                     "--b0", str(float(sim.acq.b0)), "--phase-units", "rad"]}

@@ -9,6 +9,7 @@ import pytest
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.atomic import atomic_directory, save_nifti, write_json, write_text
+from cmbdetect.pipeline.output_folder import MANIFEST_NAME, claim_output_folder
 
 
 def test_atomic_directory_appears_complete(tmp_path):
@@ -21,25 +22,40 @@ def test_atomic_directory_appears_complete(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left beside it
 
 
+def _earlier_result(final):
+    with atomic_directory(final) as tmp:
+        (tmp / "old.txt").write_text("old")
+    return claim_output_folder(final, overwrite=True)
+
+
 def test_atomic_directory_removed_on_error_and_old_output_kept(tmp_path):
     final = tmp_path / "out"
-    final.mkdir()
-    (final / "old.txt").write_text("old")
+    claim = _earlier_result(final)
     with pytest.raises(RuntimeError):
-        with atomic_directory(final) as tmp:
+        with atomic_directory(final, claim=claim) as tmp:
             (tmp / "new.txt").write_text("new")
             raise RuntimeError("boom")
-    assert sorted(p.name for p in final.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in final.iterdir()) == [MANIFEST_NAME, "old.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_atomic_directory_replaces_existing(tmp_path):
+def test_atomic_directory_replaces_an_earlier_result(tmp_path):
+    final = tmp_path / "out"
+    claim = _earlier_result(final)
+    with atomic_directory(final, claim=claim) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == [MANIFEST_NAME, "new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_directory_never_replaces_an_unclaimed_folder(tmp_path):
     final = tmp_path / "out"
     final.mkdir()
-    (final / "old.txt").write_text("old")
-    with atomic_directory(final) as tmp:
-        (tmp / "new.txt").write_text("new")
-    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    (final / "user.txt").write_text("mine")
+    with pytest.raises(InputError):
+        with atomic_directory(final) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["user.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

@@ -96,3 +96,12 @@ def test_vsharp_thick_slices_use_voxel_edge_radius(oblique_affine):
     _, eroded_4mm = vsharp(harmonic, mask, vs, radii_mm=(6.0, 4.0))
     assert eroded.sum() > eroded_4mm.sum() and not (eroded_4mm & ~eroded).any()
     assert np.std(local[eroded]) < 0.05 * np.std(harmonic[eroded])
+
+
+def test_vsharp_radii_follow_the_in_plane_voxel_size():
+    from cmbdetect.physics.background import DEFAULT_VSHARP_RADII_MM, vsharp_radii_mm
+
+    assert vsharp_radii_mm((1.0, 1.0, 1.5)) == DEFAULT_VSHARP_RADII_MM
+    assert vsharp_radii_mm((0.8, 0.8, 2.4)) == DEFAULT_VSHARP_RADII_MM      # thick slices keep the fixed radii
+    assert vsharp_radii_mm((1.5, 3.0, 1.5)) == DEFAULT_VSHARP_RADII_MM      # at the limit (any slice axis)
+    assert vsharp_radii_mm((3.0, 3.0, 3.0)) == (12.0, 8.0, 4.0)             # 4, 2.7, 1.3 voxels as at 1.5 mm

@@ -21,3 +21,8 @@ def test_path_with_session_and_parse_round_trip(tmp_path):
 def test_invalid_entities_rejected(bad):
     with pytest.raises(ValueError):
         bids_name(suffix="T2starw", extension=".nii.gz", **bad)
+
+
+def test_label_before_desc_as_in_the_specification():
+    assert bids_name(sub="01", desc="brain", label="WM", res="2", space="MNI152NLin2009cAsym", suffix="mask",
+                     extension=".nii.gz") == "sub-01_space-MNI152NLin2009cAsym_res-2_label-WM_desc-brain_mask.nii.gz"

@@ -10,8 +10,9 @@ import pytest
 from cmbdetect.models.detection import Detection
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import voxel_to_world
-from cmbdetect.pipeline.candidates import (COLUMNS, candidates_from_detections, read_candidates_tsv,
-                                           reportable, write_candidates)
+from cmbdetect.pipeline.candidates import (COLUMNS, MIMIC_LIST_FLOOR_P_MICROBLEED, REVIEW_ORDER_RULE,
+                                           candidates_from_detections, read_candidates_tsv, reader_candidates,
+                                           write_candidates)
 
 
 def _reject(name):
@@ -40,7 +41,7 @@ def test_rows_geometry_order_priority(detections, oblique_affine):
     rows = candidates_from_detections(detections, affine=affine, mask=None)
     assert [c.label for c in rows] == ["microbleed", "calcification", "vein"]  # label groups, reader order
     assert [c.id for c in rows] == [1, 2, 3]
-    assert [c.review_priority for c in rows] == [1, 3, 2]  # most uncertain first
+    assert [c.review_order for c in rows] == [1, 2, 3]  # the vein's p_microbleed 0.1 >= the floor: listed
     mb = rows[0]
     ras = voxel_to_world(affine, [10.0, 12.5, 8.0])
     assert np.allclose(mb.ras, ras) and np.allclose(mb.lps, ras * [-1, -1, 1])
@@ -60,7 +61,8 @@ def test_unknown_label_is_rejected(oblique_affine):
 
 def test_tsv_json_round_trip(detections, oblique_affine, tmp_path):
     rows = candidates_from_detections(detections, affine=oblique_affine(), mask=None)
-    tsv, js = write_candidates(rows, tmp_path / "out")
+    paths = write_candidates(rows, tmp_path / "out")
+    tsv, js = paths["tsv"], paths["json"]
     header = tsv.read_text().splitlines()[0].split("\t")
     assert tuple(header) == COLUMNS
     back = read_candidates_tsv(tsv)
@@ -79,8 +81,8 @@ def test_tsv_json_round_trip(detections, oblique_affine, tmp_path):
 
 
 def test_empty_table_and_bad_tables(tmp_path):
-    tsv, _ = write_candidates([], tmp_path)
-    assert read_candidates_tsv(tsv) == []
+    paths = write_candidates([], tmp_path)
+    assert read_candidates_tsv(paths["tsv"]) == [] and read_candidates_tsv(paths["all_tsv"]) == []
     bad = tmp_path / "bad.tsv"
     bad.write_text("label\tprobability\tx\ty\nmicrobleed\t0.5\t1\t2\n")
     with pytest.raises(InputError, match="lacks the columns z"):
@@ -96,15 +98,70 @@ def test_empty_table_and_bad_tables(tmp_path):
     assert row.id == 1 and row.region == "unknown" and np.allclose(row.lps, [-1, -2, 3])
 
 
-def test_within_label_group_sorted_by_probability_and_reportable(oblique_affine):
+def test_reader_list_review_order_and_audit_table(oblique_affine, tmp_path):
+    """The reader's list holds microbleeds, possible microbleeds and calcifications, and mimics only at or above
+    the stated floor, in review order; candidates_all.tsv keeps every candidate with the same ids."""
+    floor = MIMIC_LIST_FLOOR_P_MICROBLEED
     dets = [_det((1, 1, 1), "other", (0.01, 0.0, 0.0, 0.99)),
-            _det((2, 2, 2), "other", (0.2, 0.0, 0.0, 0.8)),
-            _det((3, 3, 3), "microbleed", (0.55, 0.0, 0.0, 0.45)),
+            _det((2, 2, 2), "other", (floor, 0.0, 0.0, 1 - floor)),
+            _det((3, 3, 3), "possible_microbleed", (0.3, 0.0, 0.0, 0.7)),
             _det((4, 4, 4), "microbleed", (0.9, 0.0, 0.1, 0.0)),
-            _det((5, 5, 5), "vein", (0.1, 0.0, 0.9, 0.0))]
+            _det((5, 5, 5), "vein", (floor / 2, 0.0, 1 - floor / 2, 0.0)),
+            _det((6, 6, 6), "calcification", (0.01, 0.8, 0.1, 0.09)),
+            _det((7, 7, 7), "microbleed", (0.6, 0.0, 0.4, 0.0)),
+            _det((8, 8, 8), "calcification", (0.0, 0.95, 0.05, 0.0)),
+            _det((9, 9, 9), "possible_microbleed", (0.45, 0.0, 0.55, 0.0))]
     rows = candidates_from_detections(dets, affine=oblique_affine(), mask=None)
-    assert [(c.label, c.probability) for c in rows] == [("microbleed", 0.9), ("microbleed", 0.55), ("vein", 0.9),
-                                                        ("other", 0.99), ("other", 0.8)]
-    shown = reportable(rows)
-    # stage-2 rejects are hidden unless their microbleed probability is still notable (0.2 >= 0.05)
-    assert [c.id for c in shown] == [1, 2, 3, 5]
+    assert [c.id for c in rows] == list(range(1, 10))
+    listed = [(c.label, round(c.p_microbleed if c.label != "calcification" else c.p_calcification, 3))
+              for c in rows if c.review_order]
+    assert listed == [("microbleed", 0.9), ("microbleed", 0.6), ("possible_microbleed", 0.45),
+                      ("possible_microbleed", 0.3), ("calcification", 0.95), ("calcification", 0.8),
+                      ("other", floor)]
+    assert [c.review_order for c in rows] == [1, 2, 3, 4, 5, 6, 7, 0, 0]
+    assert [c.label for c in rows[7:]] == ["vein", "other"]  # below the floor, by decreasing p_microbleed
+    assert rows[2].probability == pytest.approx(0.45)  # a possible microbleed's probability is p_microbleed
+    shown = reader_candidates(rows)
+    assert [c.id for c in shown] == [1, 2, 3, 4, 5, 6, 7]
+    assert reader_candidates(shown) == shown  # idempotent
+    assert [c.id for c in reader_candidates(list(reversed(rows)))] == [1, 2, 3, 4, 5, 6, 7]
+    assert [c.id for c in reader_candidates(rows, vein_floor=floor / 4)] == [1, 2, 3, 4, 5, 6, 7, 8]
+    paths = write_candidates(rows, tmp_path)
+    assert [c.id for c in read_candidates_tsv(paths["tsv"])] == [1, 2, 3, 4, 5, 6, 7]
+    assert [c.id for c in read_candidates_tsv(paths["all_tsv"])] == list(range(1, 10))
+    side = json.loads(paths["json"].read_text())
+    assert side["selection"]["mimic_floor_p_microbleed"] == floor and side["count_all"] == 9
+    assert side["selection"]["review_order"] == REVIEW_ORDER_RULE and "read first" in REVIEW_ORDER_RULE
+    assert "possible_microbleed" in side["labels"] and "p_microbleed" in side["columns"]
+    audit = json.loads(paths["all_json"].read_text())
+    assert audit["count"] == 9 and audit["count_listed"] == 7 and "review_order" in audit["columns"]
+
+
+def test_side_and_lobe_of_a_brain(oblique_affine):
+    """Side from the mask centroid, lobe for lobar candidates (geometric estimate) on a brain-sized ellipsoid."""
+    from cmbdetect.physics.geometry import world_to_voxel
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    shape = (80, 96, 76)
+    ijk = np.indices(shape, dtype=float)
+    centre = (np.array(shape) - 1) / 2.0
+    mask = ((((ijk - centre[:, None, None, None]) / (np.array(shape) * 0.45)[:, None, None, None]) ** 2).sum(0)
+            <= 1.0)
+    c_ras = affine[:3, :3] @ centre
+    points = {"frontal-right": (40.0, 60.0, 20.0), "occipital-left": (-20.0, -80.0, 5.0),
+              "temporal-left": (-65.0, 0.0, -20.0), "parietal-right": (30.0, -35.0, 50.0)}
+    dets = [_det(tuple(world_to_voxel(affine, c_ras + np.array(v))), "microbleed", (0.9, 0, 0, 0.1))
+            for v in points.values()]
+    rows = candidates_from_detections(dets, affine=affine, mask=mask)
+    got = {f"{c.lobe}-{c.side}" for c in rows if c.region == "lobar"}
+    assert got == set(points)
+
+
+def test_bids_sidecar_describes_every_column():
+    from cmbdetect.pipeline.candidates import bids_tsv_sidecar
+
+    doc = bids_tsv_sidecar(audit=False)
+    assert set(COLUMNS) <= set(doc) and doc["susceptibility_ppm"]["Units"] == "ppm"
+    assert doc["Selection"]["mimic_floor_p_microbleed"] == MIMIC_LIST_FLOOR_P_MICROBLEED
+    assert "audit" in bids_tsv_sidecar(audit=True)["Description"]
+

@@ -102,11 +102,15 @@ def test_bad_input_raises_input_error():
                              background="magic")
 
 
-def test_multi_echo_reliability_mask_lowers_the_local_field_error():
+def test_multi_echo_reliability_mask_lowers_the_local_field_error(monkeypatch):
     """A simulated 1.5 T 5-echo subject whose brain mask takes in dark zones at air/bone interfaces (a case
     that gave 0.10 ppm error without the reliability mask): with the default coherence threshold the local
-    field is closer to the simulator's truth (0.12 -> 0.07 ppm), and the microbleed centres stay in the mask."""
+    field is closer to the simulator's truth (0.12 -> 0.07 ppm), and the microbleed centres stay in the mask.
+    (The stricter-mask retry after a failed chi map, which rescues the map without the reliability mask too, is
+    turned off: this test is about the reliability mask alone.)"""
     from cmbdetect.pipeline.simulate import simulate_subject
+
+    monkeypatch.setattr("cmbdetect.physics.chain.MASK_RETRY_THRESHOLD_SCALES", ())
 
     sim = simulate_subject(seed=np.random.SeedSequence(101, spawn_key=(2,)), shape=(64, 72, 40),
                            voxel_size=(1.5, 1.5, 2.4), b0=1.5, te=(0.004, 0.011, 0.018, 0.024, 0.031))

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from cmbdetect.models.detection import READER_LABELS
 from cmbdetect.pipeline.cli import main
 
 SHAPE = (40, 48, 28)
@@ -61,6 +65,8 @@ def test_participant_and_group(tmp_path, bids_dir, random_model, capsys):
         assert tsv.is_file() and (anat / f"sub-{label}_Chimap.nii.gz").is_file()
         assert (anat / f"sub-{label}_desc-cmb_report.html").is_file()
         assert (anat / f"sub-{label}_desc-cmb_provenance.json").is_file()
+        physics = json.loads((anat / f"sub-{label}_desc-cmb_provenance.json").read_text())["parameters"]["physics"]
+        assert "ok" in physics["fitness"] and physics["mask"]  # the chain's record, as `run` writes it
         sidecar = json.loads((anat / f"sub-{label}_desc-cmb_candidates.json").read_text())
         assert sidecar["Model"]["sha256"] and sidecar["Sources"]
         assert all(s.startswith(f"bids:raw:sub-{label}/anat/") for s in sidecar["Sources"])
@@ -77,11 +83,75 @@ def test_participant_and_group(tmp_path, bids_dir, random_model, capsys):
     assert rows["sub-01"]["status"] == "done"
     n01 = len((out / "sub-01/anat/sub-01_desc-cmb_candidates.tsv").read_text().strip().splitlines()) - 1
     assert int(rows["sub-01"]["n_candidates"]) == n01
-    assert sum(int(rows["sub-01"][f"n_{k}"]) for k in ("microbleed", "calcification", "vein", "other")) == n01
+    assert sum(int(rows["sub-01"][f"n_{k}"]) for k in READER_LABELS) == n01
     page = (out / "group" / "index.html").read_text()
     for label in ("01", "02"):
         link = f'../sub-{label}/anat/sub-{label}_desc-cmb_report.html'
         assert link in page and (out / "group" / link).resolve().is_file()
+    check_derivative_sidecars(out / "sub-01" / "anat")
+    errors = bids_validator_errors(out)
+    if errors is not None:
+        assert errors == []
+
+
+def check_derivative_sidecars(anat: Path) -> None:
+    """The candidate sidecar describes every column as ``cmbdetect run`` does (one source), and
+    SkullStripped says the truth about each map."""
+    import nibabel as nib
+    import numpy as np
+
+    from cmbdetect.pipeline.candidates import COLUMN_INFO
+
+    sidecar = json.loads((anat / "sub-01_desc-cmb_candidates.json").read_text())
+    header = (anat / "sub-01_desc-cmb_candidates.tsv").read_text().splitlines()[0].split("\t")
+    assert set(header) <= set(sidecar)
+    for column, info in COLUMN_INFO.items():
+        assert sidecar[column]["Description"] == info["description"]
+        assert sidecar[column].get("Units", "") == info["units"]
+    mask = nib.load(anat / "sub-01_desc-brain_mask.nii.gz").get_fdata() > 0
+    for name in ("Chimap", "desc-localfield_T2starw", "desc-swi_T2starw", "desc-mip_T2starw"):
+        data = nib.load(anat / f"sub-01_{name}.nii.gz").get_fdata()
+        stripped = json.loads((anat / f"sub-01_{name}.json").read_text())["SkullStripped"]
+        assert stripped == (not np.any(data[~mask])), name
+
+
+def bids_validator() -> str | None:
+    """The deno bids-validator (PyPI ``bids-validator-deno``), or None."""
+    beside = Path(sys.executable).parent / "bids-validator-deno"
+    return shutil.which("bids-validator-deno") or (str(beside) if beside.is_file() else None)
+
+
+def bids_validator_errors(dataset: Path) -> list[str] | None:
+    """The validator's errors on ``dataset`` (``CODE location`` strings); None (and a skip notice in the
+    test report) when the validator is not installed."""
+    exe = bids_validator()
+    if exe is None:
+        import warnings
+
+        warnings.warn("bids-validator-deno not installed (pip install bids-validator-deno): "
+                      "derivatives not validated")
+        return None
+    run = subprocess.run([exe, str(dataset), "--format", "json"], capture_output=True, text=True, timeout=300)
+    issues = json.loads(run.stdout)["issues"]["issues"]
+    return [f"{i['code']} {i.get('location')} {i.get('subCode') or ''}".strip()
+            for i in issues if i["severity"] == "error"]
+
+
+@pytest.mark.skipif(bids_validator() is None,
+                    reason="bids-validator-deno not installed (pip install bids-validator-deno)")
+def test_validator_honours_bidsignore(tmp_path):
+    """The .bidsignore patterns are the ones the deno validator honours: a file named like no BIDS file
+    is an error until it matches a pattern (folders without a trailing slash)."""
+    from cmbdetect.pipeline.bids_derivatives import write_derivative_metadata
+
+    write_derivative_metadata(tmp_path, bids_dir=tmp_path / "raw", version="0.1.0")
+    (tmp_path / "group").mkdir()
+    (tmp_path / "group" / "index.html").write_text("<html></html>")
+    (tmp_path / "sub-01" / "anat").mkdir(parents=True)
+    (tmp_path / "sub-01" / "anat" / "sub-01_desc-cmb_report.html").write_text("<html></html>")
+    assert bids_validator_errors(tmp_path) == []
+    (tmp_path / "sub-01" / "anat" / "sub-01_desc-cmb_notes.txt").write_text("x")
+    assert [e for e in bids_validator_errors(tmp_path) if "notes" in e]
 
 
 def test_participant_label_selects_and_unknown_label_is_an_error(tmp_path, bids_dir, random_model, capsys):
@@ -93,3 +163,28 @@ def test_participant_label_selects_and_unknown_label_is_an_error(tmp_path, bids_
     assert main([str(bids_dir), str(out), "participant", "--participant-label", "99",
                  "--model", random_model]) == 2
     assert capsys.readouterr().err.strip().startswith("cmbdetect: error:")
+
+
+def test_failed_report_keeps_the_acquisition(tmp_path, bids_dir, random_model, capsys, monkeypatch):
+    """A report that crashes (injected fault) does not discard the acquisition: maps, tables and
+    provenance (with export_errors) are in place, no failures.tsv row; exit 1 only with --strict-exports."""
+    import cmbdetect.pipeline.report as report
+
+    def broken_report(*args, **kwargs):
+        raise ValueError("cannot draw the gallery")
+
+    monkeypatch.setattr(report, "write_report", broken_report)  # one process: nodes run in-process
+    out = tmp_path / "out"
+    assert main([str(bids_dir), str(out), "participant", "--participant-label", "01", "--model", random_model,
+                 "--nprocs", "1", "--plugin", "linear", "--strict-exports"]) == 1
+    err = capsys.readouterr().err
+    assert [ln for ln in err.splitlines() if "exports incomplete" in ln and "report: ValueError" in ln]
+    anat = out / "sub-01" / "anat"
+    assert not (anat / "sub-01_desc-cmb_report.html").exists()
+    for name in ("desc-cmb_candidates.tsv", "Chimap.nii.gz", "desc-localfield_T2starw.nii.gz",
+                 "desc-cmb_markups.mrk.json"):
+        assert (anat / f"sub-01_{name}").is_file(), name
+    prov = json.loads((anat / "sub-01_desc-cmb_provenance.json").read_text())
+    assert prov["export_errors"] == ["report: ValueError: cannot draw the gallery"]
+    with open(out / "logs" / "failures.tsv") as fh:
+        assert list(csv.DictReader(fh, delimiter="\t")) == []

@@ -120,7 +120,7 @@ def test_acquisition_from_args(tmp_path, rng, oblique_affine):
     np.testing.assert_allclose(acq.te, [0.01, 0.02])
     for argv, match in ((["--mag", m], "phase missing"), (["--phase", p], "magnitude missing"), ([], "no input"),
                         (["--mag", m, "--phase", p, "--dicom", tmp_path], "either --dicom"),
-                        (["--dicom", tmp_path, "--phase-units", "rad"], "--phase-units")):
+                        (["--dicom", tmp_path, "--phase-units", "furlongs"], "--phase-units")):
         with pytest.raises(InputError, match=match):
             acquisition_from_args(_args(argv))
     save_nifti(brain, aff, tmp_path / "mask.nii.gz")
@@ -154,7 +154,7 @@ def test_qsm_bad_input_one_line_no_output(tmp_path, rng, oblique_affine, capsys)
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
     rc = _main(["qsm", "--mag", m, "--phase", p, "--te", "0.01,0.02", "--b0", "3", "--out", foreign])
-    assert rc == 2 and "not a cmbdetect qsm output" in capsys.readouterr().err
+    assert rc == 2 and "did not write" in capsys.readouterr().err
     assert [x.name for x in foreign.iterdir()] == ["keep.txt"]
 
 
@@ -176,8 +176,10 @@ def test_qsm_end_to_end_writes_all_maps(tmp_path, rng, oblique_affine, capsys):
     centre = (np.asarray(SHAPE) - 1) / 2
     pos, neg = tuple(np.round(centre + [3, 0, 0]).astype(int)), tuple(np.round(centre - [3, 1, 0]).astype(int))
     assert maps.chi_ppm[pos] > 0.1 and maps.chi_ppm[neg] < -0.05
-    # rerun into the same folder replaces the earlier output
-    assert _main(["qsm", "--mag", m, "--phase", p, "--te", "0.01,0.02", "--b0", "3", "--out", out]) == 0
+    # a rerun into the same folder replaces the earlier output, with --overwrite only
+    assert _main(["qsm", "--mag", m, "--phase", p, "--te", "0.01,0.02", "--b0", "3", "--out", out]) == 2
+    assert _main(["qsm", "--mag", m, "--phase", p, "--te", "0.01,0.02", "--b0", "3", "--out", out,
+                  "--overwrite"]) == 0
     assert [x.name for x in tmp_path.iterdir() if x.name.startswith(".")] == []
 
 

@@ -114,16 +114,74 @@ def test_run_dicom_input_writes_sr_and_key_images(tmp_path, subject, random_mode
     write_dicom_series(acq.mag[0], acq.affine, tmp_path / "dcm" / "mag", kind="M", series_number=1, **common)
     write_dicom_series(acq.phase[0], acq.affine, tmp_path / "dcm" / "phase", kind="P", series_number=2,
                        **common)
+    anonymise(tmp_path / "dcm")
     out = tmp_path / "out"
     assert main(["run", "--dicom", str(tmp_path / "dcm" / "mag"), "--dicom", str(tmp_path / "dcm" / "phase"),
                  "--out", str(out), "--model", random_model, "--plugin", "multiproc", "--nprocs", "2"]) == 0
     sr = dcmread(out / "dicom" / "sr.dcm")
     assert sr.StudyInstanceUID == "1.2.3.4.5" and sr.Modality == "SR"
-    n_candidates = len((out / "candidates.tsv").read_text().strip().splitlines()) - 1
+    assert sr.AccessionNumber == "" and sr.StudyID == ""  # absent from the source: present and empty
+    from cmbdetect.pipeline.candidates import read_candidates_tsv
+    from cmbdetect.pipeline.export_dicom import dicom_findings
+
+    findings = dicom_findings(read_candidates_tsv(out / "candidates.tsv"))
     keys = list((out / "dicom" / "keyimages").glob("*.dcm"))
-    assert len(keys) == min(n_candidates, 100)
+    assert len(keys) == min(len(findings), 100)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["dicom_export"]["errors"] == [] and prov["dicom_export"]["n_findings"] == len(findings)
     for name in FIXED_OUTPUTS:
         assert (out / name).is_file(), name
+
+
+def anonymise(folder: Path) -> None:
+    """Delete the Type-2 attributes an anonymiser removes (AccessionNumber, StudyID, ...) from every file."""
+    import pydicom
+
+    for path in folder.rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        for keyword in ("AccessionNumber", "StudyID", "ReferringPhysicianName", "PatientBirthDate"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(path)
+
+
+def test_failed_dicom_export_keeps_outputs_and_fails_only_when_strict(tmp_path, subject, random_model,
+                                                                      capsys, monkeypatch):
+    """An SR that cannot be built and a report that crashes (injected faults) leave every NIfTI/TSV
+    output and the other DICOM objects, one warning line on stderr, exit 0; exit 1 with --strict-exports."""
+    import cmbdetect.pipeline.export_dicom as export_dicom
+    import cmbdetect.pipeline.report as report
+    from cmbdetect.pipeline.io_dicom import write_dicom_series
+
+    def broken_sr(*args, **kwargs):
+        raise AttributeError("'Dataset' object has no attribute 'AccessionNumber'")
+
+    def broken_report(*args, **kwargs):
+        raise ValueError("cannot draw the gallery")
+
+    monkeypatch.setattr(export_dicom, "write_dicom_sr", broken_sr)  # nodes run in-process (linear)
+    monkeypatch.setattr(report, "write_report", broken_report)
+    acq = subject["sim"].acq
+    common = dict(echo_time_s=float(acq.te[0]), b0=float(acq.b0), frame_of_reference_uid="1.2.3.4.6")
+    write_dicom_series(acq.mag[0], acq.affine, tmp_path / "dcm" / "mag", kind="M", series_number=1, **common)
+    write_dicom_series(acq.phase[0], acq.affine, tmp_path / "dcm" / "phase", kind="P", series_number=2,
+                       **common)
+    args = ["run", "--dicom", str(tmp_path / "dcm" / "mag"), "--dicom", str(tmp_path / "dcm" / "phase"),
+            "--model", random_model, "-w", str(tmp_path / "work")]
+    for strict, code in ((False, 0), (True, 1)):
+        out = tmp_path / f"out-{strict}"
+        assert main([*args, "--out", str(out)] + (["--strict-exports"] if strict else [])) == code
+        err = capsys.readouterr().err
+        warning = [ln for ln in err.splitlines() if "exports incomplete" in ln]
+        assert len(warning) == 1 and "Traceback" not in err
+        assert "sr: AttributeError" in warning[0] and "report: ValueError: cannot draw" in warning[0]
+        for name in FIXED_OUTPUTS:
+            assert (out / name).is_file() == (name != "report.html"), name
+        assert not (out / "dicom" / "sr.dcm").exists()
+        assert list((out / "dicom" / "keyimages").glob("*.dcm"))
+        prov = json.loads((out / "provenance.json").read_text())
+        assert [e["object"] for e in prov["dicom_export"]["errors"]] == ["sr"]
+        assert len(prov["export_errors"]) == 2
 
 
 @pytest.mark.slow

@@ -172,3 +172,18 @@ def test_cli_evaluate_single_subject_run_folder(dataset):
     m = json.loads((out / "metrics.json").read_text())
     assert (m["n_subjects"], m["tp"], m["fp"]) == (1, 1, 0)
     assert m["per_subject"][0]["subject"] == "02"
+
+
+def test_cli_evaluate_reads_the_audit_table_beside_the_readers_list(dataset):
+    """A run folder (or BIDS derivatives) with the reader's list and candidates_all: the FROC ranks all candidates."""
+    deriv = dataset / "deriv" / "sub-02" / "anat"
+    _pred_table(deriv / "sub-02_desc-cmb_candidates.tsv", [("microbleed", 0.9, 0.9, (50, 0, 0))])
+    _pred_table(deriv / "sub-02_desc-cmball_candidates.tsv", [("microbleed", 0.9, 0.9, (50, 0, 0)),
+                                                              ("other", 0.9, 0.01, (0.5, 0, 0))])
+    truth = dataset / "bids" / "derivatives" / "groundtruth" / "sub-02" / "sub-02_desc-lesions_table.tsv"
+    out = dataset / "eval2"
+    assert _run_cli(["--pred", str(dataset / "deriv"), "--truth", str(truth), "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["tp"], m["fp"], m["n_predicted"]) == (0, 1, 1) and m["stage2_auc"] == pytest.approx(0.0)
+    assert m["froc_sensitivity"][-1] == pytest.approx(1.0)  # the unlisted candidate is in the FROC
+

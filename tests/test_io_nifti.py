@@ -156,9 +156,18 @@ def test_nans(tmp_path, volumes, oblique_affine):
     aff = oblique_affine(SHAPE)
     bad = phase[0].copy()
     bad[3, 3, 3] = np.nan
+    bad[0, :, :] = np.inf
     m = _save(mag[0], aff, tmp_path / "m.nii.gz")
     p = _save(bad, aff, tmp_path / "p.nii.gz")
-    _one_line_error(load_nifti_acquisition, m, p, te=[0.02], b0=3, match="NaN")
+    acq = load_nifti_acquisition(m, p, te=[0.02], b0=3)  # NaN voxels are masked, not refused
+    n_bad = 1 + SHAPE[1] * SHAPE[2]
+    assert acq.source["nonfinite_voxels"] == n_bad and any("NaN" in w for w in acq.source["warnings"])
+    assert acq.mag[0, 3, 3, 3] == 0 and acq.phase[0, 3, 3, 3] == 0 and np.all(acq.mag[0, 0] == 0)
+    good = np.ones(SHAPE, bool)
+    good[3, 3, 3] = good[0] = False
+    np.testing.assert_allclose(acq.mag[0][good], mag[0][good], rtol=1e-6)
+    _save(np.full(SHAPE, np.nan), aff, tmp_path / "all_nan.nii.gz")
+    _one_line_error(load_nifti_acquisition, m, tmp_path / "all_nan.nii.gz", te=[0.02], b0=3, match="no finite")
 
 
 def test_unreadable_files(tmp_path, volumes, oblique_affine):
@@ -239,3 +248,48 @@ def test_header_without_orientation_is_flagged(tmp_path, volumes):
     acq = load_nifti_acquisition(paths[0], paths[1], te=[0.02], b0=3)
     assert len(acq.source["warnings"]) == 2 and "no orientation" in acq.source["warnings"][0]
     np.testing.assert_allclose(acq.voxel_size, [1.0, 1.0, 2.0])
+
+
+def test_phase_difference_sidecar_uses_echo_spacing(tmp_path, volumes, oblique_affine):
+    """dcm2niix/BIDS phase difference (EchoTime1/EchoTime2 in the phase sidecar): one echo at TE2 - TE1 with
+    the TE1 magnitude, whichever order the magnitudes come in (before: TE2, a field TE2/dTE too small)."""
+    mag, phase = volumes
+    aff = oblique_affine(SHAPE)
+    m2 = _save(mag[1], aff, tmp_path / "e2.nii", {"EchoTime": 0.00765, "MagneticFieldStrength": 3})
+    m1 = _save(mag[0], aff, tmp_path / "e1.nii", {"EchoTime": 0.00519, "MagneticFieldStrength": 3})
+    p = _save(phase[0], aff, tmp_path / "ph.nii", {"EchoTime": 0.00765, "EchoTime1": 0.00519,
+                                                   "EchoTime2": 0.00765, "MagneticFieldStrength": 3})
+    acq = load_nifti_acquisition([m2, m1], p)
+    np.testing.assert_allclose(acq.te, [0.00246], atol=1e-12)
+    np.testing.assert_allclose(acq.mag[0], mag[0])
+    np.testing.assert_allclose(acq.phase[0], phase[0], atol=1e-6)
+    assert acq.source["te_from"] == "EchoTime2 - EchoTime1"
+    assert acq.source["phase_difference"] == {"echo_time1_s": 0.00519, "echo_time2_s": 0.00765,
+                                              "delta_te_s": 0.00246}
+    assert "TE = TE2 - TE1 = 2.46 ms" in acq.source["notes"][0]
+    bad = _save(phase[0], aff, tmp_path / "bad.nii", {"EchoTime1": 0.008, "EchoTime2": 0.005})
+    _one_line_error(load_nifti_acquisition, m1, bad, b0=3, match="EchoTime2 5 ms not after EchoTime1 8 ms")
+
+
+@pytest.mark.parametrize("meta, match", [
+    ({"Units": "Hz", "ImageType": ["ORIGINAL", "PRIMARY", "OTHER", "FIELDMAPHZ"]}, "B0 field map in Hz"),
+    ({"ImageType": ["ORIGINAL", "PRIMARY", "FIELDMAPHZ"]}, "B0 field map in Hz"),
+    ({"ImageType": ["ORIGINAL", "PRIMARY", "REAL"]}, "real-part image"),
+    ({"ImageType": ["ORIGINAL", "PRIMARY", "M", "MAGNITUDE"]}, "is a magnitude image"),
+])
+def test_sidecar_forms_refused_in_one_line(tmp_path, volumes, oblique_affine, meta, match):
+    mag, phase = volumes
+    aff = oblique_affine(SHAPE)
+    m = _save(mag[0], aff, tmp_path / "m.nii", {"EchoTime": 0.005, "MagneticFieldStrength": 3})
+    hz = np.round(phase[0] * 150)  # +-465 Hz, integers: would pass as Siemens phase
+    p = _save(hz, aff, tmp_path / "p.nii", {"EchoTime": 0.005, "MagneticFieldStrength": 3, **meta})
+    _one_line_error(load_nifti_acquisition, m, p, match=match)
+
+
+def test_five_dimensional_data_names_the_coil_axis(tmp_path, volumes, oblique_affine):
+    mag, _ = volumes
+    aff = oblique_affine(SHAPE)
+    coils = np.repeat(np.stack([mag[0], mag[1]], axis=-1)[..., None], 8, axis=-1)  # [X, Y, Z, 2 echoes, 8 coils]
+    m = _save(coils, aff, tmp_path / "m.nii")
+    msg = _one_line_error(load_nifti_acquisition, m, m, te=[0.01, 0.02], b0=3, match="axis 5 \\(8\\)")
+    assert "receive coils" in msg and "combine the coils" in msg

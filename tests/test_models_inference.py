@@ -4,7 +4,7 @@ import pytest
 
 from cmbdetect.models.channels import ALL_CHANNELS, physics_channels
 from cmbdetect.models.classifier import physics_gate
-from cmbdetect.models.detection import CLASSES, Detection, merge_duplicates
+from cmbdetect.models.detection import CLASSES, READER_LABELS, Detection, LabelPolicy, merge_duplicates
 from cmbdetect.models.inference import detect, detection_domain, model_grid
 from cmbdetect.models.registry import create_random_model
 from cmbdetect.physics.errors import InputError
@@ -47,16 +47,19 @@ def test_detect_random_model_well_formed(random_model, oblique_affine):
     probs_mb = [d.probabilities["microbleed"] for d in dets]
     assert probs_mb == sorted(probs_mb, reverse=True)
     for d in dets:
-        assert isinstance(d, Detection) and d.label in CLASSES
+        assert isinstance(d, Detection) and d.label in READER_LABELS
         assert set(d.probabilities) == set(CLASSES)
         assert abs(sum(d.probabilities.values()) - 1) < 1e-6
-        assert d.label == max(d.probabilities, key=d.probabilities.get)
+        assert d.label == LabelPolicy().label(d.probabilities)  # the random model has the default thresholds
         assert all(0 <= v < s for v, s in zip(d.centre_vox, maps.shape))
         assert maps.mask[tuple(int(round(v)) for v in d.centre_vox)]
         assert 0.0 <= d.uncertainty <= 1.0 and d.diameter_mm > 0
         assert {"integrated_chi_ppm_mm3", "dipole_sign", "stage1_score"} <= set(d.features)
         if d.features["integrated_chi_ppm_mm3"] < 0 and d.features["dipole_sign"] < 0:
             assert d.probabilities["microbleed"] == 0.0
+    withheld = detect(maps, model=str(random_model), calls_withheld="test: acquisition outside the validated range")
+    assert [d.probabilities for d in withheld] == [d.probabilities for d in dets]
+    assert not any(d.label in ("microbleed", "possible_microbleed") for d in withheld)
     # prevalence re-weighting moves microbleed probabilities monotonically
     low = detect(maps, model=str(random_model), prevalence=0.01)
     high = detect(maps, model=str(random_model), prevalence=0.99)
@@ -195,7 +198,7 @@ def test_merge_duplicates_keeps_one_entry_per_large_lesion():
         _det((20.0, 20.0, 12.0), 0.4, "microbleed", 3.0),     # second peak of the big bleed, 4 mm away
         _det((20.0, 20.0, 10.0), 0.9, "microbleed", 9.0),     # the big bleed
         _det((26.0, 20.0, 10.0), 0.7, "microbleed", 3.0),     # a separate bleed, 6 mm away
-        _det((40.0, 40.0, 10.0), 0.8, "vein", 30.0),          # a vein
+        _det((40.0, 40.0, 10.0), 0.3, "vein", 30.0),          # a vein
         _det((42.0, 40.0, 10.0), 0.6, "microbleed", 3.0),     # a bleed 2 mm from the vein
         _det((60.0, 60.0, 10.0), 0.5, "calcification", 40.0),  # huge region: claim capped at 5 mm
         _det((60.0, 66.0, 10.0), 0.45, "microbleed", 3.0),    # 6 mm away: kept

@@ -139,3 +139,19 @@ def test_milliradian_range_is_ambiguous(true_phase):
     with pytest.raises(InputError, match="--phase-units"):
         rescale_phase(raw)
     assert _close_mod_2pi(rescale_phase(raw, units="scale:3141.59"), raw / 1000.0, 1e-3)
+
+
+def test_milliradians():
+    """Philips/GE milliradians: units "mrad", and auto-detected when the values are not integers (Philips
+    RescaleSlope 1.53455 / RescaleIntercept -3142); integer +-3142 stays ambiguous with a Siemens range."""
+    rng = np.random.default_rng(4)
+    rad = rng.uniform(-np.pi, np.pi, 5000)
+    stored = np.round((rad + np.pi) * 4095 / (2 * np.pi))
+    mrad = stored * 1.53455 - 3142.0
+    assert detect_phase_units(mrad) == "mrad"
+    assert np.abs(np.angle(np.exp(1j * (rescale_phase(mrad) - rad)))).max() < 2e-3
+    assert _close_mod_2pi(rescale_phase(np.round(rad * 1000), units="mrad"), rad, 1e-3)
+    with pytest.raises(InputError, match="mrad or siemens"):
+        detect_phase_units(np.round(rad * 1000))
+    with pytest.raises(InputError, match="milliradian range"):
+        rescale_phase(np.array([-4000.0, 10.0]), units="mrad")

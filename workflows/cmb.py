@@ -12,7 +12,6 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from cmbdetect.pipeline.bids import bids_name
 from cmbdetect.workflows.detect import DETECT_OUTPUTS, init_detect_wf
 from cmbdetect.workflows.interfaces_report import DerivativesSink
 from cmbdetect.workflows.qsm import QSM_OUTPUTS, init_qsm_wf
@@ -21,6 +20,8 @@ from cmbdetect.workflows.report import REPORT_OUTPUTS, init_report_wf
 #: Output kind -> (sub-workflow, outputnode field).
 _SOURCES = {
     "candidates_tsv": ("detect_wf", "candidates_tsv"), "candidates_json": ("detect_wf", "candidates_json"),
+    "candidates_all_tsv": ("detect_wf", "candidates_all_tsv"),
+    "candidates_all_json": ("detect_wf", "candidates_all_json"),
     "chimap": ("qsm_wf", "chimap"), "localfield": ("qsm_wf", "localfield"),
     "brainmask": ("qsm_wf", "brainmask"), "swi": ("qsm_wf", "swi"), "mip": ("qsm_wf", "mip"),
     "r2star": ("qsm_wf", "r2star"), "markups": ("report_wf", "markups"),
@@ -31,6 +32,7 @@ _SOURCES = {
 def plain_output_names() -> dict[str, str]:
     """Fixed file names of ``cmbdetect run --out DIR`` (``r2star`` only for multi-echo data)."""
     return {"candidates_tsv": "candidates.tsv", "candidates_json": "candidates.json",
+            "candidates_all_tsv": "candidates_all.tsv", "candidates_all_json": "candidates_all.json",
             "chimap": "chimap.nii.gz", "swi": "swi.nii.gz", "mip": "mip.nii.gz",
             "brainmask": "brainmask.nii.gz", "localfield": "localfield.nii.gz",
             "r2star": "r2star.nii.gz", "markups": "candidates.mrk.json", "report": "report.html",
@@ -39,21 +41,20 @@ def plain_output_names() -> dict[str, str]:
 
 def bids_output_names(entities: dict[str, str | None]) -> dict[str, str]:
     """BIDS-derivative names relative to the derivatives root, from the acquisition's entities
-    (``sub`` required; ``ses``, ``acq``, ``run`` ... kept): ``sub-01/anat/sub-01_Chimap.nii.gz`` ..."""
-    ent = {k: v for k, v in entities.items() if v is not None and k not in ("echo", "part", "desc")}
-    if "sub" not in ent:
-        raise ValueError("BIDS output names need a subject label")
-    folder = Path(f"sub-{ent['sub']}") / (f"ses-{ent['ses']}" if ent.get("ses") else "") / "anat"
+    (``sub`` required; ``ses``, ``acq``, ``run`` ... kept): ``sub-01/anat/sub-01_Chimap.nii.gz`` ...
+    (:mod:`cmbdetect.pipeline.bids_derivatives` says why these names)."""
+    from cmbdetect.pipeline.bids_derivatives import derivative_path
 
     def name(suffix: str, extension: str, **extra) -> str:
-        return str(folder / bids_name(suffix=suffix, extension=extension, **ent, **extra))
+        return derivative_path(entities, suffix=suffix, extension=extension, **extra)
 
     return {"candidates_tsv": name("candidates", ".tsv", desc="cmb"),
+            "candidates_all_tsv": name("candidates", ".tsv", desc="cmball"),
             "chimap": name("Chimap", ".nii.gz"),
             "swi": name("T2starw", ".nii.gz", desc="swi"),
             "mip": name("T2starw", ".nii.gz", desc="mip"),
             "brainmask": name("mask", ".nii.gz", desc="brain"),
-            "localfield": name("fieldmap", ".nii.gz", desc="local"),
+            "localfield": name("T2starw", ".nii.gz", desc="localfield"),
             "r2star": name("R2starmap", ".nii.gz"),
             "markups": name("markups", ".mrk.json", desc="cmb"),
             "report": name("report", ".html", desc="cmb")}
@@ -98,7 +99,9 @@ def init_cmb_wf(*, output_dir: str | Path, output_names: dict[str, str] | None =
                              for f in ("mag_file", "phase_file", "acq_json", "mask_file")]),
         (qsm_wf, detect_wf, [("outputnode.maps_bundle", "inputnode.maps_bundle")]),
         (qsm_wf, report_wf, [("outputnode.maps_bundle", "inputnode.maps_bundle")]),
+        (inputnode, report_wf, [("acq_json", "inputnode.acq_json")]),
         (detect_wf, report_wf, [("outputnode.candidates_tsv", "inputnode.candidates_tsv"),
+                                ("outputnode.candidates_all_tsv", "inputnode.candidates_all_tsv"),
                                 ("outputnode.model_info", "inputnode.model_info")]),
         (qsm_wf, outputnode, [(f"outputnode.{f}", f) for f in QSM_OUTPUTS]),
         (detect_wf, outputnode, [(f"outputnode.{f}", f) for f in DETECT_OUTPUTS]),

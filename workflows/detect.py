@@ -6,7 +6,8 @@ from nipype.pipeline import engine as pe
 
 from cmbdetect.workflows.interfaces_detect import DetectCandidates
 
-DETECT_OUTPUTS = ("candidates_tsv", "candidates_json", "model_info", "n_candidates", "n_microbleeds")
+DETECT_OUTPUTS = ("candidates_tsv", "candidates_json", "candidates_all_tsv", "candidates_all_json", "model_info",
+                  "n_candidates", "n_microbleeds")
 
 
 def init_detect_wf(*, model: str = "default", model_sha256: str | None = None,

@@ -20,8 +20,10 @@ class _DetectInputSpec(BaseInterfaceInputSpec):
 
 
 class _DetectOutputSpec(TraitedSpec):
-    candidates_tsv = File(exists=True, desc="candidates.tsv (one row per candidate)")
-    candidates_json = File(exists=True, desc="candidates.json (same content, JSON)")
+    candidates_tsv = File(exists=True, desc="candidates.tsv (the reader's list, in review order)")
+    candidates_json = File(exists=True, desc="candidates.json (its sidecar: columns, selection, rows)")
+    candidates_all_tsv = File(exists=True, desc="candidates_all.tsv (every stage-1 candidate, for audit)")
+    candidates_all_json = File(exists=True, desc="candidates_all.json (its sidecar)")
     model_info = File(exists=True, desc="model.json: name, sha256 and metadata of the model used")
     n_candidates = traits.Int(desc="number of candidates")
     n_microbleeds = traits.Int(desc="number of candidates labelled microbleed")
@@ -38,9 +40,17 @@ def model_description(model: str) -> dict:
             "metadata": metadata}
 
 
+def calls_withheld(maps) -> str | None:
+    """Why no candidate of these maps may be labelled microbleed (``maps.meta["calls_withheld"]``: acquisition
+    outside the validated range or a failed chi quality check, see ``physics.fitness``), else ``None``."""
+    reason = (maps.meta or {}).get("calls_withheld")
+    return str(reason) if reason else None
+
+
 class DetectCandidates(CmbInterface):
     """Stage-1 detector + stage-2 classifier (``models.inference.detect``) on one subject's maps,
-    written as a candidate table (``pipeline.candidates.write_candidates``) in the node's folder."""
+    written as a candidate table (``pipeline.candidates.write_candidates``) in the node's folder.  When the maps
+    withhold microbleed calls (:func:`calls_withheld`), ``detect`` labels no candidate microbleed."""
 
     input_spec = _DetectInputSpec
     output_spec = _DetectOutputSpec
@@ -57,8 +67,9 @@ class DetectCandidates(CmbInterface):
             torch.set_num_threads(inputs.num_threads)
         maps = load_maps_bundle(inputs.maps_bundle)
         prevalence = inputs.prevalence if isdefined(inputs.prevalence) else None
+        withheld = calls_withheld(maps)
         progress(inputs.label, f"detecting candidates (model {inputs.model})")
-        detections = detect(maps, model=inputs.model, prevalence=prevalence)
+        detections = detect(maps, model=inputs.model, prevalence=prevalence, calls_withheld=withheld)
         candidates = candidates_from_detections(detections, affine=maps.affine, mask=maps.mask)
         write_candidates(candidates, cwd)
         info = model_description(inputs.model)
@@ -67,7 +78,10 @@ class DetectCandidates(CmbInterface):
         self._results["model_info"] = str(write_json(info, cwd / "model.json"))
         self._results["candidates_tsv"] = str(cwd / "candidates.tsv")
         self._results["candidates_json"] = str(cwd / "candidates.json")
+        self._results["candidates_all_tsv"] = str(cwd / "candidates_all.tsv")
+        self._results["candidates_all_json"] = str(cwd / "candidates_all.json")
         self._results["n_candidates"] = len(candidates)
         self._results["n_microbleeds"] = sum(1 for c in candidates if c.label == "microbleed")
         progress(inputs.label, f"{len(candidates)} candidates, "
-                               f"{self._results['n_microbleeds']} labelled microbleed")
+                               f"{self._results['n_microbleeds']} labelled microbleed"
+                               + (" (microbleed calls withheld: see the warnings)" if withheld else ""))

@@ -23,24 +23,27 @@ class _MarkupsOutputSpec(TraitedSpec):
 
 class ExportMarkups(CmbInterface):
     """Candidate table -> 3D Slicer point list (``pipeline.export_slicer.write_slicer_markups``) of the
-    reportable candidates (``pipeline.candidates.reportable``: stage-2 rejects stay in the table only)."""
+    reader's list (``pipeline.candidates.reader_candidates``: the rest stay in candidates_all.tsv only)."""
 
     input_spec = _MarkupsInputSpec
     output_spec = _MarkupsOutputSpec
 
     def _run(self, cwd: Path) -> None:
-        from cmbdetect.pipeline.candidates import read_candidates_tsv, reportable
+        from cmbdetect.pipeline.candidates import read_candidates_tsv, reader_candidates
         from cmbdetect.pipeline.export_slicer import write_slicer_markups
 
         path = cwd / "candidates.mrk.json"
-        write_slicer_markups(reportable(read_candidates_tsv(self.inputs.candidates_tsv)), path)
+        write_slicer_markups(reader_candidates(read_candidates_tsv(self.inputs.candidates_tsv)), path)
         self._results["markups"] = str(path)
 
 
 class _ReportInputSpec(BaseInterfaceInputSpec):
     maps_bundle = File(exists=True, mandatory=True, desc="physics maps bundle (.npz)")
-    candidates_tsv = File(exists=True, mandatory=True, desc="candidate table")
+    candidates_tsv = File(exists=True, mandatory=True, desc="candidate table (the reader's list)")
+    candidates_all_tsv = File(exists=True, desc="audit table of every stage-1 candidate (for its count)")
     model_info = File(exists=True, mandatory=True, desc="model.json from DetectCandidates")
+    acq_json = File(exists=True, desc="acquisition.json (its source gives subject / patient identity)")
+    reference_files = InputMultiObject(File(exists=True), desc="source DICOM files (patient, study, series)")
     settings = traits.Dict(desc="processing settings shown in the report")
     label = traits.Str("", usedefault=True, desc="subject label for progress lines")
 
@@ -50,7 +53,8 @@ class _ReportOutputSpec(TraitedSpec):
 
 
 class ExportReport(CmbInterface):
-    """Self-contained HTML report of one subject (``pipeline.report.write_report``)."""
+    """Self-contained HTML report of one subject (``pipeline.report.write_report``), headed by the identity
+    of ``pipeline.report_identity.report_identity``."""
 
     input_spec = _ReportInputSpec
     output_spec = _ReportOutputSpec
@@ -58,15 +62,25 @@ class ExportReport(CmbInterface):
     def _run(self, cwd: Path) -> None:
         from cmbdetect.pipeline.candidates import read_candidates_tsv
         from cmbdetect.pipeline.report import write_report
+        from cmbdetect.pipeline.report_identity import report_identity
 
         inputs = self.inputs
         progress(inputs.label, "writing report")
         maps = load_maps_bundle(inputs.maps_bundle)
         warnings = [str(w) for w in maps.meta.get("warnings", [])]
         settings = dict(inputs.settings) if isdefined(inputs.settings) else {}
+        source = json.loads(Path(inputs.acq_json).read_text()).get("source", {}) if isdefined(inputs.acq_json) else {}
+        acquisition = {k: settings[s] for k, s in (("Echo times (s)", "echo_times_s"), ("B0 (T)", "b0_t"),
+                                                   ("Voxel size (mm)", "voxel_size_mm"), ("Matrix", "shape"))
+                       if s in settings}
+        refs = list(inputs.reference_files) if isdefined(inputs.reference_files) else []
+        n_all = None
+        if isdefined(inputs.candidates_all_tsv):
+            n_all = len(read_candidates_tsv(inputs.candidates_all_tsv))
         path = cwd / "report.html"
         write_report(path, maps=maps, candidates=read_candidates_tsv(inputs.candidates_tsv),
-                     settings=settings, warnings=warnings,
+                     settings=settings, warnings=warnings, n_all=n_all,
+                     identity=report_identity(source, reference_files=refs, acquisition=acquisition),
                      model_info=json.loads(Path(inputs.model_info).read_text()))
         self._results["report"] = str(path)
 
@@ -79,12 +93,13 @@ class _DicomInputSpec(BaseInterfaceInputSpec):
 
 
 class _DicomOutputSpec(TraitedSpec):
-    dicom_dir = Directory(exists=True, desc="folder with the SR (sr.dcm) and key images")
+    dicom_dir = Directory(exists=True, desc="folder with the SR (sr.dcm), key images and SEG (seg.dcm)")
+    export_record = File(exists=True, desc="dicom_export.json: objects written, errors, captured warnings")
 
 
 class ExportDicom(CmbInterface):
-    """DICOM Structured Report + key images of the reportable candidates, referencing the source series
-    (``pipeline.export_dicom.write_dicom_sr`` / ``write_key_images``)."""
+    """DICOM Structured Report, key images and SEG of the DICOM findings of the reader's list, referencing the
+    source series (``pipeline.export_dicom.write_dicom_outputs``); a failed object is listed in ``export_record``."""
 
     input_spec = _DicomInputSpec
     output_spec = _DicomOutputSpec
@@ -92,19 +107,23 @@ class ExportDicom(CmbInterface):
     def _run(self, cwd: Path) -> None:
         import pydicom
 
-        from cmbdetect.pipeline.candidates import read_candidates_tsv, reportable
-        from cmbdetect.pipeline.export_dicom import write_dicom_sr, write_key_images
+        from cmbdetect.pipeline.candidates import read_candidates_tsv, reader_candidates
 
-        candidates = reportable(read_candidates_tsv(self.inputs.candidates_tsv))
+        candidates = reader_candidates(read_candidates_tsv(self.inputs.candidates_tsv))
         datasets = [pydicom.dcmread(f) for f in self.inputs.reference_files]
         out = cwd / "dicom"
         out.mkdir(exist_ok=True)
+        from cmbdetect.pipeline.atomic import write_json
+        from cmbdetect.pipeline.export_dicom import write_dicom_outputs
         from cmbdetect.pipeline.provenance import cmbdetect_version
 
-        write_dicom_sr(candidates, source_datasets=datasets, path=out / "sr.dcm",
-                       algorithm_version=cmbdetect_version())
-        maps = load_maps_bundle(self.inputs.maps_bundle)
-        write_key_images(candidates, maps=maps, source_datasets=datasets, out_dir=out / "keyimages")
+        # A DICOM export that fails is recorded, never fatal: the NIfTI/TSV outputs are kept and the CLI
+        # decides (--strict-exports) whether an incomplete export is an error.  The SR, key images and
+        # SEG list the DICOM findings only (export_dicom.dicom_findings).
+        record = write_dicom_outputs(candidates, source_datasets=datasets, out_dir=out,
+                                     maps=load_maps_bundle(self.inputs.maps_bundle),
+                                     algorithm_version=cmbdetect_version())
+        self._results["export_record"] = str(write_json(record, cwd / "dicom_export.json"))
         self._results["dicom_dir"] = str(out)
 
 

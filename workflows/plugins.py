@@ -129,9 +129,30 @@ def run_workflow(wf, *, plugin_name: str, plugin_args: dict, crash_dir: str | Pa
         failures = collect_failures(crash_dir)
         if not failures:
             raise
-        return RunOutcome(failures, {}, {})
+        if any(f.kind == "KeyboardInterrupt" or "KeyboardInterrupt" in f.message for f in failures):
+            raise KeyboardInterrupt from None  # Ctrl-C inside a node: Nipype reports it as a node crash
+        return RunOutcome(failures, {}, _results_on_disk(wf))
     seconds, outputs = _node_results(graph)
     return RunOutcome(collect_failures(crash_dir), seconds, outputs)
+
+
+def _results_on_disk(wf) -> dict[str, dict]:
+    """Outputs of the nodes that finished, read from their result files, after a run that raised (Nipype
+    returns no graph then): full node name -> outputs.  The nodes of the subjects that succeeded are needed
+    for their provenance (the physics chain's record) even when another subject failed."""
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    base = Path(wf.base_dir or ".")
+    outputs = {}
+    for result_file in base.glob(f"{wf.name}/**/result_*.pklz"):
+        try:
+            result = load_resultfile(result_file)
+            if result.outputs is not None:
+                rel = result_file.parent.relative_to(base)
+                outputs[".".join(rel.parts)] = result.outputs.get()
+        except Exception:  # a partial or unreadable result file: that node's outputs are not known
+            continue
+    return outputs
 
 
 def _node_results(graph) -> tuple[dict[str, float], dict[str, dict]]:
@@ -149,6 +170,40 @@ def _node_results(graph) -> tuple[dict[str, float], dict[str, dict]]:
         except Exception:  # a node without a readable result (e.g. on a cluster file system lag)
             continue
     return seconds, outputs
+
+
+#: Environment variable that tells MultiProc worker processes to show Nipype's log lines (``-v``).
+VERBOSE_WORKERS_ENV = "CMBDETECT_NIPYPE_VERBOSE"
+
+#: Nipype's loggers, quiet unless ``-v``.
+NIPYPE_LOGGERS = ("nipype.workflow", "nipype.interface", "nipype.utils")
+
+
+def prepare_worker_processes(*, verbose: bool) -> None:
+    """Make the MultiProc workers started later by this process quiet and deaf to Ctrl-C.
+
+    Workers are forked from a forkserver (:func:`plugin_settings`), which first imports
+    :mod:`cmbdetect.workflows.worker_setup`: it ignores SIGINT (the main process handles Ctrl-C and stops the
+    workers, so no worker prints a traceback) and sets Nipype's log level from :data:`VERBOSE_WORKERS_ENV`.
+    Call once, from the command-line entry point, before any workflow runs."""
+    import multiprocessing
+
+    os.environ[VERBOSE_WORKERS_ENV] = "1" if verbose else "0"
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["cmbdetect.workflows.worker_setup"])
+
+
+def stop_worker_processes() -> None:
+    """Terminate the worker processes this process started (after Ctrl-C: their results are not wanted)."""
+    import logging
+    import multiprocessing
+
+    # the pool notices its workers' end and reports each pending job to Nipype's callbacks, which fail
+    # (BrokenProcessPool) and are logged with a traceback: those jobs were abandoned on purpose
+    logging.getLogger("concurrent.futures").disabled = True
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(timeout=5)
 
 
 def raise_for_failures(failures: list[NodeFailure]) -> None:

@@ -14,13 +14,15 @@ def init_report_wf(*, settings: dict | None = None, dicom: bool = False, mem_gb:
     """Exports of one subject.
 
     ``settings`` (JSON-able) are shown in the report; ``dicom`` adds the DICOM SR + key images node
-    (needs ``reference_files``, the source DICOM files).  Inputs: ``maps_bundle``, ``candidates_tsv``,
-    ``model_info``, ``reference_files``.  Outputs: :data:`REPORT_OUTPUTS` (``dicom_dir`` only with
+    (needs ``reference_files``, the source DICOM files, whose headers also head the report).  Inputs:
+    ``maps_bundle``, ``candidates_tsv`` (reader's list), ``candidates_all_tsv`` (audit table, optional),
+    ``model_info``, ``reference_files``, ``acq_json`` (identity of the input, optional).  Outputs: :data:`REPORT_OUTPUTS` (``dicom_dir`` only with
     ``dicom``).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(
-        fields=["maps_bundle", "candidates_tsv", "model_info", "reference_files"], mandatory_inputs=False),
+        fields=["maps_bundle", "candidates_tsv", "candidates_all_tsv", "model_info", "reference_files", "acq_json"],
+        mandatory_inputs=False),
         name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=list(REPORT_OUTPUTS), mandatory_inputs=False),
                          name="outputnode")
@@ -30,11 +32,13 @@ def init_report_wf(*, settings: dict | None = None, dicom: bool = False, mem_gb:
     wf.connect([
         (inputnode, markups, [("candidates_tsv", "candidates_tsv")]),
         (inputnode, report, [("maps_bundle", "maps_bundle"), ("candidates_tsv", "candidates_tsv"),
-                             ("model_info", "model_info")]),
+                             ("candidates_all_tsv", "candidates_all_tsv"), ("model_info", "model_info"),
+                             ("acq_json", "acq_json")]),
         (markups, outputnode, [("markups", "markups")]),
         (report, outputnode, [("report", "report")]),
     ])
     if dicom:
+        wf.connect(inputnode, "reference_files", report, "reference_files")
         export = pe.Node(ExportDicom(), name="dicom", mem_gb=mem_gb)
         wf.connect([
             (inputnode, export, [("candidates_tsv", "candidates_tsv"), ("maps_bundle", "maps_bundle"),

@@ -1,0 +1,113 @@
+"""Magnetic moment of a compact source from a chi map, independent of the inversion's smoothing.
+
+A dipole inversion spreads a small source's susceptibility over a blurred blob (regularisation) and
+adds zero-mean streaks along the magic-angle cone, but the *integral* of chi over a region that contains
+the blob and a symmetric part of its streaks converges to the source's magnetic moment
+``m = (chi_source - chi_surround) * volume`` (ppm * mm^3).  :func:`converged_moment` grows a ball around
+the candidate's centre until that integral stops changing, so the estimate does not depend on how much
+the inversion blurred the lesion (unlike an integral over a fixed, thresholded region).
+
+Local reference: chi of the surrounding tissue is the median of chi in a shell just outside the ball
+(subtracted per voxel, so a tissue offset does not grow with the ball's volume).  Sign: > 0 paramagnetic.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+#: Ball radii (mm) start at this, grow by :data:`MOMENT_STEP_MM`, stop at :data:`MOMENT_MAX_RADIUS_MM`.  Measured on
+#: benchmarks/lesion_fidelity.py (weighted-TV chi, 1x1x2 mm / 1 mm, median |moment error| of 2-3 / 3-5 / 5-8 mm
+#: lesions): step 0.5 mm, shell 1 mm, start = radius + half a voxel edge: 14 / 8 / 2.5 % and 10 / 4 / 3 %; step
+#: 1 mm: 144 / 85 / 3 % and 20 / 7 / 6 %; start = radius + a voxel edge: 23 / 65 / 3 % and 12 / 5 / 5 % (a larger ball
+#: sums more tissue texture and streaks).
+MOMENT_START_RADIUS_MM = 1.5
+MOMENT_STEP_MM = 0.5
+MOMENT_MAX_RADIUS_MM = 10.0
+#: Converged when the last two radius steps each change the moment by less than this fraction of it (or less
+#: than its noise standard deviation, whichever is larger).
+MOMENT_TOLERANCE = 0.05
+#: Width (mm) of the reference shell just outside the ball.
+MOMENT_SHELL_MM = 1.0
+
+
+def converged_moment(
+    chi_ppm: np.ndarray,
+    centre_vox,
+    voxel_size,
+    *,
+    mask: np.ndarray | None = None,
+    start_mm: float = MOMENT_START_RADIUS_MM,
+    step_mm: float = MOMENT_STEP_MM,
+    max_radius_mm: float = MOMENT_MAX_RADIUS_MM,
+    tol: float = MOMENT_TOLERANCE,
+    shell_mm: float = MOMENT_SHELL_MM,
+) -> dict[str, float]:
+    """Integrated chi (ppm*mm^3) over a ball around ``centre_vox`` grown until it converges.
+
+    ``chi_ppm``: susceptibility map (ppm); ``centre_vox``: continuous voxel index of the candidate centre;
+    ``voxel_size``: mm; ``mask``: where chi is valid (voxels outside it are left out of the ball and the
+    shell; default: all).  For radii ``start_mm, start_mm + step_mm, ..`` up to ``max_radius_mm`` the
+    moment is ``sum over the ball of (chi - ref) * voxel volume`` with ``ref`` the median chi in the shell
+    of ``shell_mm`` outside the ball.  The radius is the first one whose two previous steps each changed
+    the moment by less than ``tol`` of its magnitude or its noise sd (below), else the largest one.
+
+    Returns ``{"moment_ppm_mm3", "moment_sd_ppm_mm3", "radius_mm", "converged"}``: the moment at that
+    radius; its uncertainty ``sqrt(spread^2 + noise^2)`` with ``spread`` the standard deviation of the
+    moments of the last three radii and ``noise`` the shell's robust chi standard deviation (1.4826 MAD)
+    times the voxel volume times sqrt(n_ball + n_ball^2 pi / (2 n_shell)) (voxel noise summed over the ball as if
+    independent, plus the median reference's noise shared by every ball voxel); ``converged`` 1.0 or 0.0.  NaNs when the ball or
+    shell holds no valid voxel.  A radius hint: ``start_mm`` = the candidate's radius plus half a voxel edge (the
+    ball must first hold the blurred blob; smaller balls only add steps).
+    """
+    chi = np.asarray(chi_ppm, dtype=np.float32)
+    if chi.ndim != 3:
+        raise InputError(f"chi map must be 3D, got shape {chi.shape}")
+    vs = np.asarray(voxel_size, dtype=float)
+    c = np.asarray(centre_vox, dtype=float)
+    if vs.shape != (3,) or c.shape != (3,) or not np.all(vs > 0):
+        raise InputError("voxel size and centre must be 3-vectors (voxel size > 0 mm)")
+    if not (0 < start_mm <= max_radius_mm and step_mm > 0 and tol > 0 and shell_mm > 0):
+        raise InputError("moment radii must satisfy 0 < start <= max, step > 0, tol > 0, shell > 0")
+    m = np.ones(chi.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
+    if m.shape != chi.shape:
+        raise InputError("mask must have the chi map's shape")
+    reach = max_radius_mm + shell_mm
+    lo = [max(int(np.floor(ci - reach / d)), 0) for ci, d in zip(c, vs)]
+    hi = [min(int(np.ceil(ci + reach / d)) + 1, s) for ci, d, s in zip(c, vs, chi.shape)]
+    nan = {"moment_ppm_mm3": float("nan"), "moment_sd_ppm_mm3": float("nan"), "radius_mm": float("nan"),
+           "converged": 0.0}
+    if any(h <= lo_ for lo_, h in zip(lo, hi)):
+        return nan
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    g = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    r = np.sqrt(sum(((gi - ci) * d) ** 2 for gi, ci, d in zip(g, c, vs)))
+    patch, valid = chi[sl].astype(np.float64), m[sl]
+    vv = float(np.prod(vs))
+    radii = np.arange(start_mm, max_radius_mm + 1e-9, step_mm)
+    moments, sds = [], []
+    chosen = None
+    for n, rad in enumerate(radii):
+        ball = (r <= rad) & valid
+        shell = (r > rad) & (r <= rad + shell_mm) & valid
+        if not ball.any() or not shell.any():
+            if moments:
+                break
+            return nan
+        sv = patch[shell]
+        ref = float(np.median(sv))
+        moments.append(float((patch[ball] - ref).sum() * vv))
+        mad = 1.4826 * float(np.median(np.abs(sv - ref)))
+        n_ball, n_shell = float(ball.sum()), float(shell.sum())
+        # voxel noise summed over the ball, plus the noise of the median reference (variance pi/2 sd^2 / n)
+        # that every ball voxel shares
+        sds.append(mad * vv * np.sqrt(n_ball + n_ball**2 * (np.pi / 2) / n_shell))
+        if n >= 2:
+            scale = max(tol * abs(moments[-1]), sds[-1], 1e-12)
+            if abs(moments[-1] - moments[-2]) < scale and abs(moments[-2] - moments[-3]) < scale:
+                chosen = n
+                break
+    k = len(moments) - 1 if chosen is None else chosen
+    spread = float(np.std(moments[max(k - 2, 0): k + 1]))
+    return {"moment_ppm_mm3": moments[k], "moment_sd_ppm_mm3": float(np.hypot(spread, sds[k])),
+            "radius_mm": float(radii[k]), "converged": 0.0 if chosen is None else 1.0}
