@@ -170,12 +170,19 @@ def tv_admm(
     inv_denom[0, 0, 0] = 0.0
     df = sfft.rfftn(fp, workers=-1) * d
     del lap
-    z = np.zeros((3, *big), dtype=np.float32)
+    chi = tv_admm_iterations(df, inv_denom, np.float32(lam / rho), vs=vs, shape=big, rho=rho, n_iter=n_iter)
+    return _unpad(chi, m, crop, inner)
+
+
+def tv_admm_iterations(df, inv_denom, thr, *, vs, shape, rho: float, n_iter: int) -> np.ndarray:
+    """The ADMM iterations of a (weighted) TV dipole inversion on the padded grid ``shape``: ``df`` the k-space
+    data term D*F(field), ``inv_denom`` 1 / (D^2 + rho * |grad|^2) in k-space, ``thr`` the soft threshold
+    lambda / rho (a scalar, or one value per voxel for a weighted TV).  Returns chi (ppm) on the padded grid."""
+    z = np.zeros((3, *shape), dtype=np.float32)
     u = np.zeros_like(z)
     g = np.zeros_like(z)
-    rhs = np.zeros(big, dtype=np.float32)
-    thr = np.float32(lam / rho)
-    chi = np.zeros(big, dtype=np.float32)
+    rhs = np.zeros(shape, dtype=np.float32)
+    chi = np.zeros(shape, dtype=np.float32)
     for _ in range(n_iter):
         np.subtract(z, u, out=g)
         _grad_adjoint(g, vs, rhs)
@@ -183,13 +190,13 @@ def tv_admm(
         k *= np.float32(rho)
         k += df
         k *= inv_denom
-        chi = sfft.irfftn(k, s=big, workers=-1).astype(np.float32, copy=False)
+        chi = sfft.irfftn(k, s=shape, workers=-1).astype(np.float32, copy=False)
         _grad(chi, vs, g)
         g += u  # v = grad chi + u
-        # z = soft(v, thr); u = v - z
+        # z = soft(v, thr); u = v - z = clip(v, -thr, thr)
         np.clip(g, -thr, thr, out=u)
         np.subtract(g, u, out=z)
-    return _unpad(chi, m, crop, inner)
+    return chi
 
 
 def invert_dipole(

@@ -30,7 +30,7 @@ import scipy.fft as sfft
 
 from .errors import InputError
 from .forward import kspace_grid
-from .inversion import _grad, _grad_adjoint, _prepare, _unpad
+from .inversion import _grad, _prepare, _unpad, tv_admm_iterations
 
 #: Regularisation weight (ppm field per ppm/mm of chi gradient) and iterations of the weighted TV.
 #: Chosen on benchmarks/lesion_fidelity.py (see docs/qsm_lesion_fidelity.md).
@@ -131,24 +131,7 @@ def medi_admm(
     df = sfft.rfftn(fp, workers=-1) * d
     thr = (w * np.float32(lam / rho)).astype(np.float32)
     del w
-    z = np.zeros((3, *big), dtype=np.float32)
-    u = np.zeros_like(z)
-    g = np.zeros_like(z)
-    rhs = np.zeros(big, dtype=np.float32)
-    chi = np.zeros(big, dtype=np.float32)
-    for _ in range(n_iter):
-        np.subtract(z, u, out=g)
-        _grad_adjoint(g, vs, rhs)
-        k = sfft.rfftn(rhs, workers=-1)
-        k *= np.float32(rho)
-        k += df
-        k *= inv_denom
-        chi = sfft.irfftn(k, s=big, workers=-1).astype(np.float32, copy=False)
-        _grad(chi, vs, g)
-        g += u  # v = grad chi + u
-        # z = soft(v, thr) with a per-voxel threshold; u = v - z = clip(v, -thr, thr)
-        np.clip(g, -thr, thr, out=u)
-        np.subtract(g, u, out=z)
+    chi = tv_admm_iterations(df, inv_denom, thr, vs=vs, shape=big, rho=rho, n_iter=n_iter)
     return _unpad(chi, m, crop, inner)
 
 

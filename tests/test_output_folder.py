@@ -152,30 +152,35 @@ def test_bids_app_refuses_foreign_out_dir_and_keeps_earlier_participants(tmp_pat
     assert tsv.stat().st_mtime_ns != stamp
 
 
+def _interrupted_cli(args: list[str], tmpdir: Path, *, delay_s: float) -> tuple[int, str]:
+    """Run ``cmbdetect ARGS`` in a real process (TMPDIR=tmpdir), send it SIGINT ``delay_s`` after it starts
+    computing physics maps; returns (exit status, stderr)."""
+    env = {**os.environ, "TMPDIR": str(tmpdir), "NIPYPE_NO_ET": "1"}
+    cmd = [sys.executable, "-c", "import sys; from cmbdetect.pipeline.cli import main; sys.exit(main())", *args]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    seen = []
+    while True:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "computing physics maps" in line:
+            time.sleep(delay_s)
+            proc.send_signal(signal.SIGINT)
+            break
+    err = "".join(seen) + proc.communicate(timeout=120)[1]
+    return proc.returncode, err
+
+
 def test_ctrl_c_exits_130_with_one_line_and_no_leftovers(tmp_path, tiny_subject_files, tiny_random_model):
     """A real SIGINT to a real ``cmbdetect run`` process while it computes: exit 130, one line, no traceback, no
     output folder, no temporary work folder."""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     out = tmp_path / "out"
-    env = {**os.environ, "TMPDIR": str(tmpdir), "NIPYPE_NO_ET": "1"}
-    cmd = [sys.executable, "-c", "import sys; from cmbdetect.pipeline.cli import main; sys.exit(main())",
-           "run", *tiny_subject_files["args"], "--out", str(out), "--model", tiny_random_model]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    seen = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-        if "computing physics maps" in line:
-            time.sleep(0.5)
-            proc.send_signal(signal.SIGINT)
-            break
-    rest, _ = proc.communicate(timeout=120)[1], None
-    err = "".join(seen) + (rest or "")
-    assert proc.returncode == 130, err
+    rc, err = _interrupted_cli(["run", *tiny_subject_files["args"], "--out", str(out), "--model", tiny_random_model],
+                               tmpdir, delay_s=0.5)
+    assert rc == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert err.strip().splitlines()[-1].startswith("cmbdetect: interrupted")
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
@@ -188,22 +193,9 @@ def test_ctrl_c_in_a_parallel_bids_run_stops_the_workers_quietly(tmp_path, tiny_
     assert main(["simulate", str(bids), "--subjects", "2", "--shape", "40,40,24"]) == 0
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    env = {**os.environ, "TMPDIR": str(tmpdir), "NIPYPE_NO_ET": "1"}
-    cmd = [sys.executable, "-c", "import sys; from cmbdetect.pipeline.cli import main; sys.exit(main())",
-           str(bids), str(tmp_path / "out"), "participant", "--model", tiny_random_model, "--nprocs", "2"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    seen = []
-    while True:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-        if "computing physics maps" in line:
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGINT)
-            break
-    err = "".join(seen) + proc.communicate(timeout=120)[1]
-    assert proc.returncode == 130, err
+    rc, err = _interrupted_cli([str(bids), str(tmp_path / "out"), "participant", "--model", tiny_random_model,
+                                "--nprocs", "2"], tmpdir, delay_s=1.0)
+    assert rc == 130, err
     assert "Traceback" not in err and "INFO" not in err, err
     assert not list(tmpdir.iterdir())
 
