@@ -161,17 +161,22 @@ def tv_admm(
         raise InputError("TV inversion needs lam > 0 and n_iter >= 1")
     rho = 100.0 * lam if rho is None else float(rho)
     fp, d, m, crop, inner, vs, big = _prepare(local_field_ppm, mask, voxel_size, b0_dir, pad_mm)
-    ks = kspace_grid(big, vs)
+    df, inv_denom = tv_kspace_terms(fp, d, vs=vs, shape=big, rho=rho)
+    chi = tv_admm_iterations(df, inv_denom, np.float32(lam / rho), vs=vs, shape=big, rho=rho, n_iter=n_iter)
+    return _unpad(chi, m, crop, inner)
+
+
+def tv_kspace_terms(fp, d, *, vs, shape, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """The k-space terms of the TV-ADMM chi update on the padded grid ``shape``: ``df`` = D * F(field) and
+    ``inv_denom`` = 1 / (D^2 + rho * |grad|^2) (finite-difference Laplacian in mm), 0 at k = 0."""
+    ks = kspace_grid(shape, vs)
     lap = sum((2.0 - 2.0 * np.cos(2 * np.pi * k * dd)) / dd**2 for k, dd in zip(ks, vs))
-    lap = lap[..., : big[2] // 2 + 1]
+    lap = lap[..., : shape[2] // 2 + 1]
     denom = (d.astype(np.float64) ** 2 + rho * lap).astype(np.float32)
     denom[0, 0, 0] = 1.0
     inv_denom = (1.0 / denom).astype(np.float32)
     inv_denom[0, 0, 0] = 0.0
-    df = sfft.rfftn(fp, workers=-1) * d
-    del lap
-    chi = tv_admm_iterations(df, inv_denom, np.float32(lam / rho), vs=vs, shape=big, rho=rho, n_iter=n_iter)
-    return _unpad(chi, m, crop, inner)
+    return sfft.rfftn(fp, workers=-1) * d, inv_denom
 
 
 def tv_admm_iterations(df, inv_denom, thr, *, vs, shape, rho: float, n_iter: int) -> np.ndarray:

@@ -26,11 +26,9 @@ outside the mask, not mean-referenced (the chain does that).
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
 
 from .errors import InputError
-from .forward import kspace_grid
-from .inversion import _grad, _prepare, _unpad, tv_admm_iterations
+from .inversion import _grad, _prepare, _unpad, tv_admm_iterations, tv_kspace_terms
 
 #: Regularisation weight (ppm field per ppm/mm of chi gradient) and iterations of the weighted TV.
 #: Chosen on benchmarks/lesion_fidelity.py (see docs/qsm_lesion_fidelity.md).
@@ -120,15 +118,7 @@ def medi_admm(
     w = np.ones((3, *big), dtype=np.float32)  # outside the brain (zero field, zero chi): plain TV
     w[(slice(None), *inner)] = w_small
     del w_small, edge_img
-    ks = kspace_grid(big, vs)
-    lap = sum((2.0 - 2.0 * np.cos(2 * np.pi * k * dd)) / dd**2 for k, dd in zip(ks, vs))
-    lap = lap[..., : big[2] // 2 + 1]
-    denom = (d.astype(np.float64) ** 2 + rho * lap).astype(np.float32)
-    denom[0, 0, 0] = 1.0
-    inv_denom = (1.0 / denom).astype(np.float32)
-    inv_denom[0, 0, 0] = 0.0
-    del denom, lap
-    df = sfft.rfftn(fp, workers=-1) * d
+    df, inv_denom = tv_kspace_terms(fp, d, vs=vs, shape=big, rho=rho)
     thr = (w * np.float32(lam / rho)).astype(np.float32)
     del w
     chi = tv_admm_iterations(df, inv_denom, thr, vs=vs, shape=big, rho=rho, n_iter=n_iter)
