@@ -179,7 +179,7 @@ def test_ctrl_c_exits_130_with_one_line_and_no_leftovers(tmp_path, tiny_subject_
     tmpdir.mkdir()
     out = tmp_path / "out"
     rc, err = _interrupted_cli(["run", *tiny_subject_files["args"], "--out", str(out), "--model", tiny_random_model],
-                               tmpdir, delay_s=0.5)
+                               tmpdir, delay_s=0.1)
     assert rc == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert err.strip().splitlines()[-1].startswith("cmbdetect: interrupted")
