@@ -67,6 +67,13 @@ def _read_user_tsv(path: Path, affine: np.ndarray):
     return world_to_voxel(affine, ras).reshape(-1, 3), kinds, diam
 
 
+def _is_subject_file(name: str, subject: str) -> bool:
+    """Whether file ``name`` belongs to ``sub-<subject>`` (the label ends at ``_`` or ``.``: ``sub-01`` is not
+    ``sub-010``)."""
+    stem = f"sub-{subject}"
+    return name.startswith(stem) and name[len(stem):len(stem) + 1] in ("_", ".")
+
+
 def read_labels(subject: str, affine: np.ndarray, shape, *, bids_dir: Path, labels: Path | None):
     """``(lesion_vox, kinds, diameters_mm, label_map or None)`` of ``subject`` (label without ``sub-``)."""
     if labels is None:
@@ -76,7 +83,7 @@ def read_labels(subject: str, affine: np.ndarray, shape, *, bids_dir: Path, labe
         les = truth.lesions
         return (np.array([l.centre_vox for l in les], dtype=float).reshape(-1, 3), [l.kind for l in les],
                 np.array([l.diameter_mm for l in les], dtype=float), np.asarray(truth.labels))
-    files = sorted(p for p in Path(labels).glob(f"sub-{subject}*") if p.is_file())
+    files = sorted(p for p in Path(labels).glob(f"sub-{subject}*") if p.is_file() and _is_subject_file(p.name, subject))
     tsv = [p for p in files if p.name.endswith(".tsv")]
     nii = [p for p in files if p.name.endswith((".nii", ".nii.gz"))]
     if tsv:

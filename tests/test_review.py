@@ -240,3 +240,16 @@ def test_report_buttons_save_decisions_review_import_reads(simulated_run, tmp_pa
     assert np.allclose(got[0].ras, listed[0].ras, atol=1e-3) and got[0].time.endswith("Z")
     assert main(["review", "import", "--run", str(simulated_run["run"]), "--decisions", str(tsv),
                  "--out", str(tmp_path / "labels"), "--subject", "01"]) == 0
+
+
+def test_label_files_match_the_whole_subject_label(tmp_path):
+    """``sub-01``'s labels are never read from ``sub-010``'s file (the label ends at ``_`` or ``.``)."""
+    from cmbdetect.models.training_data import read_labels
+
+    affine = np.eye(4)
+    (tmp_path / "sub-010_labels.tsv").write_text("x\ty\tz\n1\t2\t3\n")
+    with pytest.raises(InputError, match="no labels for sub-01"):
+        read_labels("01", affine, (8, 8, 8), bids_dir=tmp_path, labels=tmp_path)
+    (tmp_path / "sub-01.tsv").write_text("x\ty\tz\n4\t5\t6\n4\t4\t4\n")
+    vox, kinds, diam, lab = read_labels("01", affine, (8, 8, 8), bids_dir=tmp_path, labels=tmp_path)
+    assert lab is None and kinds == ["microbleed", "microbleed"] and np.allclose(vox[0], [4, 5, 6])
