@@ -53,18 +53,21 @@ def faces_median_threshold(mag: np.ndarray, voxel_size, smooth_mm: float = 1.0) 
 
 
 def run_config(acq, mask_kw: dict, chain_kw: dict):
+    """The chain on ``acq`` with the brain-mask options ``mask_kw`` (keywords of
+    :func:`cmbdetect.physics.mask.brain_masks`, the function the chain calls, its stricter retry included) and the
+    chain options ``chain_kw``."""
     from cmbdetect.physics import mask as mask_module
     from cmbdetect.physics.chain import compute_physics_maps
 
-    original = mask_module.brain_mask
+    original = mask_module.brain_masks
 
-    def patched(*a, **k):
+    def patched(mag3d, voxel_size, **k):
         kw = {**k, **mask_kw}
         if kw.pop("faces_median_background", False):
-            kw["threshold"] = faces_median_threshold(a[0], a[1])
-        return original(*a, **kw)
+            kw["threshold"] = faces_median_threshold(mag3d, voxel_size) * kw.pop("threshold_scale", 1.0)
+        return original(mag3d, voxel_size, **kw)
 
-    with mock.patch("cmbdetect.physics.mask.brain_mask", patched):
+    with mock.patch.object(mask_module, "brain_masks", patched):
         return compute_physics_maps(mag=acq.mag, phase=acq.phase, te=acq.te, b0=acq.b0, affine=acq.affine,
                                     **chain_kw)
 
