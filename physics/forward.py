@@ -22,16 +22,39 @@ def kspace_grid(shape, voxel_size) -> list[np.ndarray]:
 
 def dipole_kernel(shape, voxel_size, b0_dir, *, dtype=np.float32) -> np.ndarray:
     """Unit dipole kernel D(k) on an FFT grid of ``shape`` with true voxel sizes (mm) and
-    ``b0_dir`` in voxel axes (unit vector; see :func:`cmbdetect.physics.geometry.b0_direction`)."""
+    ``b0_dir`` in voxel axes (unit vector; see :func:`cmbdetect.physics.geometry.b0_direction`).
+
+    Computed in float64 a slab of the first axis at a time (peak memory: the ``dtype`` output and one
+    slab), then stored as ``dtype``."""
     kx, ky, kz = kspace_grid(shape, voxel_size)
     b = np.asarray(b0_dir, dtype=float)
     b = b / np.linalg.norm(b)
-    k2 = kx**2 + ky**2 + kz**2
-    kb = kx * b[0] + ky * b[1] + kz * b[2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d = 1.0 / 3.0 - kb**2 / k2
-    d[0, 0, 0] = 0.0
-    return d.astype(dtype)
+    out = np.empty(tuple(int(s) for s in shape), dtype=dtype)
+    step = max(1, (1 << 21) // max(1, out.shape[1] * out.shape[2]))
+    for s in range(0, out.shape[0], step):
+        x = kx[s:s + step]
+        k2 = x**2 + ky**2 + kz**2
+        kb = x * b[0] + ky * b[1] + kz * b[2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[s:s + step] = 1.0 / 3.0 - kb**2 / k2
+    out[0, 0, 0] = 0.0
+    return out
+
+
+def even_part(kernel: np.ndarray) -> np.ndarray:
+    """``(D(k) + D(-k)) / 2`` of a kernel on an FFT grid, in place (returned).
+
+    The sampled dipole kernel is not even on the Nyquist planes of even-sized axes when B0 is oblique; its
+    even part gives exactly ``Re(ifft(D fft(chi)))`` (what :func:`forward_field` returns) for real ``chi``, so
+    two real maps packed as ``a + i b`` into one complex FFT come back apart: ``D*a + i D*b``."""
+    for ax, n in enumerate(kernel.shape):
+        if n % 2 == 0:
+            idx = [slice(None)] * kernel.ndim
+            idx[ax] = n // 2
+            plane = kernel[tuple(idx)]
+            mirrored = np.roll(np.flip(plane), 1, axis=tuple(range(plane.ndim)))
+            kernel[tuple(idx)] = 0.5 * (plane + mirrored)
+    return kernel
 
 
 def dipole_kernel_image_space(shape, voxel_size, b0_dir, *, dtype=np.float32) -> np.ndarray:
@@ -65,12 +88,6 @@ def dipole_kernel_image_space(shape, voxel_size, b0_dir, *, dtype=np.float32) ->
     return k.astype(dtype)
 
 
-def pad_shape(shape, pad) -> tuple[int, ...]:
-    """Shape after symmetric zero padding by ``pad`` voxels per side (int or per-axis)."""
-    p = np.broadcast_to(np.asarray(pad, dtype=int), (3,))
-    return tuple(int(s + 2 * q) for s, q in zip(shape, p))
-
-
 def forward_field(chi_ppm: np.ndarray, voxel_size, b0_dir, *, pad=None, kernel: str = "kspace") -> np.ndarray:
     """Field perturbation (ppm) of a susceptibility distribution (ppm): ifft(D * fft(chi)).
 
@@ -100,15 +117,18 @@ def sphere_field(
     radius_mm: float,
     offsets_mm: np.ndarray,
     b0_dir_world=(0.0, 0.0, 1.0),
+    *,
+    dtype=np.float64,
 ) -> np.ndarray:
-    """Closed-form field (ppm) of a uniformly magnetised sphere, Lorentz-corrected.
+    """Closed-form field (ppm of B0) of a uniformly magnetised sphere, Lorentz-corrected.
 
     Outside: dchi/3 * (a/r)^3 * (3 cos^2(theta) - 1); inside: 0.  ``offsets_mm`` (..., 3) are
     displacements from the sphere centre in any orthonormal frame in which ``b0_dir_world`` is given.
+    Computed and returned in ``dtype`` (float32 halves the memory of large sample sets).
     """
-    r_vec = np.asarray(offsets_mm, dtype=float)
+    r_vec = np.asarray(offsets_mm, dtype=dtype)
     b = np.asarray(b0_dir_world, dtype=float)
-    b = b / np.linalg.norm(b)
+    b = (b / np.linalg.norm(b)).astype(dtype)
     r = np.sqrt((r_vec**2).sum(-1))
     with np.errstate(divide="ignore", invalid="ignore"):
         cos = (r_vec @ b) / r
@@ -123,14 +143,15 @@ def voxel_offsets_mm(shape, affine: np.ndarray, centre_vox) -> np.ndarray:
     return (idx @ a.T).reshape(*shape, 3)
 
 
-def subvoxel_offsets(n: int) -> np.ndarray:
-    """``n**3`` points evenly spread inside a voxel, as offsets from its centre in voxel units ``[n**3, 3]``
-    (each in ``(-0.5, 0.5)``; ``n=1``: the centre)."""
-    n = int(n)
-    if n < 1:
+def subvoxel_offsets(n) -> np.ndarray:
+    """Points evenly spread inside a voxel, as offsets from its centre in voxel units ``[N, 3]``: ``n`` per
+    axis (an int, or one count per axis), each in ``(-0.5, 0.5)``, the first axis slowest (``n=1``: the
+    centre)."""
+    counts = np.broadcast_to(np.asarray(n), (3,))
+    if not np.all(counts == np.round(counts)) or np.any(counts < 1):
         raise ValueError("subsamples must be >= 1")
-    f = (np.arange(n) + 0.5) / n - 0.5
-    return np.stack(np.meshgrid(f, f, f, indexing="ij"), -1).reshape(-1, 3)
+    f = [(np.arange(int(k)) + 0.5) / int(k) - 0.5 for k in counts]
+    return np.stack(np.meshgrid(*f, indexing="ij"), -1).reshape(-1, 3)
 
 
 def voxel_averaged_sphere_field(delta_chi_ppm: float, radius_mm: float, shape, affine: np.ndarray, centre_vox, *,

@@ -165,6 +165,15 @@ def _check_te_b0(te: np.ndarray, b0: float) -> None:
         raise InputError(f"field strength must be positive tesla, got {b0}")
 
 
+def rad_per_ppm(te, b0: float):
+    """Phase (radians) per ppm of field at echo time(s) ``te`` (s) and ``b0`` (T):
+    ``2*pi*gamma_bar*B0*1e-6*TE`` (a float for one TE, a float64 array for several)."""
+    t = np.asarray(te, dtype=np.float64)
+    _check_te_b0(t, float(b0))
+    k = 2 * np.pi * GAMMA_BAR_HZ_PER_T * float(b0) * 1e-6 * t
+    return float(k) if k.ndim == 0 else k
+
+
 def phase_to_field_ppm(phase, te, b0: float) -> np.ndarray:
     """Field offset in ppm of B0 from (unwrapped) phase in radians:
     ``field_ppm = phase / (2*pi*gamma_bar*B0*TE) * 1e6``.

@@ -18,13 +18,14 @@ from scipy import ndimage
 from cmbdetect.physics.constants import CHI_AIR_VS_TISSUE_PPM
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import b0_direction, oblique_affine, voxel_to_world
+from cmbdetect.physics.phase import rad_per_ppm
 from cmbdetect.pipeline.acquisition import Acquisition
 from cmbdetect.pipeline.bids import bids_name
 from cmbdetect.pipeline.simulate_anatomy import T, build_anatomy
 from cmbdetect.pipeline.simulate_geometry import HeadFrame, random_rotation, smooth_grid_field
 from cmbdetect.pipeline.simulate_lesions import draw_lesions, lesion_samples
 from cmbdetect.pipeline.simulate_signal import (BLOOD_3T, add_noise, bias_field, dephasing_factor, kspace_truncate,
-                                                draw_tissue_table, fields_from_chi, phase_per_ppm,
+                                                draw_tissue_table, fields_from_chi,
                                                 r2star_at, receiver_phase, shim, spoiled_gre, t1_at)
 from cmbdetect.pipeline.simulate_vessels import build_arteries, build_veins
 from cmbdetect.pipeline.truth import LABELS, Lesion, Truth
@@ -163,7 +164,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     del chi_local, occ
     bg_total = total.copy()
     inner, lesions_out = _lesion_fields(frame, specs, total=total, local=local, labels=labels, chi=truth_chi,
-                                        intracranial=anat.intracranial, rad_max=phase_per_ppm(b0, float(te[-1])))
+                                        intracranial=anat.intracranial, rad_max=rad_per_ppm(float(te[-1]), b0))
     phi0 = receiver_phase(rng[5], shape)
     # acquired resolution below the grid's (zero-filled k-space): blur and Gibbs ringing, in 70% of subjects
     kfrac = tuple(r.uniform(0.7, 1.0, 3)) if r.random() < 0.7 else None
@@ -174,7 +175,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     mags, phases = [], []
     sigma = None
     for e, t_e in enumerate(te):
-        k = np.float32(phase_per_ppm(b0, float(t_e)))
+        k = np.float32(rad_per_ppm(float(t_e), b0))
         m = spoiled_gre(pd, 1 / r1, r2s, te=float(t_e), tr=tr, flip_deg=flip_deg) * bias
         if sigma is None:
             sigma = float(np.median(m[wm_mask]) / snr) if wm_mask.any() else float(m.mean() / snr)

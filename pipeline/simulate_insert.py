@@ -21,10 +21,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from cmbdetect.physics.constants import GAMMA_BAR_HZ_PER_T
 from cmbdetect.physics.forward import sphere_field, subvoxel_offsets, voxel_offsets_mm
 from cmbdetect.physics.geometry import voxel_sizes, voxel_to_world
-from cmbdetect.physics.phase import wrap_phase
+from cmbdetect.physics.phase import rad_per_ppm, wrap_phase
 from cmbdetect.pipeline.truth import Lesion
 
 
@@ -42,7 +41,7 @@ def insert_spheres(mag: np.ndarray, phase: np.ndarray, *, te, b0: float, affine:
     if mag.shape != phase.shape or mag.ndim != 4 or mag.shape[0] != len(te):
         raise ValueError("mag and phase must be [E, X, Y, Z] with one echo time per echo")
     signal = mag.astype(np.complex64) * np.exp(1j * phase).astype(np.complex64)
-    rad_per_ppm = 2 * np.pi * GAMMA_BAR_HZ_PER_T * float(b0) * te * 1e-6
+    k_ppm = rad_per_ppm(te, b0)  # radians per ppm, one per echo
     vs = voxel_sizes(affine)
     shape = np.array(mag.shape[1:])
     pts = subvoxel_offsets(subsamples)
@@ -57,7 +56,7 @@ def insert_spheres(mag: np.ndarray, phase: np.ndarray, *, te, b0: float, affine:
         box = tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
         sub_shape = tuple(int(h - l) for l, h in zip(lo, hi))
         off = voxel_offsets_mm(sub_shape, affine, c - lo)
-        factor = np.exp(1j * rad_per_ppm[:, None, None, None] * sphere_field(les.chi_ppm, a, off)[None])
+        factor = np.exp(1j * k_ppm[:, None, None, None] * sphere_field(les.chi_ppm, a, off)[None])
         near = np.linalg.norm(off, axis=-1) <= near_radii * a + 2 * vs.max()
         idx = np.argwhere(near)
         acc = np.zeros((len(te), len(idx)), np.complex128)
@@ -66,7 +65,7 @@ def insert_spheres(mag: np.ndarray, phase: np.ndarray, *, te, b0: float, affine:
             o = (rel + p) @ np.asarray(affine, float)[:3, :3].T
             inside = np.linalg.norm(o, axis=-1) <= a
             f = sphere_field(les.chi_ppm, a, o)
-            acc += np.where(inside[None], 0.0, np.exp(1j * rad_per_ppm[:, None] * f[None]))
+            acc += np.where(inside[None], 0.0, np.exp(1j * k_ppm[:, None] * f[None]))
         factor[:, idx[:, 0], idx[:, 1], idx[:, 2]] = acc / len(pts)
         signal[(slice(None),) + box] *= factor.astype(np.complex64)
     return np.abs(signal).astype(np.float32), wrap_phase(np.angle(signal))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from cmbdetect.physics.forward import sphere_field, subvoxel_offsets
 from cmbdetect.pipeline.simulate_anatomy import REGIONS, T, Anatomy
 
 _PAREN = [T[n] for n in ("gm", "wm", "caudate", "putamen", "pallidum", "thalamus", "nigra", "red_nucleus",
@@ -120,22 +121,9 @@ def draw_lesions(anatomy: Anatomy, rng: np.random.Generator, *, n_microbleeds: i
     return out
 
 
-def _sub_offsets(voxel_size, step_mm: float = 0.45):
-    """Sub-voxel sample offsets (fraction of a voxel, centred) per axis: 3 to 6 per axis."""
-    n = [min(6, max(3, int(np.ceil(v / step_mm)))) for v in voxel_size]
-    return [(np.arange(k) + 0.5) / k - 0.5 for k in n]
-
-
-def sphere_field_f32(chi_ppm: float, radius_mm: float, dx, dy, dz, b0) -> np.ndarray:
-    """Float32 version of :func:`cmbdetect.physics.forward.sphere_field` for offsets given per axis
-    (any orthonormal frame; ``b0`` unit vector in that frame): chi/3 (a/r)^3 (3cos^2 - 1) outside, 0
-    inside."""
-    r2 = dx * dx + dy * dy + dz * dz
-    rb = dx * np.float32(b0[0]) + dy * np.float32(b0[1]) + dz * np.float32(b0[2])
-    a2 = np.float32(radius_mm * radius_mm)
-    r2c = np.maximum(r2, a2)
-    f = np.float32(chi_ppm / 3.0 * radius_mm ** 3) * (3 * rb * rb / r2c - 1) / (r2c * np.sqrt(r2c))
-    return np.where(r2 > a2, f, np.float32(0))
+def _subsamples_per_axis(voxel_size, step_mm: float = 0.45) -> list[int]:
+    """Sub-voxel samples per axis near a lesion: one per ``step_mm`` of voxel edge, 3 to 6."""
+    return [min(6, max(3, int(np.ceil(v / step_mm)))) for v in voxel_size]
 
 
 def lesion_samples(frame, specs, box, *, sub: bool):
@@ -145,10 +133,9 @@ def lesion_samples(frame, specs, box, *, sub: bool):
     last one wins where they overlap) and the summed chi of the lesions containing it)."""
     m = frame.vox_to_head[:3, :3].astype(np.float32)
     b0_head = np.linalg.inv(frame.pose)[:3, :3] @ np.array([0.0, 0.0, 1.0])
-    x, y, z = (a[..., None] for a in frame.coords(box))
+    pts = np.stack(frame.coords(box), -1)[..., None, :]  # (*box, 1, 3) head mm
     if sub:
-        offs = np.stack(np.meshgrid(*_sub_offsets(frame.voxel_size), indexing="ij"), -1).reshape(-1, 3)
-        d = (offs @ m.T).astype(np.float32)
+        d = (subvoxel_offsets(_subsamples_per_axis(frame.voxel_size)) @ m.T).astype(np.float32)
     else:
         d = np.zeros((1, 3), np.float32)
     shp = tuple(b.stop - b.start for b in box) + (d.shape[0],)
@@ -157,10 +144,10 @@ def lesion_samples(frame, specs, box, *, sub: bool):
     chi = np.zeros(shp, np.float32) if sub else None
     for n, spec in enumerate(specs):
         for c, r in zip(spec.centres_head, spec.radii_mm):
-            dx, dy, dz = x - np.float32(c[0]) + d[:, 0], y - np.float32(c[1]) + d[:, 1], z - np.float32(c[2]) + d[:, 2]
-            field += sphere_field_f32(spec.chi_ppm, r, dx, dy, dz, b0_head)
+            off = (pts - np.asarray(c, np.float32)) + d  # (*box, n_sub, 3) from the sphere centre
+            field += sphere_field(spec.chi_ppm, r, off, b0_head, dtype=np.float32)
             if sub:
-                ins = dx * dx + dy * dy + dz * dz <= np.float32(r * r)
+                ins = (off * off).sum(-1) <= np.float32(r * r)
                 owner[ins] = n
                 chi += ins * np.float32(spec.chi_ppm)
     if not sub:

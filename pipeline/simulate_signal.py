@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 
-from cmbdetect.physics.constants import CHI_AIR_VS_TISSUE_PPM, GAMMA_BAR_HZ_PER_T
-from cmbdetect.physics.forward import kspace_grid
+from cmbdetect.physics.constants import CHI_AIR_VS_TISSUE_PPM
+from cmbdetect.physics.forward import dipole_kernel, even_part
 from cmbdetect.pipeline.simulate_anatomy import TISSUES
 from cmbdetect.pipeline.simulate_geometry import smooth_grid_field
 
@@ -74,41 +74,6 @@ def spoiled_gre(pd, t1, r2s, *, te: float, tr: float, flip_deg: float):
     return (pd * np.sin(a) * (1 - e1) / (1 - np.cos(a) * e1) * np.exp(-te * r2s)).astype(np.float32)
 
 
-def phase_per_ppm(b0: float, te: float) -> float:
-    """Radians of phase per ppm of field at echo time ``te`` (s) and ``b0`` (T)."""
-    return float(2 * np.pi * GAMMA_BAR_HZ_PER_T * b0 * 1e-6 * te)
-
-
-def dipole_kernel_f32(shape, voxel_size, b0_dir) -> np.ndarray:
-    """The dipole kernel of :func:`cmbdetect.physics.forward.dipole_kernel` computed in float32 with
-    broadcasting (less memory and time on large padded grids): 1/3 - (k.b)^2/|k|^2, D(0) = 0."""
-    kx, ky, kz = (k.astype(np.float32) for k in kspace_grid(shape, voxel_size))
-    b = np.asarray(b0_dir, float) / np.linalg.norm(b0_dir)
-    k2 = (kx * kx + ky * ky) + kz * kz
-    k2[0, 0, 0] = 1.0
-    kb = (kx * np.float32(b[0]) + ky * np.float32(b[1])) + kz * np.float32(b[2])
-    kb *= kb
-    kb /= k2
-    del k2
-    np.subtract(np.float32(1.0 / 3.0), kb, out=kb)
-    kb[0, 0, 0] = 0.0
-    return kb
-
-
-def _even_part(d: np.ndarray) -> np.ndarray:
-    """(D(k) + D(-k)) / 2 on the FFT grid.  The discrete kernel is not even on the Nyquist planes of
-    even-sized axes when B0 is oblique; its even part gives exactly ``Re(ifft(D fft(chi)))`` (what
-    :func:`cmbdetect.physics.forward.forward_field` returns) and keeps the two packed fields apart."""
-    for ax, n in enumerate(d.shape):
-        if n % 2 == 0:
-            idx = [slice(None)] * 3
-            idx[ax] = n // 2
-            plane = d[tuple(idx)]
-            mirrored = np.roll(np.flip(plane), 1, axis=(0, 1))
-            d[tuple(idx)] = 0.5 * (plane + mirrored)
-    return d
-
-
 def fields_from_chi(chi_vs_air: np.ndarray, chi_local: np.ndarray, voxel_size, b0_dir, *,
                     pad_fraction: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """Fields (ppm) of two susceptibility maps with one complex64 FFT pair on a padded grid.
@@ -116,7 +81,8 @@ def fields_from_chi(chi_vs_air: np.ndarray, chi_local: np.ndarray, voxel_size, b
     ``chi_vs_air`` (ppm relative to air, so that air around the head is zero) and ``chi_local``
     (sources inside the intracranial mask) are edge-padded: a head cut by the slab (or a crop of a
     brain) continues beyond the field of view instead of ending in an artificial susceptibility step,
-    and air at the edges stays air.  The dipole kernel is
+    and air at the edges stays air.  The dipole kernel
+    (:func:`cmbdetect.physics.forward.dipole_kernel`, its :func:`~cmbdetect.physics.forward.even_part`) is
     real and even, so ``ifft(D * fft(a + i b)) = D*a + i D*b`` gives both fields at once.  The padded
     grid is rounded up to fast FFT sizes.  Returns float32 ``(total_field, local_field)``.
     """
@@ -137,7 +103,7 @@ def fields_from_chi(chi_vs_air: np.ndarray, chi_local: np.ndarray, voxel_size, b
         src[ax] = slice(lo[ax] + shape[ax] - 1, lo[ax] + shape[ax])
         buf[tuple(idx)] = buf[tuple(src)]
     buf = sfft.fftn(buf, workers=-1, overwrite_x=True)
-    buf *= _even_part(dipole_kernel_f32(tgt, voxel_size, b0_dir))
+    buf *= even_part(dipole_kernel(tgt, voxel_size, b0_dir))
     buf = sfft.ifftn(buf, workers=-1, overwrite_x=True)
     return np.ascontiguousarray(buf.real[sl]), np.ascontiguousarray(buf.imag[sl])
 
@@ -209,9 +175,3 @@ def add_noise(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.
     """Complex Gaussian noise of standard deviation ``sigma`` per channel (complex64)."""
     n = rng.standard_normal((2, *signal.shape), dtype=np.float32) * np.float32(sigma)
     return (signal + n[0] + 1j * n[1]).astype(np.complex64)
-
-
-def wrap(phase: np.ndarray) -> np.ndarray:
-    """Wrap radians to [-pi, pi) (float32)."""
-    p = np.mod(np.asarray(phase, np.float64) + np.pi, 2 * np.pi) - np.pi
-    return p.astype(np.float32)

@@ -117,3 +117,54 @@ def test_voxel_averaged_sphere_field(oblique_affine):
     assert peaks[0] > peaks[1] > peaks[2] and peaks[0] < 2.0 / 3.0
     with pytest.raises(ValueError):
         voxel_averaged_sphere_field(1.0, 1.0, (3, 3, 3), np.eye(4), (1, 1, 1), subsamples=0)
+
+
+def test_dipole_kernel_is_the_closed_form_and_its_even_part_packs_two_fields(oblique_affine):
+    """D(k) = 1/3 - (k.b)^2/|k|^2 with D(0) = 0 (computed slab by slab, so also on a grid larger than one slab);
+    its even part turns one complex FFT of ``a + i b`` into the two real forward fields (the simulator's use)."""
+    from cmbdetect.physics.forward import dipole_kernel, even_part, kspace_grid
+
+    shape, vs = (20, 18, 16), (1.0, 1.2, 1.5)
+    b = b0_direction(oblique_affine(shape, vs, (14.0, -9.0, 6.0)))
+    kx, ky, kz = kspace_grid(shape, vs)
+    k2 = kx**2 + ky**2 + kz**2
+    k2[0, 0, 0] = 1.0
+    want = 1.0 / 3.0 - (kx * b[0] + ky * b[1] + kz * b[2]) ** 2 / k2
+    want[0, 0, 0] = 0.0
+    np.testing.assert_allclose(dipole_kernel(shape, vs, b, dtype=np.float64), want, rtol=1e-12, atol=1e-15)
+    big = (70, 120, 256)  # more than one slab of the first axis
+    d = dipole_kernel(big, vs, b)
+    assert d.dtype == np.float32 and d.shape == big and d[0, 0, 0] == 0.0
+    kx, ky, kz = kspace_grid(big, vs)
+    i = (69, 7, 130)
+    kk = np.array([kx.ravel()[i[0]], ky.ravel()[i[1]], kz.ravel()[i[2]]])
+    assert np.isclose(d[i], 1 / 3 - (kk @ b) ** 2 / (kk @ kk), rtol=1e-6)
+    rng = np.random.default_rng(0)
+    a_, b_ = rng.normal(size=shape), rng.normal(size=shape)
+    de = even_part(dipole_kernel(shape, vs, b, dtype=np.float64))
+    both = np.fft.ifftn(np.fft.fftn(a_ + 1j * b_) * de)
+    np.testing.assert_allclose(both.real, forward_field(a_, vs, b, pad=0), atol=1e-5)
+    np.testing.assert_allclose(both.imag, forward_field(b_, vs, b, pad=0), atol=1e-5)
+
+
+def test_sphere_field_in_float32_and_per_axis_subvoxel_offsets():
+    """float32 evaluation agrees with float64 to float32 rounding; sub-voxel offsets may differ per axis."""
+    from cmbdetect.physics.forward import subvoxel_offsets
+
+    rng = np.random.default_rng(1)
+    off = rng.normal(size=(500, 3)) * 4
+    b = np.array([0.3, -0.2, 0.93])
+    ref = sphere_field(1.3, 2.0, off, b)
+    got = sphere_field(1.3, 2.0, off.astype(np.float32), b, dtype=np.float32)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+    r = np.linalg.norm(off, axis=-1)
+    assert (ref[r <= 2.0] == 0).all()
+    pts = subvoxel_offsets((3, 4, 6))
+    assert pts.shape == (72, 3) and np.all(np.abs(pts) < 0.5)
+    assert [len(np.unique(pts[:, a])) for a in range(3)] == [3, 4, 6]
+    np.testing.assert_allclose(pts.mean(0), 0.0, atol=1e-12)
+    np.testing.assert_array_equal(subvoxel_offsets(3), subvoxel_offsets((3, 3, 3)))
+    np.testing.assert_array_equal(subvoxel_offsets(1), np.zeros((1, 3)))
+    with pytest.raises(ValueError):
+        subvoxel_offsets((3, 0, 3))

@@ -155,3 +155,17 @@ def test_milliradians():
         detect_phase_units(np.round(rad * 1000))
     with pytest.raises(InputError, match="milliradian range"):
         rescale_phase(np.array([-4000.0, 10.0]), units="mrad")
+
+
+def test_rad_per_ppm_is_the_closed_form_and_the_slope_of_field_to_phase():
+    from cmbdetect.physics.phase import rad_per_ppm
+
+    assert rad_per_ppm(0.02, 3.0) == pytest.approx(2 * np.pi * 42.577478e6 * 3.0 * 1e-6 * 0.02, rel=1e-12)
+    tes = np.array([0.005, 0.01, 0.03])
+    k = rad_per_ppm(tes, 7.0)
+    assert k.shape == (3,)
+    np.testing.assert_allclose(field_ppm_to_phase(np.ones(2), tes, 7.0)[:, 0], k, rtol=1e-6)
+    with pytest.raises(InputError):
+        rad_per_ppm(-0.01, 3.0)
+    with pytest.raises(InputError):
+        rad_per_ppm(0.01, 0.0)
