@@ -100,17 +100,3 @@ def scale_prior_odds(probs: np.ndarray, odds_ratio: float, *, index: int = 0) ->
     rest = np.where(rest_sum > 0, rest / np.where(rest_sum > 0, rest_sum, 1.0), 1.0 / max(rest.shape[-1], 1))
     rest = rest * (1 - new_k)[..., None]
     return np.insert(rest, index, new_k, axis=-1)
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, bins: int = 10) -> float:
-    """ECE of the arg-max confidence (equal-width bins)."""
-    p = np.asarray(probs, dtype=float)
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == np.asarray(labels)).astype(float)
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(ece)

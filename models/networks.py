@@ -116,8 +116,3 @@ def centre_crop(z: torch.Tensor, width: int) -> torch.Tensor:
         lo = (int(n) - w) // 2
         sl.append(slice(lo, lo + w))
     return z[tuple(sl)]
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

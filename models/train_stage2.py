@@ -152,15 +152,8 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, class_weights) -> dict:
 
 
 def microbleed_auc(probs_mb: np.ndarray, is_mb: np.ndarray) -> float:
-    """ROC AUC of microbleed vs rest (Mann-Whitney), NaN if one class is missing."""
-    pos, neg = probs_mb[is_mb], probs_mb[~is_mb]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    ranks = np.argsort(np.argsort(np.concatenate([pos, neg]), kind="stable"), kind="stable") + 1.0
-    # average ties
-    allv = np.concatenate([pos, neg])
-    for v in np.unique(allv):
-        sel = allv == v
-        ranks[sel] = ranks[sel].mean()
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    """ROC AUC of microbleed vs rest (:func:`cmbdetect.models.evaluate.roc_auc`), NaN if one class is missing."""
+    from cmbdetect.models.evaluate import roc_auc
 
+    auc = roc_auc(probs_mb, is_mb)
+    return float("nan") if auc is None else auc

@@ -32,14 +32,6 @@ def test_no_arguments_and_usage_errors(capsys):
     assert "cmbdetect" in capsys.readouterr().out
 
 
-def _one_error_line(capsys) -> str:
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("cmbdetect: error")]
-    full = capsys.readouterr().err
-    assert "Traceback" not in full
-    assert len(err) == 1, err
-    return err[0]
-
-
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory):
     from cmbdetect.models.registry import create_random_model

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 
 import nibabel as nib
@@ -18,8 +17,6 @@ from cmbdetect.pipeline.cli_common import (acquisition_from_args, add_input_argu
 from cmbdetect.pipeline.maps_io import MAP_FILES, read_physics_maps, write_physics_maps
 
 SHAPE = (24, 24, 20)
-HAVE_CHAIN = importlib.util.find_spec("cmbdetect.physics.chain") is not None
-needs_chain = pytest.mark.skipif(not HAVE_CHAIN, reason="physics.chain (physics-B) is not in this checkout yet")
 REQUIRED = ["chimap", "localfield", "brainmask", "swi", "mip", "chipos", "chineg"]
 
 
@@ -158,7 +155,6 @@ def test_qsm_bad_input_one_line_no_output(tmp_path, rng, oblique_affine, capsys)
     assert [x.name for x in foreign.iterdir()] == ["keep.txt"]
 
 
-@needs_chain
 def test_qsm_end_to_end_writes_all_maps(tmp_path, rng, oblique_affine, capsys):
     aff = oblique_affine(SHAPE)
     m, p, brain, field = _write_inputs(tmp_path, rng, aff)
@@ -183,7 +179,6 @@ def test_qsm_end_to_end_writes_all_maps(tmp_path, rng, oblique_affine, capsys):
     assert [x.name for x in tmp_path.iterdir() if x.name.startswith(".")] == []
 
 
-@needs_chain
 def test_qsm_from_local_field(tmp_path, rng, oblique_affine, capsys):
     aff = oblique_affine(SHAPE)
     _, _, brain, field = _phantom(rng, aff)
@@ -197,7 +192,6 @@ def test_qsm_from_local_field(tmp_path, rng, oblique_affine, capsys):
     assert (out / "chimap.nii.gz").exists() and (out / "localfield.nii.gz").exists()
 
 
-@needs_chain
 def test_qsm_from_dicom_series(tmp_path, rng, oblique_affine, capsys):
     from cmbdetect.pipeline.io_dicom import write_dicom_series
 
@@ -217,7 +211,6 @@ def test_qsm_from_dicom_series(tmp_path, rng, oblique_affine, capsys):
     np.testing.assert_allclose(nib.load(str(out / "chimap.nii.gz")).affine, aff, atol=1e-4)
 
 
-@needs_chain
 def test_qsm_real_three_echo_crop(shared_data, tmp_path, capsys):
     d = shared_data / "real" / "gre-3echo-crop"
     out = tmp_path / "out"
@@ -230,7 +223,6 @@ def test_qsm_real_three_echo_crop(shared_data, tmp_path, capsys):
     assert np.isfinite(chi).all() and 0.005 < chi.std() < 1.0  # in-vivo susceptibility contrast, ppm
 
 
-@needs_chain
 def test_qsm_unknown_method_is_input_error(tmp_path, rng, oblique_affine, capsys):
     m, p, _, _ = _write_inputs(tmp_path, rng, oblique_affine(SHAPE))
     out = tmp_path / "out"

@@ -1,7 +1,6 @@
 """BIDS discovery (T2starw, MEGRE, swi; echo optional; participant filter) and reading with inheritance."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import nibabel as nib
@@ -118,8 +117,6 @@ def test_mismatched_echoes(tmp_path, rng, oblique_affine):
 
 def test_simulator_dataset_reads_back(tmp_path):
     """The simulator's BIDS output goes through the same reader (one way to an Acquisition)."""
-    if importlib.util.find_spec("cmbdetect.pipeline.simulate") is None:
-        pytest.skip("the simulator (pipeline/simulate.py) is not in this checkout")
     from cmbdetect.pipeline.simulate import simulate_dataset
 
     root = tmp_path / "sim"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 import pytest
@@ -207,13 +206,11 @@ def test_report_from_a_minimal_table(maps, tmp_path):
     assert len(re.findall(r"<img data-candidate=", text)) == 1
 
 
-def test_tile_is_fast_and_shows_the_lesion(maps):
+def test_tile_shows_the_lesion(maps):
+    """(Tile rendering time is measured by a benchmark, not asserted here.)"""
     cands = synthetic_candidates(maps.affine, maps.mask)
     windows = display_windows(maps)
-    start = time.perf_counter()
     tiles = [render_candidate_tile(maps, c, windows=windows) for c in cands]
-    per_tile = (time.perf_counter() - start) / len(cands)
-    assert per_tile < 0.3
     tile = tiles[0]
     assert tile.dtype == np.uint8 and tile.ndim == 3 and tile.shape[2] == 3
     # the chi panel (third column) of the axial row is bright at the centre of a paramagnetic candidate
