@@ -2,7 +2,7 @@
 
 Inputs per candidate: a cubic multi-channel patch of the normalised channels centred on it, and the
 physics features of ``physics.sources.lesion_features`` measured on a small region grown around it
-(:func:`candidate_region`).  Outputs go through logit adjustment, temperature scaling, optional prevalence
+(:func:`cmbdetect.physics.domain.candidate_region`).  Outputs go through logit adjustment, temperature scaling, optional prevalence
 re-weighting (:mod:`cmbdetect.models.calibration`) and the **physics gate** (:func:`physics_gate`):
 calcification versus microbleed is decided by the sign of the susceptibility, never by appearance.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from cmbdetect.models.calibration import softmax, undo_class_weights
 from cmbdetect.models.detection import CLASSES
@@ -34,34 +33,6 @@ def extract_patches(channels: np.ndarray, centres_vox, size: int) -> np.ndarray:
     for n, ijk in enumerate(np.clip(np.rint(c).astype(int), 0, shape - 1)):
         out[n] = padded[:, ijk[0]:ijk[0] + size, ijk[1]:ijk[1] + size, ijk[2]:ijk[2] + size]
     return out
-
-
-def candidate_region(chi_ppm: np.ndarray, centre, voxel_size, *, chi_scale: float,
-                     search_mm: float = 2.0) -> np.ndarray:
-    """Bool region of the source around ``centre`` (voxel coords) inside ``chi_ppm`` (a crop).
-
-    The strongest |chi| voxel within ``search_mm`` gives the sign ``s``; the region is the connected set
-    of voxels with ``s * chi > max(3 * chi_scale, 0.3 * peak)`` containing it (else a 1.5 mm ball, or the nearest voxel
-    on coarse grids).
-    Its shape (elongation, sphericity) is what separates veins from round bleeds.
-    """
-    vs = np.asarray(voxel_size, dtype=float)
-    idx = np.indices(chi_ppm.shape, dtype=float)
-    d2 = sum(((idx[a] - centre[a]) * vs[a]) ** 2 for a in range(3))
-    near = d2 <= search_mm**2
-    if not near.any():
-        near = d2 <= d2.min()
-    vals = np.where(near, np.abs(chi_ppm), -1.0)
-    peak_idx = np.unravel_index(int(np.argmax(vals)), chi_ppm.shape)
-    sign = 1.0 if chi_ppm[peak_idx] >= 0 else -1.0
-    peak = abs(float(chi_ppm[peak_idx]))
-    above = sign * chi_ppm > max(3.0 * chi_scale, 0.3 * peak)
-    if above[peak_idx]:
-        lab, _ = ndimage.label(above)
-        region = lab == lab[peak_idx]
-        if region.sum() >= 1:
-            return region
-    return d2 <= max(1.5**2, float(d2.min()))  # never empty: at least the voxel nearest the centre
 
 
 def features_vector(features: list[dict], names, mean, std) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Physics features of stage-1 candidates, measured on the native grid of the PhysicsMaps.
 
 Each candidate gets a crop (``crop_mm`` half-width) of chi, local field and magnitude, a region grown
-around its centre (:func:`cmbdetect.models.classifier.candidate_region`), and
+around its centre (:func:`cmbdetect.physics.domain.candidate_region`), and
 ``physics.sources.lesion_features`` on that crop (integrated chi in ppm*mm^3, mean chi in ppm, dipole sign
 +1 paramagnetic / -1 diamagnetic, diameter and volume in mm / mm^3, elongation, sphericity, blooming), plus
 ``chi_available`` (1 when the centre lies in the chi mask; 0 in the rim outside it, where chi is 0 and cannot
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from cmbdetect.models.channels import robust_centre_scale
-from cmbdetect.models.classifier import candidate_region
+from cmbdetect.physics.domain import candidate_region
 from cmbdetect.physics.geometry import b0_direction, voxel_sizes
 from cmbdetect.physics.maps import PhysicsMaps
 

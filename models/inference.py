@@ -24,52 +24,14 @@ from cmbdetect.models.detector import find_candidates, predict_volume
 from cmbdetect.models.features import candidate_features
 from cmbdetect.models.registry import LoadedModel, load_model
 from cmbdetect.models.stacking import apply_stacking
+from cmbdetect.physics.domain import detection_domain
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import voxel_sizes
 from cmbdetect.physics.maps import PhysicsMaps
 
 
-#: Detection domains (metadata ``inference.domain``; a model without the key uses "mask").
-DOMAINS = ("mask", "brain")
-
-
-def detection_domain(maps: PhysicsMaps, kind: str = "mask", *, close_mm: float = 0.0) -> np.ndarray:
-    """Where the models look for lesions, on the native grid.
-
-    ``"mask"``: the chi mask (``maps.mask``).  ``"brain"``: that mask plus the automatic brain mask of the
-    magnitude (:func:`cmbdetect.physics.mask.brain_mask`, the one the physics chain starts from): the rim that
-    V-SHARP erodes and surface zones dropped for an unreliable field, where a juxtacortical bleed is still
-    visible on the magnitude.  ``close_mm`` > 0 (with "brain"): surface notches narrower than about
-    ``2 * close_mm`` are filled (:func:`cmbdetect.physics.mask.close_surface_notches`): the blooming void of a
-    cortical bleed that reaches the brain surface is dark like the background, so the magnitude threshold cuts
-    it out of the brain mask (33 of 871 microbleed centres of the training cohorts, all on >= 2.3 mm voxels;
-    14 after a 10 mm closing, for 1.9 % more volume).  What the brain mask's scalp guard would cut
-    (:func:`cmbdetect.physics.mask.brain_masks`) is left out of the domain even where the physics chain keeps it
-    (the chain only cuts a whole scalp shell, so as not to move its field-reliability mask): patches of bright
-    scalp are no place to look for microbleeds; on the seed-606 test cohort they held 3 of the 6 false positives
-    at p >= 0.5.  A supplied mask (``meta["mask"] == "supplied"``) or placeholder magnitude (a local field given
-    directly) keeps ``maps.mask``."""
-    from cmbdetect.physics.mask import brain_masks, close_surface_notches
-
-    mask = np.asarray(maps.mask, dtype=bool)
-    if kind not in DOMAINS:
-        raise InputError(f"unknown detection domain {kind!r}; use one of {', '.join(DOMAINS)}")
-    meta = maps.meta or {}
-    if kind == "mask" or meta.get("mask") == "supplied" or "magnitude" in meta.get("placeholders", ()):
-        return mask
-    vs = voxel_sizes(maps.affine)
-    plain, guarded = maps.brain_plain, maps.brain_guarded  # the chain's, when it computed them
-    if plain is None or guarded is None:
-        try:
-            plain, guarded = brain_masks(maps.magnitude, vs)
-        except InputError:
-            return mask
-    brain = guarded | (mask & ~plain)  # the chi mask where it reaches beyond the brain mask, never into the cut
-    return close_surface_notches(brain, close_mm, vs)  # close_mm <= 0: the brain mask as it is
-
-
 def model_grid(maps: PhysicsMaps, metadata: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """Normalised channels, detection domain (:func:`detection_domain`, metadata ``inference.domain``) and voxel
+    """Normalised channels, detection domain (:func:`cmbdetect.physics.domain.detection_domain`, metadata ``inference.domain``) and voxel
     size (mm) on the grid the model works on, and whether that grid is a resampling of the native one."""
     inf = metadata.get("inference", {})
     mask = detection_domain(maps, inf.get("domain", "mask"), close_mm=float(inf.get("domain_close_mm", 0.0)))

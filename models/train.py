@@ -74,13 +74,13 @@ class TrainOptions:
     #: development cohort the four in-plane flips gave 0.944 (no change) and all eight 0.930 at 0.5 FP/subject,
     #: for 4-8x the stage-1 time.
     stage1_tta_flips: tuple = ((),)
-    #: where the models look (:func:`cmbdetect.models.inference.detection_domain`): "brain" = the magnitude brain
+    #: where the models look (:func:`cmbdetect.physics.domain.detection_domain`): "brain" = the magnitude brain
     #: mask, so juxtacortical lesions in the rim that V-SHARP erodes (or in a surface zone the field-reliability
     #: mask drops) stay visible on the magnitude channel; "mask" = only where chi is valid (older models).
     #: On the 88 training subjects 73 of 871 microbleed centres lie outside the chi mask, 33 outside the brain mask.
     domain: str = "brain"
     #: closing (mm) of the "brain" domain's surface notches (metadata ``inference.domain_close_mm``; 0 = none):
-    #: the voids of cortical bleeds that reach the surface (:func:`cmbdetect.models.inference.detection_domain`).
+    #: the voids of cortical bleeds that reach the surface (:func:`cmbdetect.physics.domain.detection_domain`).
     #: Opt-in: member 0 of the shipped recipe retrained with 10 mm had validation stage-1 recall 0.932 against
     #: 0.948 without, and sensitivity at p >= 0.5 0.840 against 0.859 (same split, seed 0).
     domain_close_mm: float = 0.0

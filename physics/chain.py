@@ -170,6 +170,7 @@ def compute_physics_maps(
     brain mask eroded by the background removal); ``meta`` records methods, parameters, timings (s)
     and warnings.
     """
+    from .domain import brain_domain
     from .echoes import early_echo_coherence, fit_multi_echo, spatial_phase_coherence
     from .mask import brain_masks, pick_brain_mask, reliable_field_mask
 
@@ -310,6 +311,7 @@ def compute_physics_maps(
         field_ppm=np.asarray(fit.field_ppm, dtype=np.float32), local_field_ppm=local.astype(np.float32),
         chi_ppm=chi.astype(np.float32), chi_pos=chi_pos, chi_neg=chi_neg, swi=swi, mip=mip,
         affine=aff, b0=float(b0), r2star=r2star, meta=meta, brain_plain=plain, brain_guarded=guarded,
+        brain_domain=None if plain is None else brain_domain(valid, plain, guarded),
     )
 
 

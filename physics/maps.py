@@ -26,6 +26,8 @@ class PhysicsMaps:
         (:func:`cmbdetect.physics.mask.brain_masks`), as the chain computed them on the way to ``mask``, so that the
         detection domain need not compute them again; ``None`` when the mask was supplied or the maps come from
         elsewhere (a cache, a direct construction): the domain then computes them.
+    brain_domain : the "brain" detection domain the chain derived from those masks and ``mask``
+        (:func:`cmbdetect.physics.domain.brain_domain`); ``None`` where they are.
     affine : 4x4 voxel -> scanner RAS (mm).
     b0 : field strength (T).
     meta : free-form provenance of the processing (methods, parameters, warnings).
@@ -45,6 +47,7 @@ class PhysicsMaps:
     r2star: np.ndarray | None = None
     brain_plain: np.ndarray | None = None
     brain_guarded: np.ndarray | None = None
+    brain_domain: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     @property

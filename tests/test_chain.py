@@ -201,6 +201,10 @@ def test_chain_carries_its_brain_masks_for_the_detection_domain():
     np.testing.assert_array_equal(maps.brain_plain, plain)
     np.testing.assert_array_equal(maps.brain_guarded, guarded)
     assert not (maps.mask & ~pick_brain_mask(plain, guarded)).any()
+    from cmbdetect.physics.domain import brain_domain, detection_domain
+
+    np.testing.assert_array_equal(maps.brain_domain, brain_domain(maps.mask, plain, guarded))
+    np.testing.assert_array_equal(detection_domain(maps, "brain"), maps.brain_domain)
     supplied = compute_physics_maps(mag=p.mag[0], phase=p.phase[0], te=p.te[:1], b0=p.b0, affine=p.affine,
                                     mask=p.mask)
-    assert supplied.brain_plain is None and supplied.brain_guarded is None
+    assert supplied.brain_plain is None and supplied.brain_guarded is None and supplied.brain_domain is None

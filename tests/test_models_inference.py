@@ -5,7 +5,8 @@ import pytest
 from cmbdetect.models.channels import ALL_CHANNELS, physics_channels
 from cmbdetect.models.classifier import physics_gate
 from cmbdetect.models.detection import CLASSES, READER_LABELS, Detection, LabelPolicy, merge_duplicates
-from cmbdetect.models.inference import detect, detection_domain, model_grid
+from cmbdetect.models.inference import detect, model_grid
+from cmbdetect.physics.domain import detection_domain
 from cmbdetect.models.registry import create_random_model
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.forward import forward_field
@@ -131,7 +132,7 @@ def test_channels_normalised_inside_mask(oblique_affine):
 
 def test_candidate_region_never_empty_on_coarse_grids():
     """A centre between coarse voxels (no voxel within 1.5 mm) still gets a region (the nearest voxel)."""
-    from cmbdetect.models.classifier import candidate_region
+    from cmbdetect.physics.domain import candidate_region
 
     chi = np.zeros((5, 5, 5), np.float32)
     region = candidate_region(chi, np.array([2.5, 2.5, 2.5]), (4.5, 4.5, 5.0), chi_scale=0.01)

@@ -27,7 +27,7 @@ from cmbdetect.pipeline.acquisition import Acquisition  # noqa: E402
 ERROR_FILE = "cmbdetect_error.json"
 
 _MAP_ARRAYS = ("mask", "magnitude", "field_ppm", "local_field_ppm", "chi_ppm", "chi_pos", "chi_neg",
-               "swi", "mip", "r2star", "brain_plain", "brain_guarded")
+               "swi", "mip", "r2star", "brain_plain", "brain_guarded", "brain_domain")
 
 
 def progress(label: str, message: str) -> None:
