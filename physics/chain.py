@@ -28,33 +28,27 @@ SWI_TE_S = 0.020
 #: Warn when the removed background field has an RMS above this (ppm) inside the mask.
 STRONG_BACKGROUND_PPM = 1.0
 #: Default phase-coherence threshold of the multi-echo reliability mask (see compute_physics_maps).
-#: Chosen on the 16-subject simulated training cohort of seed 1 (192 microbleeds): median local-field error
-#: of its multi-echo subjects 0.062 ppm without the mask, 0.017 ppm at 0.5, 0.013 ppm at 0.7; microbleed
-#: centres outside the final mask 1, 2 and 7 (0.7 also drops posterior-fossa tissue at 7 T, where steep
-#: background gradients bend the phase evolution).  Figures on the test cohort: benchmarks/physics_cohort.py.
+#: Voxels whose echo-to-echo phase coherence (0-1) is below it leave the mask (docs/decisions.md, "Physics
+#: defaults"; benchmarks/physics_cohort.py).
 DEFAULT_MIN_COHERENCE = 0.5
-#: The same for one echo, with the spatial phase coherence; off by default: 0.3 lowered the single-echo
-#: median error 0.019 -> 0.010 ppm but dropped 5 more of 71 microbleed centres from the mask (a deep
-#: lesion's dephasing zone may join a surface-connected unreliable zone through veins).
+#: The same for one echo, with the spatial phase coherence (0-1); 0: off by default, since a deep lesion's
+#: dephasing zone may join a surface-connected unreliable zone through veins (docs/decisions.md).
 DEFAULT_MIN_SPATIAL_COHERENCE = 0.0
 #: The multi-echo coherence of the reliability mask uses only the echoes with B0 * TE <= this (T*s; at least
 #: the first two echoes).  Intra-voxel dephasing around a source grows with B0 * TE, so at 7 T with long echo
 #: times the blooming void of a lobar microbleed joins the surface-connected unreliable zone and is cut out of
 #: the mask; the early echoes still measure its surroundings.  0.2 T*s is TE 67 ms at 3 T (every echo of a
-#: clinical protocol) and 28.6 ms at 7 T.  Chosen on the seed-303 cohort's 7 T subjects (all echoes: 2 of 8
-#: microbleeds of the 5-echo subject outside the mask; <= 0.2 T*s: 0).  ``inf`` uses every echo.
+#: clinical protocol) and 28.6 ms at 7 T (docs/decisions.md).  ``inf`` uses every echo.
 DEFAULT_COHERENCE_MAX_B0_TE = 0.2
 #: Warn when the local field has an RMS above this (ppm): likely unwrapping/background failure.
 STRONG_LOCAL_PPM = 0.3
 #: Warn when the median |chi| inside the mask is above this (ppm).  Brain tissue sits within about
-#: +-0.1 ppm of its mean, so over 228 simulated subjects (1-3.5 mm voxels, 1.5-7 T) the median |chi| was
-#: 0.036 ppm (95th percentile 0.19); the maps above 0.4 ppm (0.43-0.75) were all failures: the brain
-#: mask had taken in the scalp, whose fat and air-bordered shell no background removal can explain.
+#: +-0.1 ppm of its mean; a larger median means the mask took in the scalp, whose fat and air-bordered shell no
+#: background removal can explain (figures: docs/decisions.md, "Physics defaults").
 IMPLAUSIBLE_CHI_MEDIAN_PPM = 0.4
 #: When the chi map of an automatic brain mask fails :func:`chi_map_quality`, the chain retries with the automatic
-#: magnitude threshold scaled by each of these factors and keeps the passing map of lowest median |chi|.  Measured on simulated
-#: heads at TE 2.3/4.6 ms, 3 T (where scalp, muscle and brain are all bright): non-brain share of the automatic mask
-#: 33-46 % at x1, 19-40 % at x1.3, 1-21 % at x1.6 (brain kept 0.78-0.83); see docs/acquisition_fitness.md.
+#: magnitude threshold scaled by each of these factors and keeps the passing map of lowest median |chi|
+#: (dimensionless factors; figures: docs/acquisition_fitness.md).
 MASK_RETRY_THRESHOLD_SCALES: tuple[float, ...] = (1.3, 1.6)
 
 

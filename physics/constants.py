@@ -50,11 +50,8 @@ def hz_to_ppm(field_hz, b0_t: float):
     return field_hz / (GAMMA_BAR_MHZ_PER_T * b0_t)
 
 # --- Validated acquisition range of a microbleed call (physics/fitness.py) ---------------------------------
-# The shipped detector was trained and tested on simulated cohorts with voxels 0.75-1.1 mm in-plane and 1.4-2.5 mm
-# slices (thick-slice test 0.8 x 0.8 x 2.4 mm: sensitivity 0.84 at 0.5 FP/subject); on 2.2-2.9 mm voxels its
-# sensitivity fell to 0.65 (models/weights/default/README.md).  Issue 21: a healthy volunteer at 3 mm isotropic,
-# TE 2.3/4.6 ms at 3 T (0.014 T*s) got 13-31 microbleeds.  Outside these limits the maps are still written, but no
-# candidate is labelled microbleed (physics.fitness.assess_fitness says why).
+# The acquisitions on which a microbleed call is validated (why these limits: docs/acquisition_fitness.md).  Outside
+# them the maps are still written, but no candidate is labelled microbleed (physics.fitness.assess_fitness says why).
 #: Largest in-plane voxel edge (mm; the two finer edges of the voxel) of a microbleed call.
 FITNESS_MAX_INPLANE_MM: float = 1.5
 #: Largest slice thickness (mm; the coarsest voxel edge) of a microbleed call.

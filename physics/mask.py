@@ -37,9 +37,8 @@ SCALP_OPEN_MM = 5.0
 #: ... and how far (mm) the mask may reach beyond that cut one (surface lesion voids stay, the scalp goes).
 SCALP_MARGIN_MM = 3.0
 #: ... and the guard acts only when it removes more than this fraction of the mask (a scalp shell is a third of
-#: the head mask).  Smaller cuts (sinus and orbit tissue, scalp patches of 1-11 %) are left alone: measured on the
-#: seed-606 cohort, applying them moved the reliability mask at the surface and put a 9.7 mm lobar microbleed
-#: outside the valid mask, while the maps they repaired had not failed.
+#: the head mask); smaller cuts (sinus and orbit tissue, scalp patches) are left alone, so the field-reliability mask
+#: at the surface does not move (docs/decisions.md, "Physics defaults").
 SCALP_LEAK_FRACTION = 0.2
 
 

@@ -127,9 +127,8 @@ def lesion_features(
     Keys (units):
     - ``integrated_chi_ppm_mm3``: magnetic moment, sum of (chi - local reference) * voxel volume over
       the region dilated by ``dilate_mm`` (default max(2 mm, 1.5 voxel edges)) to capture partial
-      volume and the blooming of the inversion (on the test phantom 2 mm gives a worst moment error
-      of 8% over 6 phantoms vs 23% when dilating by the equivalent radius); the local reference is the median chi in a ``shell_mm``
-      shell around the dilated region.  Sign: > 0 paramagnetic.
+      volume and the blooming of the inversion (docs/qsm_lesion_fidelity.md); the local reference is the median
+      chi in a ``shell_mm`` shell around the dilated region.  Sign: > 0 paramagnetic.
     - ``mean_chi_ppm``: mean of (chi - reference) over the region itself.
     - ``dipole_sign``: +1 if the local field around the lesion correlates positively with the unit
       paramagnetic sphere pattern ``(a/r)^3 (3 cos^2 - 1)/3`` for B0 (``b0_dir`` in voxel axes), -1
