@@ -134,11 +134,9 @@ def apply_low_rank_prior(head_p: np.ndarray, metadata: dict) -> np.ndarray:
 
     Stage 2 is calibrated on the candidates of the budget it was fitted on (200 per subject).  A model whose
     operating point takes more (:func:`cmbdetect.models.ensemble.set_operating_point`, for stage-1 recall) sends
-    stage 2 candidates among which microbleeds are far rarer: on the held-out validation cohort 3 of the 302
-    microbleeds found at 1000 candidates per subject lie in ranks 200-999, among some 20 000 candidates.  The
-    odds ratio is measured there (``benchmarks/stage1_recall.py --set-operating-point``), so these candidates
-    are reported with the probability that their rank warrants; without it their stage-2 probabilities, fitted
-    at the higher prior, put dozens of them above true microbleeds of other subjects."""
+    stage 2 candidates among which microbleeds are far rarer (figures: docs/benchmarks.md, held-out validation).
+    The odds ratio is fitted on the held-out validation set (``benchmarks/stage1_recall.py
+    --set-operating-point``), so these candidates are reported with the probability that their rank warrants."""
     tier = (metadata.get("inference") or {}).get("low_rank_prior")
     p = np.asarray(head_p, dtype=float)
     if not tier or len(p) <= int(tier["from_rank"]):
@@ -155,7 +153,7 @@ def apply_vein_gate(maps: PhysicsMaps, centres_vox, feats: list[dict], head_p: n
     classes]``: the vein features (:func:`cmbdetect.models.features.add_vein_features`) are computed for the
     candidates whose mean microbleed probability is at least ``VEIN_FEATURES_FROM_P``, added to ``feats`` with
     ``vein_gate`` (1 gated, 0 not) and ``microbleed_p_before_vein_gate``.  Metadata ``inference.vein_gate``
-    false: unchanged (the releases before the gate)."""
+    false: unchanged."""
     from cmbdetect.models.classifier import vein_gate
     from cmbdetect.models.features import add_vein_features
 
