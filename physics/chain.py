@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from . import background as bg
+from .checks import finite_array
 from .errors import InputError
 from .fitness import assess_fitness, calls_withheld_reason
 from .geometry import b0_direction, voxel_sizes
@@ -79,9 +80,7 @@ def _as_4d(a, name) -> np.ndarray:
         raise InputError(f"{name} must be [echo, i, j, k] (or 3D for one echo), got shape {arr.shape}")
     if min(arr.shape[1:]) < 3:
         raise InputError(f"{name} has shape {arr.shape[1:]}: a 3D volume (>= 3 voxels per axis) is needed")
-    if not np.isfinite(arr).all():
-        raise InputError(f"{name} contains NaN or inf values")
-    return arr
+    return finite_array(arr, name)
 
 
 def _check_geometry(affine, b0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -315,11 +314,7 @@ def invert_local_field(*, local_field_ppm, mask, affine, b0: float, inversion: s
     Returns :class:`PhysicsMaps` whose magnitude/SWI/MIP are placeholders of ones (no magnitude
     available) and whose ``field_ppm`` is the given local field; ``meta['placeholders']`` says so.
     """
-    f = np.asarray(local_field_ppm, dtype=np.float32)
-    if f.ndim != 3:
-        raise InputError(f"local field must be 3D, got shape {f.shape}")
-    if not np.isfinite(f).all():
-        raise InputError("local field contains NaN or inf values")
+    f = finite_array(local_field_ppm, "local field", ndim=3)
     m = np.asarray(mask).astype(bool)
     if m.shape != f.shape:
         raise InputError(f"mask shape {m.shape} does not match the local field {f.shape}")

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cmbdetect.physics.constants import hz_to_ppm
+from cmbdetect.physics.checks import finite_array
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.unwrap import unwrap_exact, unwrap_laplacian
 
@@ -110,9 +111,7 @@ def _as_echoes(a, name: str) -> np.ndarray:
         x = x[None]
     if x.ndim != 4:
         raise InputError(f"{name} must be [echo, i, j, k] or a 3D volume, got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise InputError(f"{name} contains NaN or infinite values")
-    return x
+    return finite_array(x, name)
 
 
 def _check_te(te, n_echoes: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from cmbdetect.physics.checks import finite_array
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import ball_kernel
 
@@ -204,11 +205,7 @@ def brain_masks(
     muscle and brain are all bright and only a stricter threshold opens the skull gap).
     Raises :class:`InputError` when ``plain`` is empty.
     """
-    mag = np.asarray(mag3d, dtype=np.float32)
-    if mag.ndim != 3:
-        raise InputError(f"brain mask needs a 3D magnitude image, got shape {mag.shape}")
-    if not np.all(np.isfinite(mag)):
-        raise InputError("magnitude contains NaN or infinite values")
+    mag = finite_array(mag3d, "magnitude", ndim=3, what="brain mask needs a 3D magnitude image")
     vs = np.asarray(voxel_size, dtype=float).reshape(3)
     if np.any(vs <= 0):
         raise InputError(f"voxel sizes must be positive mm, got {vs.tolist()}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cmbdetect.physics.checks import finite_array
 from cmbdetect.physics.constants import GAMMA_BAR_HZ_PER_T
 from cmbdetect.physics.errors import InputError
 
@@ -66,8 +67,7 @@ def detect_phase_units(phase) -> str:
     a = np.asarray(phase)
     if a.size == 0:
         raise InputError("phase image is empty")
-    if not np.all(np.isfinite(a)):
-        raise InputError("phase contains NaN or infinite values")
+    finite_array(a, "phase", dtype=None)
     lo, hi = float(a.min()), float(a.max())
     amax = max(abs(lo), abs(hi))
     if amax == 0.0:
@@ -108,8 +108,7 @@ def rescale_phase(phase, *, units: str = "auto") -> np.ndarray:
     u = units.strip().lower()
     if u == "auto":
         u = detect_phase_units(a)
-    if not np.all(np.isfinite(a)):
-        raise InputError("phase contains NaN or infinite values")
+    finite_array(a, "phase", dtype=None)
     x = a.astype(np.float64)
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
     if u == "rad":

@@ -19,6 +19,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
 
+from .checks import finite_array
 from .errors import InputError
 
 
@@ -71,8 +72,8 @@ def swi_from_phase(
         raise InputError(f"SWI needs 3D magnitude and phase of the same shape, got {mag.shape} and {ph.shape}")
     if n < 1:
         raise InputError(f"SWI mask power n must be >= 1, got {n}")
-    if not (np.isfinite(mag).all() and np.isfinite(ph).all()):
-        raise InputError("magnitude/phase contain NaN or inf values")
+    finite_array(mag, "magnitude")
+    finite_array(ph, "phase")
     hp = highpass_phase(mag, ph, voxel_size, cutoff_mm=cutoff_mm)
     mask = np.where(hp > 0, (np.pi - hp) / np.pi, 1.0).astype(np.float32)
     return (mag * mask**n).astype(np.float32)

@@ -21,17 +21,14 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
+from cmbdetect.physics.checks import finite_array
 from cmbdetect.physics.errors import InputError
 
 _WORKERS = -1  # all cores for the FFTs
 
 
 def _check(phase, mask):
-    p = np.asarray(phase, dtype=np.float32)
-    if p.ndim != 3:
-        raise InputError(f"phase unwrapping needs a 3D phase volume, got shape {p.shape}")
-    if not np.all(np.isfinite(p)):
-        raise InputError("phase contains NaN or infinite values")
+    p = finite_array(phase, "phase", ndim=3, what="phase unwrapping needs a 3D phase volume")
     if mask is None:
         m = None
     else:

@@ -169,3 +169,17 @@ def test_rad_per_ppm_is_the_closed_form_and_the_slope_of_field_to_phase():
         rad_per_ppm(-0.01, 3.0)
     with pytest.raises(InputError):
         rad_per_ppm(0.01, 0.0)
+
+
+def test_finite_array_is_the_one_array_check():
+    from cmbdetect.physics.checks import finite_array
+
+    x = finite_array(np.arange(4, dtype=np.int16), "phase", dtype=None)
+    assert x.dtype == np.int16
+    assert finite_array([1, 2], "m").dtype == np.float32
+    with pytest.raises(InputError, match="^phase contains NaN or infinite values$"):
+        finite_array([0.0, np.inf], "phase")
+    with pytest.raises(InputError, match=r"^unwrapping needs 3D, got shape \(2,\)$"):
+        finite_array([0.0, 1.0], "phase", ndim=3, what="unwrapping needs 3D")
+    with pytest.raises(InputError, match=r"^local field must be 3D"):
+        finite_array(np.zeros((2, 2)), "local field", ndim=3)
