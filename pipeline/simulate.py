@@ -119,7 +119,11 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
 
     anat = build_anatomy(frame, rng[1])
     specs = draw_lesions(anat, rng[3], n_microbleeds=n_microbleeds, n_calcifications=n_calcifications)
-    mim, mim_params, void, dots = _mimics_before_signal(seed, mimics, anat, specs)
+    mim, mim_params, void, dots = (), {}, None, None
+    if mimics is not None:
+        from cmbdetect.pipeline.simulate_mimics import draw_subject_mimics
+
+        mim, mim_params, void, dots = draw_subject_mimics(mimics, anat, specs, lambda n: child_rng(seed, n))
     if "noise_dots" in mim:
         snr = min(snr, float(child_rng(seed, 10).uniform(4.0, 10.0)))
     veins = build_veins(anat, rng[2], family=vein_family, density=vein_density,
@@ -231,29 +235,6 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
               "n_microbleeds": sum(l.kind == "microbleed" for l in lesions_out),
               "n_calcifications": sum(l.kind == "calcification" for l in lesions_out)}
     return SimulatedSubject(acq=acq, truth=truth, params=params, total_field_ppm=total)
-
-
-def _mimics_before_signal(seed, mimics, anat, specs):
-    """Draw the subject's mimics (:mod:`simulate_mimics`, each from its own child generator, so the default
-    draws stay the same): air pockets into ``anat.tissue`` and calcifications onto ``specs`` in place.
-    Returns (names, their parameters, flow-void occupancy or None, noise dots or None)."""
-    if mimics is None:
-        return (), {}, None, None
-    from cmbdetect.pipeline import simulate_mimics as sm
-
-    names = sm.choose_mimics(mimics, child_rng(seed, 7))
-    params: dict = {"names": list(names)}
-    if "air" in names:
-        params["air_pockets_head_mm"] = sm.add_air_pockets(anat, child_rng(seed, 8))
-    if "calcifications" in names:
-        extra = sm.calcification_specs(anat, child_rng(seed, 9), specs)
-        specs.extend(extra)
-        params["calcifications"] = len(extra)
-    void = sm.flow_void_occupancy(anat, child_rng(seed, 12)) if "flow_voids" in names else None
-    dots = sm.noise_dots(child_rng(seed, 13), anat.region > 0) if "noise_dots" in names else None
-    if dots is not None:
-        params["noise_dots"] = int(len(dots[0]))
-    return names, params, void, dots
 
 
 def _lesion_fields(frame, specs, *, total, local, labels, chi, intracranial, rad_max):

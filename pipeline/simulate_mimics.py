@@ -59,6 +59,26 @@ def choose_mimics(value, rng: np.random.Generator) -> tuple[str, ...]:
     return parsed
 
 
+def draw_subject_mimics(mimics, anatomy: Anatomy, specs: list, rng_for):
+    """Draw one subject's mimics, each from its own generator ``rng_for(n)`` (n = 7 which mimics, 8 air, 9
+    calcifications, 12 flow voids, 13 noise dots; 10 and 11 are the SNR and iron draws of the caller), so the
+    default draws stay as they were: air pockets into ``anatomy.tissue`` and calcifications onto ``specs`` in
+    place.  Returns (names, their parameters, flow-void occupancy or None, noise dots or None)."""
+    names = choose_mimics(mimics, rng_for(7))
+    params: dict = {"names": list(names)}
+    if "air" in names:
+        params["air_pockets_head_mm"] = add_air_pockets(anatomy, rng_for(8))
+    if "calcifications" in names:
+        extra = calcification_specs(anatomy, rng_for(9), specs)
+        specs.extend(extra)
+        params["calcifications"] = len(extra)
+    void = flow_void_occupancy(anatomy, rng_for(12)) if "flow_voids" in names else None
+    dots = noise_dots(rng_for(13), anatomy.region > 0) if "noise_dots" in names else None
+    if dots is not None:
+        params["noise_dots"] = int(len(dots[0]))
+    return names, params, void, dots
+
+
 def add_air_pockets(anatomy: Anatomy, rng: np.random.Generator) -> list[list[float]]:
     """Enlarge the frontal sinus and the mastoid air cells up to 0.5-1.5 mm from the dura (tissue set to air in
     place, never inside the intracranial mask).  Returns the pocket centres (head mm)."""
