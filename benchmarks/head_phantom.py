@@ -14,7 +14,7 @@ Per method: NRMSE (%, chi against the truth inside the brain, both mean 0) and H
 1.5 voxels), the calcification moment error, and time; mean over seeds.  With qsm-ci installed (MIT, offline) its
 challenge NRMSE / HFEN are printed as a second opinion.
 
-Run: ``python benchmarks/head_phantom.py [--seeds 3] [--methods tkd,tv,medi]``.
+Run: ``python benchmarks/head_phantom.py [--seeds 3] [--methods tkd,tv,medi] [--sweep]``.
 """
 from __future__ import annotations
 
@@ -132,13 +132,34 @@ def scores(ph, est):
     return out
 
 
+def sweep() -> None:
+    """TV and medi weights on seed 0 (NRMSE / HFEN / calcification moment error)."""
+    from cmbdetect.physics.inversion import tv_admm
+    from cmbdetect.physics.inversion_weighted import medi_admm
+
+    ph = make_head(0)
+    a = (ph["field"], ph["mask"], ph["vs"], (0.0, 0.0, 1.0))
+    runs = [("tv lam 1.5e-4", lambda: tv_admm(*a, lam=1.5e-4)), ("tv lam 3e-4", lambda: tv_admm(*a, lam=3e-4)),
+            ("tv lam 6e-4", lambda: tv_admm(*a, lam=6e-4)),
+            ("medi lam 1e-3", lambda: medi_admm(*a, magnitude=ph["mag"], lam=1e-3)),
+            ("medi lam 5e-4", lambda: medi_admm(*a, magnitude=ph["mag"], lam=5e-4)),
+            ("medi lam 1e-3 edge 0.3", lambda: medi_admm(*a, magnitude=ph["mag"], lam=1e-3, edge_fraction=0.3))]
+    for name, fn in runs:
+        s = scores(ph, fn())
+        print(f"{name:<24}" + "  ".join(f"{k} {v:.3g}" for k, v in s.items()), flush=True)
+
+
 def main() -> None:
     from cmbdetect.physics.inversion import invert_dipole
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", default="tkd,tv,medi")
+    ap.add_argument("--sweep", action="store_true", help="regularisation sweep of TV and medi on seed 0 instead")
     args = ap.parse_args()
+    if args.sweep:
+        sweep()
+        return
     methods = args.methods.split(",")
     print(f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; {VOXEL_MM} mm, {B0_T} T, TE {TE_S} s, SNR {SNR}")
     res = {k: [] for k in methods}
