@@ -4,8 +4,9 @@ Phantom (per seed; 1.06 mm isotropic, 3 T, single echo TE 20 ms, like the in-viv
 of an ellipsoidal brain (semi-axes 68/82/60 mm with a bumpy cortex), cortical grey matter (3 mm, +0.02 ppm), white
 matter (-0.03 ppm), lateral ventricles and a cortical CSF rim (0 ppm), deep grey matter with iron (globus pallidus
 +0.15, putamen +0.09, caudate +0.07, thalamus +0.05, substantia nigra / red nuclei +0.13 ppm; each +-20 % per seed),
-twelve veins (1-2 mm; GRE magnitude contrast: white matter 1.0, grey 0.85, CSF 1.1, deep grey 0.7, veins 0.4), +0.35..0.5 ppm), two calcifications (-0.4..-0.6 ppm, 2.5-4 mm) and three bleeds (+0.6..1.2 ppm,
-2-4 mm).  Inside each tissue the chi varies smoothly (a low-frequency texture of 0.01 ppm, and a 0.01 ppm/100 mm
+twelve veins (1-2 mm, +0.35..0.5 ppm), two calcifications (-0.4..-0.6 ppm, 2.5-4 mm) and three bleeds
+(+0.6..1.2 ppm, 2-4 mm); GRE magnitude contrast: white matter 1.0, grey 0.85, CSF 1.1, deep grey 0.7, veins 0.4.
+Inside each tissue the chi varies smoothly (a low-frequency texture of 0.01 ppm, and a 0.01 ppm/100 mm
 anterior-posterior trend in white matter).  Field: the FFT forward model with the image-space kernel
 (:func:`cmbdetect.physics.forward.dipole_kernel_image_space`, not the kernel the inversions invert) of the
 partial-volume chi, plus Gaussian noise of the magnitude SNR 40 at this voxel (sd 1 / (2 pi gamma B0 TE SNR)).

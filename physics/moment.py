@@ -244,6 +244,7 @@ def field_moment(
         else 0.0
     yc = y - y.mean()
     tss = float(yc @ yc)
-    return {"moment_ppm_mm3": float(coef[0]), "moment_sd_ppm_mm3": float(np.sqrt(se**2 + jsd**2 + (FIELD_FIT_MODEL_SD_FRACTION * coef[0]) ** 2)),
+    sd = float(np.sqrt(se**2 + jsd**2 + (FIELD_FIT_MODEL_SD_FRACTION * coef[0]) ** 2))
+    return {"moment_ppm_mm3": float(coef[0]), "moment_sd_ppm_mm3": sd,
             "n_voxels": float(n),
             "r2": float(1 - rss / tss) if tss > 0 else float("nan")}
