@@ -2,7 +2,7 @@
 
 Prints, per stage (mask, unwrap, echo fit, background, inversion, SWI+minIP), the wall time and the
 peak of traced (numpy) memory, then the whole ``compute_physics_maps`` call, and - in the same run,
-as peers - one complex64 FFT of the volume, every dipole inversion method (TKD, TV-ADMM, weighted TV "medi") on
+as peers - one complex64 FFT of the volume, LBV background removal, every dipole inversion method (TKD, TV-ADMM, weighted TV "medi") on
 the same local field, and ``skimage.restoration.unwrap_phase`` of one echo.
 Targets: whole single-echo physics stage <= 15 s and <= 2 GB; faster than skimage unwrapping alone.
 
@@ -114,6 +114,9 @@ def run(te, *, skimage: bool) -> None:
     _stage(rows, "peer: complex64 FFT (scipy, workers=-1)", sfft.fftn, vol, workers=-1)
     from cmbdetect.physics.inversion import METHODS
 
+    from cmbdetect.physics.background import lbv
+
+    _stage(rows, "peer: background LBV", lbv, fit.field_ppm, mask, vs)
     for name in METHODS[1:]:  # every inversion on the same local field (peers: TKD, TV-ADMM)
         _stage(rows, f"peer: inversion {name}", invert_dipole, local, valid, vs, b0_dir, method=name,
                magnitude=fit.magnitude)

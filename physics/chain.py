@@ -18,12 +18,11 @@ from .errors import InputError
 from .fitness import assess_fitness, calls_withheld_reason
 from .geometry import b0_direction, voxel_sizes
 from .inversion import DEFAULT_METHOD, invert_dipole
+from .constants import BACKGROUND_METHODS
 from .maps import PhysicsMaps
 from .sources import assumed_r2, chi_separation, relaxometric_constant, split_by_sign
 from .swi import minimum_intensity_projection, swi_from_phase, through_slice_axis
 
-#: Background removal methods of :func:`compute_physics_maps`.
-BACKGROUND_METHODS = ("vsharp", "pdf")
 #: Echo time (s) whose echo is used for SWI (closest available).
 SWI_TE_S = 0.020
 #: Warn when the removed background field has an RMS above this (ppm) inside the mask.
@@ -101,6 +100,9 @@ def _remove_background(field, mask, vs, b0_dir, method, weights, vsharp_radii=No
                               f"{list(bg.DEFAULT_VSHARP_RADII_MM)} mm up to {bg.VSHARP_REFERENCE_VOXEL_MM:g} mm in-plane"
                               " voxels, scaled with the in-plane voxel edge beyond",
                               "refine_iter": 3, "threshold": 0.05}
+    if method == "lbv":
+        local, valid = bg.lbv(field, mask, vs)
+        return local, valid, {"method": "lbv", "tol": bg.LBV_TOLERANCE, "max_iter": bg.LBV_MAX_ITER}
     if method == "pdf":
         local = bg.pdf(field, mask, vs, b0_dir, weights=weights)
         return local, mask.copy(), {"method": "pdf"}
@@ -141,7 +143,8 @@ def compute_physics_maps(
     mask : optional bool brain mask; default :func:`cmbdetect.physics.mask.brain_mask` on the
         echo-combined magnitude.
     unwrap : passed to :func:`cmbdetect.physics.echoes.fit_multi_echo`.
-    background : "vsharp" (default) or "pdf".  inversion : see :func:`invert_dipole`.
+    background : one of :data:`cmbdetect.physics.constants.BACKGROUND_METHODS`: "vsharp" (default), "lbv" (erodes
+        one voxel; benchmarks/lesion_fidelity.py --background) or "pdf".  inversion : see :func:`invert_dipole`.
     swi_slab_mm : slab of the sliding minimum-intensity projection of the SWI.
     min_coherence : multi-echo: brain voxels whose echo phases follow the fitted line with a
         coherence below this (:func:`cmbdetect.physics.echoes.phase_coherence`) and that reach the

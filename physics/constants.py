@@ -67,3 +67,8 @@ FITNESS_REFERENCE_MICROBLEED_DIAMETER_MM: float = 3.0
 FITNESS_REFERENCE_MICROBLEED_CHI_PPM: float = 0.5
 #: Smallest field CNR (peak voxel-averaged field of the reference microbleed / local-field noise) of a call.
 FITNESS_MIN_FIELD_CNR: float = 2.0
+
+# --- QSM: background removal and lesion moments (issue 23; docs/qsm_lesion_fidelity.md) ----------------------------
+#: Background removal methods of :func:`cmbdetect.physics.chain.compute_physics_maps` (``--background``): V-SHARP
+#: (default; erodes the smallest SMV radius), LBV (Laplacian boundary value; erodes one voxel), PDF (no erosion, slow).
+BACKGROUND_METHODS: tuple[str, ...] = ("vsharp", "lbv", "pdf")

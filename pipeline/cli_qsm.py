@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmbdetect.physics.constants import BACKGROUND_METHODS
 from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.atomic import atomic_directory, write_json
 from cmbdetect.pipeline.cli_common import acquisition_from_args, add_input_arguments, input_paths, load_user_mask
@@ -40,7 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="output folder: new, empty, or an earlier cmbdetect result (with --overwrite)")
     add_overwrite_argument(p)
     p.add_argument("--unwrap", default="laplacian", help="phase unwrapping: laplacian (default) or exact")
-    p.add_argument("--background", default="vsharp", help="background field removal (default vsharp)")
+    p.add_argument("--background", default="vsharp",
+                   help=f"background field removal: {', '.join(BACKGROUND_METHODS)} (default vsharp; lbv erodes one "
+                        "voxel, pdf none)")
     p.add_argument("--inversion", default="default", help="dipole inversion method (default: the chain's)")
     p.add_argument("--swi-slab-mm", type=float, default=8.0, help="minimum-intensity projection slab (mm)")
     return p

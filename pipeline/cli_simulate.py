@@ -74,12 +74,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--microbleeds", type=int, default=None, help="microbleeds per subject (default random 0-15)")
     p.add_argument("--preview", action="store_true", help="also write derivatives/preview/sub-XX_preview.png")
     p.add_argument("--vein-family", default="trees",
-                   help="vein geometry: 'trees' (default: cortical trees, radial medullary veins) or 'tortuous' "
-                        "(random-walk veins of every orientation and calibre); hold one out of training")
+                   help="vein geometry: 'trees' (default: cortical trees, radial medullary veins), 'tortuous' "
+                        "(random-walk veins of every orientation and calibre; the held-out validation family) or "
+                        "'radial' (straight/curved segments of any orientation, medullary fans, transcerebral, "
+                        "subependymal and sulcal veins, Y-branches; for training)")
     p.add_argument("--vein-density", type=float, default=None,
-                   help="density factor of the 'tortuous' veins (default random 0.5-1.5; 3 = dense)")
+                   help="density factor of the 'tortuous' / 'radial' veins (default random 0.5-1.5; 3 = dense)")
     p.add_argument("--iron-spots", default="0",
                    help="small iron-rich deep-grey spots per subject (mimics): a number, or 'random' (0-5)")
+    p.add_argument("--mimics", default="none",
+                   help="other microbleed mimics: 'none' (default), 'random' (each present with p 1/2 per subject) "
+                        "or a comma list of calcifications (choroid plexus, pineal), flow_voids, air (frontal "
+                        "sinus / mastoid artefacts), noise_dots (low SNR), iron (irregular iron-rich nuclei)")
+    p.add_argument("--randomise-acquisition", action="store_true",
+                   help="draw every subject's voxel size (0.5-1 mm in-plane, 2-3 mm slices) and slab tilt; with "
+                        "--b0 random and --echoes random, each subject's B0, TE, echoes and contrast differ too")
     p.add_argument("--dicom", action="append", metavar="STYLE", choices=DICOM_STYLES,
                    help="also write each subject as scanner-style DICOM under sourcedata/dicom/sub-XX/STYLE/ "
                         f"(repeatable; one of {', '.join(DICOM_STYLES)})")
@@ -123,6 +132,11 @@ def run(args) -> int:
     iron = args.iron_spots.strip().lower()
     if iron != "random" and not (iron.isdigit() and int(iron) <= 20):
         raise InputError(f"--iron-spots must be a number 0-20 or 'random', got {args.iron_spots!r}")
+    from cmbdetect.pipeline.simulate_mimics import parse_mimics
+
+    parse_mimics(args.mimics)
+    if args.randomise_acquisition and vs is not None:
+        raise InputError("--randomise-acquisition draws each subject's voxel size; leave out --voxel-size")
     styles = getattr(args, "dicom", None) or []
     if styles:  # BIDS and DICOM appear together or not at all
         from cmbdetect.pipeline.atomic import atomic_directory
@@ -148,6 +162,8 @@ def _simulate(args, out, vs, *, claim=None) -> list[str]:
         echoes=parse_echoes(args.echoes),
         shape=parse_shape(args.shape), voxel_size=vs, n_microbleeds=args.microbleeds, preview=args.preview,
         vein_family=args.vein_family, vein_density=args.vein_density,
+        mimics=None if args.mimics.strip().lower() == "none" else args.mimics,
+        randomise_acquisition=args.randomise_acquisition,
         iron_spots=None if args.iron_spots.strip().lower() == "random" else int(args.iron_spots),
         progress=lambda label, p: print(f"sub-{label}: B0 {p['b0_t']} T, {len(p['te_s'])} echo(es), "
                                         f"{p['n_microbleeds']} microbleeds, {p['n_calcifications']} calcifications",

@@ -73,7 +73,8 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
                      oblique_deg=0.0, n_microbleeds: int | None = None, n_calcifications: int | None = None,
                      snr: float | None = None, tr: float | None = None, flip_deg: float | None = None,
                      head_tilt_deg: float | None = None, flip_lr: bool = False, vein_family: str = "trees",
-                     vein_density: float | None = None, iron_spots: int | None = 0) -> SimulatedSubject:
+                     vein_density: float | None = None, iron_spots: int | None = 0,
+                     mimics=None) -> SimulatedSubject:
     """Simulate one subject.
 
     ``seed`` int or :class:`numpy.random.SeedSequence`; ``shape`` voxels; ``voxel_size`` mm (None: a
@@ -84,9 +85,12 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     s and ``flip_deg`` (None: random); ``head_tilt_deg`` limit of the random head rotation in the
     scanner (None: 8 deg pitch, 4 deg roll/yaw); ``flip_lr`` stores the first axis right-to-left
     (negative affine column); ``vein_family`` the vein geometry (:data:`simulate_vessels.VEIN_FAMILIES`:
-    "trees" the default, "tortuous" random-walk veins of every orientation and calibre) and ``vein_density``
-    its density factor (None: random; "tortuous" only); ``iron_spots`` small iron-rich deep-grey spots
-    (mimics, +0.03...+0.12 ppm; 0 by default, None: 0-5 at random).  Also random per seed: anatomy, tissue values, veins, arteries, lesion
+    "trees" the default, "tortuous" random-walk veins of every orientation and calibre (held out of training),
+    "radial" straight/curved segments, fans and Y-branches) and ``vein_density`` its density factor (None: random;
+    not "trees"); ``iron_spots`` small iron-rich deep-grey spots
+    (mimics, +0.03...+0.12 ppm; 0 by default, None: 0-5 at random); ``mimics`` the other mimics
+    (:mod:`cmbdetect.pipeline.simulate_mimics`: None / "none" the default, "random", or a list of
+    :data:`~cmbdetect.pipeline.simulate_mimics.MIMICS`).  Also random per seed: anatomy, tissue values, veins, arteries, lesion
     sites/sizes/chi, shim residual, receiver phase, bias field, acquired resolution (k-space
     truncation, Gibbs ringing) and whether the noise is white or k-space filtered.
     """
@@ -115,18 +119,28 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     frame = HeadFrame(shape, affine, pose)
 
     anat = build_anatomy(frame, rng[1])
-    veins = build_veins(anat, rng[2], family=vein_family, density=vein_density)
+    specs = draw_lesions(anat, rng[3], n_microbleeds=n_microbleeds, n_calcifications=n_calcifications)
+    mim, mim_params, void, dots = (), {}, None, None
+    if mimics is not None:
+        from cmbdetect.pipeline.simulate_mimics import draw_subject_mimics
+
+        mim, mim_params, void, dots = draw_subject_mimics(mimics, anat, specs, lambda n: child_rng(seed, n))
+    if "noise_dots" in mim:
+        snr = min(snr, float(child_rng(seed, 10).uniform(4.0, 10.0)))
+    veins = build_veins(anat, rng[2], family=vein_family, density=vein_density,
+                        near_mm=[(o.centres_head[0], float(o.radii_mm.max())) for o in specs if o.kind == "microbleed"])
     arteries, flow_tag = build_arteries(anat, rng[2])
     arteries = np.where(anat.tissue != T["air"], arteries, 0).astype(np.float32)
     inflow = rng[2].uniform(1.3, 2.5) if rng[2].random() < 0.6 else rng[2].uniform(0.05, 0.3)  # bright or void
     flow_phase = np.float32(0.0 if inflow > 1 else rng[2].uniform(0.5, 3.0))
-    specs = draw_lesions(anat, rng[3], n_microbleeds=n_microbleeds, n_calcifications=n_calcifications)
 
     # tissue property maps, veins mixed in by partial volume, mild texture
     tab = draw_tissue_table(rng[4], b0)
     rt = rng[4]
     blood = [rt.uniform(*BLOOD_3T[0]), t1_at(rt.uniform(*BLOOD_3T[1]), b0), r2star_at(rt.uniform(*BLOOD_3T[2]), b0)]
     occ = np.where(anat.tissue != T["air"], veins.occupancy, 0).astype(np.float32)
+    if void is not None:  # flow voids: oxygenated arterial blood, no vein chi where they run
+        occ *= 1 - void
     tex = smooth_grid_field(rt, shape, voxel_size=voxel_size, corr_mm=5.0)
     pd = tab.pd[anat.tissue] * (1 + 0.03 * tex)
     r1 = 1.0 / tab.t1[anat.tissue]
@@ -144,6 +158,11 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
 
         chi_tissue = chi_tissue.astype(np.float32, copy=True)
         n_iron = add_iron_spots(anat, child_rng(seed, 6), chi_tissue, n=iron_spots)
+    if "iron" in mim:
+        from cmbdetect.pipeline.simulate_mimics import add_iron_nuclei
+
+        chi_tissue = chi_tissue.astype(np.float32, copy=True)
+        mim_params["iron_spots"] = add_iron_nuclei(anat, child_rng(seed, 11), chi_tissue)
     chi = chi_tissue + occ * (veins.chi_ppm - np.minimum(tab.chi[anat.tissue], 1.0))
     del chi_tissue
     chi = np.where(anat.tissue == T["air"], tab.chi[T["air"]], chi).astype(np.float32)
@@ -182,6 +201,8 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
         if e == 0:
             m_ref = float(np.median(m[wm_mask])) if wm_mask.any() else float(m.mean())
         m += arteries * (np.float32(inflow * m_ref) - m)
+        if void is not None:
+            m *= 1 - np.float32(0.95) * void
         s = (m * dephasing_factor(total, k)) * np.exp(1j * (total * k + phi0 + flow_phase * flow_tag * arteries))\
             .astype(np.complex64)
         for ibox, fsum, owner, near in inner:
@@ -195,6 +216,8 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
         if kfrac is not None and not filter_noise:
             s = kspace_truncate(s, kfrac, fermi_width=fermi)
         s = add_noise(rng[5], s, sigma)
+        if dots is not None:
+            s.flat[dots[0]] *= dots[1]
         if kfrac is not None and filter_noise:  # k-space filter after the noise: spatially correlated noise
             s = kspace_truncate(s, kfrac, fermi_width=fermi)
         mags.append(np.abs(s).astype(np.float32))
@@ -207,6 +230,7 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     params = {"voxel_size_mm": list(voxel_size), "oblique_deg": list(angles), "b0_t": float(b0),
               "te_s": te.tolist(), "tr_s": tr, "flip_deg": flip_deg, "snr_wm": snr, "noise_sigma": sigma,
               "flip_lr": bool(flip_lr), "veins": veins.params, "iron_spots": n_iron,
+              **({"mimics": mim_params} if mimics is not None else {}),
               "kspace_fraction": None if kfrac is None else [float(v) for v in kfrac], "kspace_fermi_width": fermi,
               "noise_filtered": filter_noise and kfrac is not None,
               "n_microbleeds": sum(l.kind == "microbleed" for l in lesions_out),
@@ -289,7 +313,7 @@ def subject_seed(seed: int, index: int) -> np.random.SeedSequence:
 def simulate_dataset(out_dir, *, subjects: int, seed: int, b0=None, echoes="random", shape=(192, 224, 96),
                      voxel_size=None, n_microbleeds: int | None = None, preview: bool = False,
                      progress=None, claim=None, vein_family: str = "trees", vein_density: float | None = None,
-                     iron_spots: int | None = 0) -> list[str]:
+                     iron_spots: int | None = 0, mimics=None, randomise_acquisition: bool = False) -> list[str]:
     """Simulate ``subjects`` subjects and write them as a BIDS dataset at ``out_dir`` (built in a
     temporary directory beside it and renamed into place).  Returns the subject labels.
 
@@ -299,7 +323,9 @@ def simulate_dataset(out_dir, *, subjects: int, seed: int, b0=None, echoes="rand
     ``derivatives/preview/sub-XX_preview.png``; ``progress`` optional callable(label, params); ``claim``
     (:func:`cmbdetect.pipeline.output_folder.claim_output_folder`) lets it replace an earlier simulated
     dataset at ``out_dir`` (only the files that one wrote); without it ``out_dir`` must be new or empty.
-    ``vein_family``, ``vein_density``, ``iron_spots`` as in :func:`simulate_subject`.
+    ``vein_family``, ``vein_density``, ``iron_spots``, ``mimics`` as in :func:`simulate_subject` ("random"
+    mimics are drawn per subject); ``randomise_acquisition`` also draws each subject's voxel size (0.5-1 mm
+    in-plane, 2-3 mm slices) and slab tilt (:func:`simulate_bids.draw_acquisition`; ``voxel_size`` must be None).
     Subject ``k`` depends only on (``seed``, ``k``) and the options, not on ``subjects``.
     """
     from cmbdetect.pipeline.atomic import atomic_directory
@@ -309,6 +335,12 @@ def simulate_dataset(out_dir, *, subjects: int, seed: int, b0=None, echoes="rand
         raise InputError(f"number of subjects must be at least 1, got {subjects}")
     if not (isinstance(seed, (int, np.integer)) and seed >= 0):
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    if randomise_acquisition and voxel_size is not None:
+        raise InputError("a random acquisition draws each subject's voxel size; give no voxel size with it")
+    if mimics is not None:
+        from cmbdetect.pipeline.simulate_mimics import parse_mimics
+
+        parse_mimics(mimics)  # a bad name fails before anything is written
     b0_choices = None if b0 is None else [float(v) for v in np.atleast_1d(b0)]
     labels = [subject_label(k) for k in range(int(subjects))]
     with atomic_directory(out_dir, claim=claim, kind="simulate") as tmp:
@@ -316,11 +348,19 @@ def simulate_dataset(out_dir, *, subjects: int, seed: int, b0=None, echoes="rand
         for k, label in enumerate(labels):
             ss = subject_seed(seed, k)
             proto = draw_protocol(child_rng(ss, 100), b0_choices=b0_choices, echoes=echoes)
-            sub = simulate_subject(seed=ss, shape=shape, voxel_size=voxel_size, b0=proto["b0"], te=proto["te"],
+            vs_k = voxel_size
+            if randomise_acquisition:
+                from cmbdetect.pipeline.simulate_bids import draw_acquisition
+
+                proto.update(draw_acquisition(child_rng(ss, 101)))
+                vs_k = proto["voxel_size_mm"]
+            sub = simulate_subject(seed=ss, shape=shape, voxel_size=vs_k, b0=proto["b0"], te=proto["te"],
                                    oblique_deg=proto["oblique_deg"], flip_lr=proto["flip_lr"],
                                    n_microbleeds=n_microbleeds, vein_family=vein_family,
-                                   vein_density=vein_density, iron_spots=iron_spots)
+                                   vein_density=vein_density, iron_spots=iron_spots, mimics=mimics)
             sub.params.update({"seed": int(seed), "subject_index": k})
+            if randomise_acquisition:
+                sub.params["acquisition_randomised"] = True
             write_subject(tmp, label, sub)
             if preview:
                 from cmbdetect.pipeline.preview import write_preview

@@ -59,6 +59,16 @@ def draw_protocol(rng: np.random.Generator, *, b0_choices=None, echoes="random",
     return {"b0": b0, "te": te, "oblique_deg": angles, "flip_lr": bool(rng.random() < 0.3)}
 
 
+def draw_acquisition(rng: np.random.Generator) -> dict:
+    """Random acquisition geometry of one subject (``--randomise-acquisition``): ``voxel_size_mm`` square
+    in-plane 0.5-1.0 mm and slices 2-3 mm (typical SWI up to 1 x 1 x 3 mm) and ``oblique_deg`` (slab tilt about
+    left-right up to +-25 deg, about the other axes up to +-8 deg, one subject in five straight)."""
+    inplane, thick = float(rng.uniform(0.5, 1.0)), float(rng.uniform(2.0, 3.0))
+    angles = (0.0, 0.0, 0.0) if rng.random() < 0.2 else \
+        (float(rng.uniform(-25, 25)), float(rng.uniform(-8, 8)), float(rng.uniform(-8, 8)))
+    return {"voxel_size_mm": (inplane, inplane, thick), "oblique_deg": angles}
+
+
 def write_dataset_files(root: Path, labels: list[str], seed: int) -> None:
     """dataset_description.json, README, participants.tsv and the groundtruth derivative description."""
     _json({"Name": "cmbdetect simulated GRE/SWI with microbleeds", "BIDSVersion": "1.9.0",

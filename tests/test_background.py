@@ -105,3 +105,56 @@ def test_vsharp_radii_follow_the_in_plane_voxel_size():
     assert vsharp_radii_mm((0.8, 0.8, 2.4)) == DEFAULT_VSHARP_RADII_MM      # thick slices keep the fixed radii
     assert vsharp_radii_mm((1.5, 3.0, 1.5)) == DEFAULT_VSHARP_RADII_MM      # at the limit (any slice axis)
     assert vsharp_radii_mm((3.0, 3.0, 3.0)) == (12.0, 8.0, 4.0)             # 4, 2.7, 1.3 voxels as at 1.5 mm
+
+
+def test_lbv_removes_harmonic_field_keeps_local_and_erodes_one_voxel(oblique_affine):
+    """LBV on the harmonic background + a sphere's field in an ellipsoidal mask: the harmonic part is removed to < 2 %
+    of its RMS inside the interior (the mask less one voxel), the sphere's field is kept, and the interior is the mask
+    less its boundary layer only (V-SHARP loses its smallest radius)."""
+    from cmbdetect.physics.background import lbv
+
+    shape, aff, vs, mask, harmonic = _harmonic_setup(oblique_affine)
+    src = (np.asarray(shape) - 1) / 2 + 1.5
+    chi = 0.8 * _sphere_pv(shape, vs, src, 3.0)
+    local_true = forward_field(chi, vs, b0_direction(aff))
+    bg_only, inner = lbv(harmonic, mask, vs)
+    assert np.std(bg_only[inner]) < 0.02 * np.std(harmonic[inner])
+    local, inner2 = lbv(harmonic + local_true, mask, vs)
+    assert np.array_equal(inner, inner2) and np.all(local[~inner] == 0) and not (inner & ~mask).any()
+    _, eroded_v = vsharp(harmonic, mask, vs)
+    assert inner.sum() > 0.8 * mask.sum() > eroded_v.sum()
+    near = inner & (np.linalg.norm((np.indices(shape).T - src).T * vs[:, None, None, None], axis=0) <= 8.0)
+    d = (local - local_true)[near]
+    assert np.std(d - d.mean()) < 0.03 * np.std(local_true[near])
+    # deterministic
+    assert np.array_equal(lbv(harmonic + local_true, mask, vs)[0], local)
+
+
+def test_lbv_keeps_a_lesion_near_the_surface(oblique_affine):
+    """A 2 mm-radius source 3 mm below the surface of a sphere mask: LBV keeps its centre and most of its field (its
+    field on the boundary is the part taken for background); V-SHARP's 2 mm erosion and kernel lose more."""
+    from cmbdetect.physics.background import lbv
+
+    shape, vs = (40, 40, 40), np.array([1.0, 1.0, 1.0])
+    c = (np.asarray(shape) - 1) / 2
+    mask = _ellipsoid(shape, vs, c * vs, np.array([17.0, 17.0, 17.0]))
+    src = c + np.array([0.0, 12.0, 0.0])  # surface 17 - 12 - 2 = 3 mm away
+    local_true = forward_field(0.8 * _sphere_pv(shape, vs, src, 2.0), vs, (0.0, 0.0, 1.0))
+    g = (np.indices(shape).T * vs - c * vs).T
+    harmonic = (0.01 * g[2] + 0.002 * (g[0] ** 2 - g[1] ** 2) / 10).astype(np.float32)
+    local, inner = lbv(harmonic + local_true, mask, vs)
+    assert inner[tuple(np.rint(src).astype(int))]
+    near = inner & (np.linalg.norm(g - ((src - c) * vs)[:, None, None, None], axis=0) <= 5.0)
+    d = (local - local_true)[near]
+    assert np.std(d - d.mean()) < 0.15 * np.std(local_true[near])
+
+
+def test_lbv_input_errors():
+    from cmbdetect.physics.background import lbv
+
+    m = np.zeros((12, 12, 12), bool)
+    m[5:7, 5:7, :] = True  # two voxels thick: no interior along x/y
+    with pytest.raises(InputError):
+        lbv(np.zeros((12, 12, 12)), m, (1.0, 1.0, 1.0))
+    with pytest.raises(InputError):
+        lbv(np.zeros((12, 12, 11)), m, (1.0, 1.0, 1.0))
