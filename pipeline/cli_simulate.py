@@ -74,10 +74,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--microbleeds", type=int, default=None, help="microbleeds per subject (default random 0-15)")
     p.add_argument("--preview", action="store_true", help="also write derivatives/preview/sub-XX_preview.png")
     p.add_argument("--vein-family", default="trees",
-                   help="vein geometry: 'trees' (default: cortical trees, radial medullary veins) or 'tortuous' "
-                        "(random-walk veins of every orientation and calibre); hold one out of training")
+                   help="vein geometry: 'trees' (default: cortical trees, radial medullary veins), 'tortuous' "
+                        "(random-walk veins of every orientation and calibre; the held-out validation family) or "
+                        "'radial' (straight/curved segments of any orientation, medullary fans, transcerebral, "
+                        "subependymal and sulcal veins, Y-branches; for training)")
     p.add_argument("--vein-density", type=float, default=None,
-                   help="density factor of the 'tortuous' veins (default random 0.5-1.5; 3 = dense)")
+                   help="density factor of the 'tortuous' / 'radial' veins (default random 0.5-1.5; 3 = dense)")
     p.add_argument("--iron-spots", default="0",
                    help="small iron-rich deep-grey spots per subject (mimics): a number, or 'random' (0-5)")
     p.add_argument("--dicom", action="append", metavar="STYLE", choices=DICOM_STYLES,

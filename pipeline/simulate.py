@@ -83,8 +83,9 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     s and ``flip_deg`` (None: random); ``head_tilt_deg`` limit of the random head rotation in the
     scanner (None: 8 deg pitch, 4 deg roll/yaw); ``flip_lr`` stores the first axis right-to-left
     (negative affine column); ``vein_family`` the vein geometry (:data:`simulate_vessels.VEIN_FAMILIES`:
-    "trees" the default, "tortuous" random-walk veins of every orientation and calibre) and ``vein_density``
-    its density factor (None: random; "tortuous" only); ``iron_spots`` small iron-rich deep-grey spots
+    "trees" the default, "tortuous" random-walk veins of every orientation and calibre (held out of training),
+    "radial" straight/curved segments, fans and Y-branches) and ``vein_density`` its density factor (None: random;
+    not "trees"); ``iron_spots`` small iron-rich deep-grey spots
     (mimics, +0.03...+0.12 ppm; 0 by default, None: 0-5 at random).  Also random per seed: anatomy, tissue values, veins, arteries, lesion
     sites/sizes/chi, shim residual, receiver phase, bias field, acquired resolution (k-space
     truncation, Gibbs ringing) and whether the noise is white or k-space filtered.
@@ -114,12 +115,13 @@ def simulate_subject(*, seed, shape=(192, 224, 96), voxel_size=None, b0: float =
     frame = HeadFrame(shape, affine, pose)
 
     anat = build_anatomy(frame, rng[1])
-    veins = build_veins(anat, rng[2], family=vein_family, density=vein_density)
+    specs = draw_lesions(anat, rng[3], n_microbleeds=n_microbleeds, n_calcifications=n_calcifications)
+    veins = build_veins(anat, rng[2], family=vein_family, density=vein_density,
+                        near_mm=[(o.centres_head[0], float(o.radii_mm.max())) for o in specs if o.kind == "microbleed"])
     arteries, flow_tag = build_arteries(anat, rng[2])
     arteries = np.where(anat.tissue != T["air"], arteries, 0).astype(np.float32)
     inflow = rng[2].uniform(1.3, 2.5) if rng[2].random() < 0.6 else rng[2].uniform(0.05, 0.3)  # bright or void
     flow_phase = np.float32(0.0 if inflow > 1 else rng[2].uniform(0.5, 3.0))
-    specs = draw_lesions(anat, rng[3], n_microbleeds=n_microbleeds, n_calcifications=n_calcifications)
 
     # tissue property maps, veins mixed in by partial volume, mild texture
     tab = draw_tissue_table(rng[4], b0)

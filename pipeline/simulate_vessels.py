@@ -26,7 +26,7 @@ class Veins:
 
 
 #: Vein-geometry families of :func:`build_veins` (hold one out of training, validate on it).
-VEIN_FAMILIES: tuple[str, ...] = ("trees", "tortuous")
+VEIN_FAMILIES: tuple[str, ...] = ("trees", "tortuous", "radial")
 
 
 def build_arteries(anatomy: Anatomy, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -98,13 +98,16 @@ def _onto_surface(frame, sdf, pts, centre, depth_mm, n_iter: int = 3):
 
 
 def build_veins(anatomy: Anatomy, rng: np.random.Generator, *, family: str = "trees",
-                density: float | None = None) -> Veins:
+                density: float | None = None, near_mm=None) -> Veins:
     """Draw a venous network for this head and rasterise it on the acquisition grid.
 
     Both families share the dural sinuses and deep veins.  ``family`` "trees" (default): cortical vein trees
     walking on the convexity and straight radial medullary veins; "tortuous": random-walk veins of every
-    orientation and calibre (:mod:`cmbdetect.pipeline.simulate_veins_tortuous`), with ``density`` scaling
-    their number (None: random per subject; ignored by "trees")."""
+    orientation and calibre (:mod:`cmbdetect.pipeline.simulate_veins_tortuous`, held out of training); "radial":
+    straight and gently curved segments, medullary fans, transcerebral, subependymal and sulcal veins, Y-branches
+    (:mod:`cmbdetect.pipeline.simulate_veins_radial`).  ``density`` scales their number (None: random per
+    subject; ignored by "trees"); ``near_mm`` (centre head mm, radius mm) of microbleeds ("radial" lays veins
+    beside some of them)."""
     if family not in VEIN_FAMILIES:
         from cmbdetect.physics.errors import InputError
 
@@ -146,6 +149,11 @@ def build_veins(anatomy: Anatomy, rng: np.random.Generator, *, family: str = "tr
         from cmbdetect.pipeline.simulate_veins_tortuous import add_tortuous_veins
 
         params = add_tortuous_veins(anatomy, rng, occ, chi, density=density)
+        return Veins(occupancy=occ, chi_ppm=chi, params=params)
+    if family == "radial":
+        from cmbdetect.pipeline.simulate_veins_radial import add_radial_veins
+
+        params = add_radial_veins(anatomy, rng, occ, chi, density=density, near_mm=near_mm)
         return Veins(occupancy=occ, chi_ppm=chi, params=params)
     # cortical vein trees draining into the SSS, walking down the lateral convexity
     floor_z = -20 * s
