@@ -25,11 +25,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gate", choices=("veto", "none"), default="veto")
+    ap.add_argument("--cached-only", action="store_true", help="fit on the subjects whose candidate rows are cached")
     a = ap.parse_args(argv)
     from cmbdetect.models.vein_model_train import train_vein_model
 
     sec = train_vein_model(model_dir=Path(a.model_dir), bids_dirs=[Path(d) for d in a.bids_dir],
-                           cache_dir=Path(a.cache_dir), seed=a.seed, threads=a.threads, gate=a.gate)
+                           cache_dir=Path(a.cache_dir), seed=a.seed, threads=a.threads, gate=a.gate,
+                           cached_only=a.cached_only)
     print(json.dumps(sec, indent=2))
     return 0
 

@@ -1,11 +1,14 @@
-"""Vein mimics on a vein generator the model never saw, with and without the vein gate.
+"""Vein mimics on a vein generator the model never saw: the release, the vein gate and the vein model.
 
-Leave-one-generator-out: the shipped model was trained on the simulator's default vein family ("trees": cortical
-trees on the convexity, straight radial medullary veins).  This benchmark simulates cohorts with the other family
-("tortuous": random-walk veins of every orientation and calibre, :mod:`cmbdetect.pipeline.simulate_veins_tortuous`)
-and runs ``models.inference.detect`` on each subject twice from the same physics maps: with the vein gate
-(:func:`cmbdetect.models.classifier.vein_gate`) and without it (metadata ``inference.vein_gate`` false: the
-current release, the peer in the same run).
+Leave-one-generator-out: the shipped networks were trained on the simulator's default vein family ("trees":
+cortical trees on the convexity, straight radial medullary veins), its vein model (:mod:`cmbdetect.models.vein_model`)
+on "trees" and "radial".  This benchmark simulates cohorts with the other family ("tortuous": random-walk veins of
+every orientation and calibre, :mod:`cmbdetect.pipeline.simulate_veins_tortuous`) and runs
+``models.inference.detect`` once per subject with the vein gate on and no vein model (so the vein features are
+computed for every candidate that can be called); the variants of :data:`VARIANTS` are read off that pass
+(:func:`rescored`, exact): the release without vein features (the peer in the same run), the vein gate alone, the
+vein model, the vein model with the gate as a veto.  ``--check-exact N`` compares the reconstruction with real runs
+on N subjects; ``--save-dir`` keeps the unmerged pass so ``--offline`` can rescore another vein model in seconds.
 
 Cohorts (``--root``; simulated once, physics maps cached beside them), 160x160x64 voxels, B0 1.5 or 3 T, random
 single or multi-echo, random oblique slab (half the subjects, up to 20 degrees):

@@ -73,14 +73,16 @@ def label_candidates(rows: list[dict], subject, *, hit_mm: float = HIT_MM) -> tu
     return y, w
 
 
-def subject_rows(model, subjects, *, cache: Path | None, log=print) -> list[dict]:
+def subject_rows(model, subjects, *, cache: Path | None, cached_only: bool = False, log=print) -> list[dict]:
     """Candidate rows of all ``subjects``, labelled (``y``, ``w``, ``subject``, ``group`` = dataset name),
-    cached per subject under ``cache`` when given."""
+    cached per subject under ``cache`` when given (``cached_only``: the subjects without cached rows are skipped)."""
     out = []
     for s in subjects:
         path = cache / f"{s.label}.json" if cache is not None else None
         if path is not None and path.is_file():
             rows = json.loads(path.read_text())
+        elif cached_only:
+            continue
         else:
             t0 = time.perf_counter()
             rows = candidate_rows(model, s)
@@ -175,11 +177,12 @@ def write_vein_model(model_dir: Path, section: dict) -> None:
 
 def train_vein_model(*, model_dir: Path, bids_dirs: Sequence[Path], cache_dir: Path, seed: int,
                      threads: int = 2, gate: str = "veto", held_out_family: Sequence[str] = ("tortuous",),
-                     log=print) -> dict:
+                     cached_only: bool = False, log=print) -> dict:
     """Fit the vein model of the model in ``model_dir`` on the subjects of ``bids_dirs`` and write it into its
     ``metadata.json``; returns the section.  ``seed``: recorded (the fit is deterministic, it draws nothing);
     ``threads``: torch threads for the two stages.  The vein families of the datasets are read from their
-    simulation parameters where present."""
+    simulation parameters where present.  ``cached_only``: fit on the subjects whose candidate rows are already
+    cached (a developer's shortcut; the section records the subjects used)."""
     import torch
 
     from cmbdetect.models.registry import load_model
@@ -190,7 +193,7 @@ def train_vein_model(*, model_dir: Path, bids_dirs: Sequence[Path], cache_dir: P
     model = load_model(model_dir)
     rows_cache = cache_dir / "vein-rows" / stages_digest(model)
     subjects = load_training_subjects([Path(d) for d in bids_dirs], cache_dir=cache_dir, log=log)
-    rows = subject_rows(model, subjects, cache=rows_cache, log=log)
+    rows = subject_rows(model, subjects, cache=rows_cache, cached_only=cached_only, log=log)
     families = sorted({f for d in bids_dirs for f in dataset_vein_families(Path(d))})
     if set(families) & set(held_out_family):
         from cmbdetect.physics.errors import InputError
