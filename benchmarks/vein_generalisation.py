@@ -1,11 +1,14 @@
-"""Vein mimics on a vein generator the model never saw, with and without the vein gate.
+"""Vein mimics on a vein generator the model never saw: the release, the vein gate and the vein model.
 
-Leave-one-generator-out: the shipped model was trained on the simulator's default vein family ("trees": cortical
-trees on the convexity, straight radial medullary veins).  This benchmark simulates cohorts with the other family
-("tortuous": random-walk veins of every orientation and calibre, :mod:`cmbdetect.pipeline.simulate_veins_tortuous`)
-and runs ``models.inference.detect`` on each subject twice from the same physics maps: with the vein gate
-(:func:`cmbdetect.models.classifier.vein_gate`) and without it (metadata ``inference.vein_gate`` false: the
-current release, the peer in the same run).
+Leave-one-generator-out: the shipped networks were trained on the simulator's default vein family ("trees":
+cortical trees on the convexity, straight radial medullary veins), its vein model (:mod:`cmbdetect.models.vein_model`)
+on "trees" and "radial".  This benchmark simulates cohorts with the other family ("tortuous": random-walk veins of
+every orientation and calibre, :mod:`cmbdetect.pipeline.simulate_veins_tortuous`) and runs
+``models.inference.detect`` once per subject with the vein gate on and no vein model (so the vein features are
+computed for every candidate that can be called); the variants of :data:`VARIANTS` are read off that pass
+(:func:`rescored`, exact): the release without vein features (the peer in the same run), the vein gate alone, the
+vein model, the vein model with the gate as a veto.  ``--check-exact N`` compares the reconstruction with real runs
+on N subjects; ``--save-dir`` keeps the unmerged pass so ``--offline`` can rescore another vein model in seconds.
 
 Cohorts (``--root``; simulated once, physics maps cached beside them), 160x160x64 voxels, B0 1.5 or 3 T, random
 single or multi-echo, random oblique slab (half the subjects, up to 20 degrees):
@@ -85,48 +88,89 @@ def cached_subjects(bids: Path, cache: Path, log=print):
 
 
 def without_vein_gate(model):
-    """The same loaded model with ``inference.vein_gate`` false (the current release's behaviour)."""
+    """The same loaded model with ``inference.vein_gate`` false and no vein model (the release before the gate)."""
     m = copy.copy(model)
     m.metadata = copy.deepcopy(model.metadata)
     m.metadata.setdefault("inference", {})["vein_gate"] = False
+    m.metadata.pop("vein_model", None)
     return m
 
 
-def ungated(d):
-    """The detection as the release without the vein gate reports it (before duplicate merging): a gated
-    candidate gets back the microbleed probability it had (``microbleed_p_before_vein_gate``, taken from vein)."""
+#: The variants compared, from one detect pass: (vein model used, hard vein gate on).
+VARIANTS = {"release (no vein features)": (False, False), "vein gate": (False, True),
+            "vein model": (True, False), "vein model + gate": (True, True)}
+
+
+#: Key of the unmerged detect pass in the files of ``--save-dir``.
+PASS = "pass (unmerged, vein gate)"
+
+
+def p_before_vein_step(features: dict) -> float | None:
+    """The committee-mean microbleed probability a candidate had before the vein gate / vein model (None: it got
+    no vein features)."""
+    for k in ("microbleed_p_before_vein_model", "microbleed_p_before_vein_gate"):
+        if k in features:
+            return float(features[k])
+    return None
+
+
+def rescored(d, section, gate: bool, policy):
+    """Detection ``d`` of a pass with the vein gate on as the variant (vein model ``section`` or None, ``gate``)
+    reports it: the probabilities before the vein step are restored and the variant applied to the committee mean
+    (exact: both the rescaling of :func:`cmbdetect.models.vein_model.set_microbleed_mean` and the gate are linear
+    in the heads)."""
     from dataclasses import replace
 
     from cmbdetect.models.detection import CLASSES
+    from cmbdetect.models.vein_model import rescore, set_microbleed_mean
 
-    if d.features.get("vein_gate", 0.0) <= 0:
+    pb = p_before_vein_step(d.features)
+    if pb is None:
         return d
-    pb = float(d.features["microbleed_p_before_vein_gate"])
-    probs = dict(d.probabilities)
-    probs["microbleed"], probs["vein"] = pb, probs["vein"] - pb
-    return replace(d, probabilities=probs, label=CLASSES[int(np.argmax([probs[c] for c in CLASSES]))])
+    probs = np.array([[[d.probabilities[c] for c in CLASSES]]], dtype=float)
+    mb, vein = CLASSES.index("microbleed"), CLASSES.index("vein")
+    probs[0, 0, vein] -= pb - probs[0, 0, mb]  # undo the vein step: what it took from microbleed went to vein
+    probs[0, 0, mb] = pb
+    probs = set_microbleed_mean(probs, rescore(section, [d.features], [pb], gate=gate))
+    p = {c: float(probs[0, 0, k]) for k, c in enumerate(CLASSES)}
+    return replace(d, probabilities=p, label=policy.label(p))
 
 
-def both_variants(model, maps):
-    """``(release, gated)`` detections of one subject from one ``detect`` pass: duplicates are merged
-    (``models.detection.merge_duplicates``) after the gate for the gated list, after undoing it
-    (:func:`ungated`) for the release's, exactly as ``detect`` does for each."""
+def variants_of(dets, section, policy, vs, *, merge: bool) -> dict:
+    """``{variant: detections}`` (:data:`VARIANTS`; the vein-model ones only with ``section``) from the unmerged
+    detections of a pass with the vein gate on, each variant rescored (:func:`rescored`) then merged."""
     from cmbdetect.models.detection import merge_duplicates
+
+    out = {}
+    for name, (use_vm, gate) in VARIANTS.items():
+        if use_vm and not section:
+            continue
+        ds = sorted((rescored(d, section if use_vm else None, gate, policy) for d in dets),
+                    key=lambda d: -d.probabilities["microbleed"])
+        out[name] = merge_duplicates(ds, vs) if merge else ds
+    return out
+
+
+def all_variants(model, maps, section=None):
+    """``({variant: detections}, the pass's unmerged detections)`` of one subject (:data:`VARIANTS`) from one ``detect`` pass with the vein gate on
+    and no vein model (the vein features are computed for every candidate that can be called); duplicates merged
+    (``models.detection.merge_duplicates``) after each variant's rescoring, exactly as ``detect`` does.
+    ``section``: the vein model (default the model's own ``vein_model``)."""
+    from cmbdetect.models.detection import LabelPolicy
     from cmbdetect.models.inference import detect
     from cmbdetect.physics.geometry import voxel_sizes
 
+    section = model.metadata.get("vein_model") if section is None else section
     m = copy.copy(model)
     m.metadata = copy.deepcopy(model.metadata)
+    m.metadata.pop("vein_model", None)
     inf = m.metadata.setdefault("inference", {})
     merge = bool(inf.get("merge_duplicates", True))
-    inf["merge_duplicates"] = False
+    inf["merge_duplicates"], inf["vein_gate"] = False, True
     dets = detect(maps, model=m)
+    policy = LabelPolicy.from_metadata(m.metadata)
     vs = voxel_sizes(maps.affine)
-
-    def finish(ds):
-        ds = sorted(ds, key=lambda d: -d.probabilities["microbleed"])
-        return merge_duplicates(ds, vs) if merge else ds
-    return finish([ungated(d) for d in dets]), finish(dets)
+    return variants_of(dets, section, policy, vs, merge=merge), dets
 
 
 def as_rows(dets):
@@ -161,6 +205,10 @@ def main(argv=None) -> int:
                          "the release figures reconstructed from the gated pass equal it (default 2)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--save-dir", default=None, help="write each cohort's detections (p >= 0.01) as JSON here")
+    ap.add_argument("--vein-model", default=None,
+                    help="a metadata.json or model folder whose vein_model section to compare (default the model's)")
+    ap.add_argument("--offline", default=None, metavar="DIR",
+                    help="rescore the detections saved in DIR by an earlier --save-dir run instead of running detect")
     a = ap.parse_args(argv)
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -179,33 +227,48 @@ def main(argv=None) -> int:
     from cmbdetect.models.registry import load_model
 
     model = load_model(a.model)
-    names_m = ("release (no vein gate)", "vein gate")
+    section = None
+    if a.vein_model:
+        vpath = Path(a.vein_model)
+        section = json.loads((vpath / "metadata.json" if vpath.is_dir() else vpath).read_text())["vein_model"]
+    section = section or model.metadata.get("vein_model")
+    names_m = [n for n, (use_vm, _) in VARIANTS.items() if section or not use_vm]
     results: dict = {}
-    pooled: dict = {"subjects": [], names_m[0]: {}, names_m[1]: {}}
+    pooled: dict = {"subjects": [], **{n: {} for n in names_m}}
     for cname, subjects in cohorts.items():
         n_mb = sum(k == "microbleed" for s in subjects for k in s.lesion_kinds)
         n_calc = sum(k == "calcification" for s in subjects for k in s.lesion_kinds)
         results[cname] = {"subjects": len(subjects), "microbleeds": n_mb, "calcifications": n_calc}
         kept: dict = {n: {} for n in names_m}
-        times = []
+        times, passes = [], {}
+        saved = json.loads((Path(a.offline) / f"{cname}.json").read_text()) if a.offline else None
         for s in subjects:
             t0 = time.perf_counter()
-            peer, gated = both_variants(model, s.maps)
+            if saved:
+                var = offline_variants(saved, s, model, section)
+            else:
+                var, passes[s.label] = all_variants(model, s.maps, section)
             times.append(time.perf_counter() - t0)
-            kept[names_m[0]][s.label], kept[names_m[1]][s.label] = peer, gated
-        if a.check_exact and cname == next(iter(cohorts)):  # the reconstruction equals a real run without the gate
+            for n in names_m:
+                kept[n][s.label] = var[n]
+        if a.check_exact and not a.offline and cname == next(iter(cohorts)):  # reconstructions equal real runs
             from cmbdetect.models.inference import detect
 
+            real_models = {names_m[0]: without_vein_gate(model)}
+            if section:
+                vm_model = copy.copy(model)
+                vm_model.metadata = dict(copy.deepcopy(model.metadata), vein_model=section)
+                real_models[[n for n in names_m if VARIANTS[n] == (True, section.get("gate") == "veto")][0]] = vm_model
             for s in subjects[:a.check_exact]:
-                real = detect(s.maps, model=without_vein_gate(model))
-                rec = kept[names_m[0]][s.label]
-                same = len(real) == len(rec) and all(
-                    np.allclose(x.centre_vox, y.centre_vox) and abs(x.probabilities["microbleed"]
-                                                                    - y.probabilities["microbleed"]) < 1e-9
-                    and x.label == y.label for x, y in zip(real, rec))
-                print(f"check: release reconstructed from the gated pass equals a real release run on {s.label}: "
-                      f"{same}", flush=True)
-                results[cname].setdefault("reconstruction_exact", []).append(bool(same))
+                for vname, rm in real_models.items():
+                    real, rec = detect(s.maps, model=rm), kept[vname][s.label]
+                    same = len(real) == len(rec) and all(
+                        np.allclose(x.centre_vox, y.centre_vox) and abs(x.probabilities["microbleed"]
+                                                                        - y.probabilities["microbleed"]) < 1e-9
+                        and x.label == y.label for x, y in zip(real, rec))
+                    print(f"check: {vname} reconstructed from the gated pass equals a real run on {s.label}: "
+                          f"{same}", flush=True)
+                    results[cname].setdefault("reconstruction_exact", []).append([vname, bool(same)])
         results[cname]["detect_s_per_subject"] = float(np.mean(times))
         if cname.startswith("heldout"):
             pooled["subjects"] += subjects
@@ -214,16 +277,18 @@ def main(argv=None) -> int:
         if a.save_dir:
             out = Path(a.save_dir)
             out.mkdir(parents=True, exist_ok=True)
+            lists = {PASS: passes, **{n: kept[n] for n in names_m}} if passes else kept
             (out / f"{cname}.json").write_text(json.dumps({
                 mname: {lab: [{"centre_vox": list(d.centre_vox), "probabilities": d.probabilities, "label": d.label,
+                               "diameter_mm": d.diameter_mm, "score": d.score,
                                "features": {k: v for k, v in d.features.items() if isinstance(v, float)}}
-                              for d in ds if d.probabilities["microbleed"] >= 0.01]
-                        for lab, ds in kept[mname].items()} for mname in names_m}, default=float) + "\n")
+                              for d in ds if d.probabilities["microbleed"] >= 0.01
+                              or p_before_vein_step(d.features) is not None]
+                        for lab, ds in by_subject.items()} for mname, by_subject in lists.items()},
+                default=float) + "\n")
         for mname in names_m:
             r = evaluate_model(subjects, lambda s, k=kept[mname]: as_rows(k[s.label]))
             r["mb_calls_per_lesion_free_subject"] = lesion_free_calls(subjects, kept[mname])
-            r["n_vein_gated"] = int(sum(d.features.get("vein_gate", 0.0) > 0 and d.label == "vein"
-                                        for ds in kept[mname].values() for d in ds)) if mname == names_m[1] else 0
             results[cname][mname] = r
             print(cname, mname, json.dumps(r), flush=True)
         if a.out:
@@ -237,12 +302,11 @@ def main(argv=None) -> int:
         for mname in names_m:
             r = evaluate_model(subjects, lambda s, k=pooled[mname]: as_rows(k[s.label]))
             r["mb_calls_per_lesion_free_subject"] = lesion_free_calls(subjects, pooled[mname])
-            r["n_vein_gated"] = sum(results[c][mname]["n_vein_gated"] for c in results if c.startswith("heldout"))
             res[mname] = r
         results["heldout (pooled)"] = res
     keys = ("sens@0.5FP", "sens@1FP", "sensitivity", "precision", "fp_per_subject",
-            "mb_calls_per_lesion_free_subject", "calc_called_mb", "n_vein_gated")
-    print("\n| cohort (subjects, microbleeds; detect s/subject) | model | " + " | ".join(keys) + " |\n|---|---|"
+            "mb_calls_per_lesion_free_subject", "calc_called_mb")
+    print("\n| cohort (subjects, microbleeds; s/subject) | model | " + " | ".join(keys) + " |\n|---|---|"
           + "---|" * len(keys))
     for cname, res in results.items():
         for mname in names_m:
@@ -253,6 +317,24 @@ def main(argv=None) -> int:
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
+
+
+def offline_variants(saved: dict, subject, model, section):
+    """:func:`all_variants` from detections saved by an earlier run (``--save-dir``) instead of a detect pass:
+    the saved unmerged pass (:data:`PASS`) of the subject, rescored and merged: the same as a detect pass up to
+    the candidates below p 0.01 left out of the file.  Files of older runs hold only merged lists; the first
+    one is used (approximate: merged twice)."""
+    from cmbdetect.models.detection import Detection, LabelPolicy
+    from cmbdetect.physics.geometry import voxel_sizes
+
+    rows = (saved[PASS] if PASS in saved else next(iter(saved.values()))).get(subject.label, [])
+    dets = [Detection(centre_vox=tuple(r["centre_vox"]), score=float(r.get("score", r["features"].get("stage1_score", 0))),
+                      probabilities=dict(r["probabilities"]), label=r["label"],
+                      diameter_mm=float(r.get("diameter_mm", r["features"].get("diameter_mm", 2.0))),
+                      features=dict(r["features"])) for r in rows]
+    policy = LabelPolicy.from_metadata(model.metadata)
+    vs = voxel_sizes(subject.maps.affine)
+    return variants_of(dets, section, policy, vs, merge=True)
 
 
 if __name__ == "__main__":

@@ -201,7 +201,11 @@ def detect(maps: PhysicsMaps, *, model: str | LoadedModel = "default",
     head_p = committee_probabilities(m, patches, feats, scores, prevalence=prevalence)
     head_p = apply_low_rank_prior(head_p, meta)
     head_p, gated = physics_gate(head_p, feats)
-    head_p = apply_vein_gate(maps, native, feats, head_p, meta)
+    if "vein_model" in meta:  # the vein model (models/vein_model.py), else the vein gate alone
+        from cmbdetect.models.vein_model import apply_vein_model
+        head_p = apply_vein_model(maps, native, feats, head_p, meta)
+    else:
+        head_p = apply_vein_gate(maps, native, feats, head_p, meta)
     probs, unc, disagreement = committee_uncertainty(head_p)
     out = []
     for n in range(len(centres)):
