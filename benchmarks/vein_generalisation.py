@@ -86,10 +86,9 @@ def cached_subjects(bids: Path, cache: Path, log=print):
 
 def without_vein_gate(model):
     """The same loaded model with ``inference.vein_gate`` false (the current release's behaviour)."""
-    m = copy.copy(model)
-    m.metadata = copy.deepcopy(model.metadata)
-    m.metadata.setdefault("inference", {})["vein_gate"] = False
-    return m
+    meta = copy.deepcopy(model.metadata)
+    meta.setdefault("inference", {})["vein_gate"] = False
+    return model.with_metadata(meta)  # the spec is built anew from the changed metadata
 
 
 def ungated(d):
@@ -115,12 +114,11 @@ def both_variants(model, maps):
     from cmbdetect.models.inference import detect
     from cmbdetect.physics.geometry import voxel_sizes
 
-    m = copy.copy(model)
-    m.metadata = copy.deepcopy(model.metadata)
-    inf = m.metadata.setdefault("inference", {})
+    meta = copy.deepcopy(model.metadata)
+    inf = meta.setdefault("inference", {})
     merge = bool(inf.get("merge_duplicates", True))
     inf["merge_duplicates"] = False
-    dets = detect(maps, model=m)
+    dets = detect(maps, model=model.with_metadata(meta))
     vs = voxel_sizes(maps.affine)
 
     def finish(ds):

@@ -93,6 +93,10 @@ def set_operating_point(model_dir: str | Path, *, max_candidates: int, screen_fl
     if low_rank_odds_ratio is not None and not float(low_rank_odds_ratio) > 0.0:
         raise InputError(f"need a low-rank prior odds ratio > 0, got {low_rank_odds_ratio}")
     meta = json.loads(path.read_text())
+    if "ensemble" not in meta:  # a single model: keep the budget its stage 2 was fitted on in its training record
+        training = meta.setdefault("training", {})
+        options = training.setdefault("options", {})
+        options.setdefault("max_candidates", int(meta["thresholds"]["max_candidates"]))
     inference = meta.setdefault("inference", {})
     meta["thresholds"]["max_candidates"] = int(max_candidates)
     inference["stage2_screen"] = {"floor": float(screen_floor)}
