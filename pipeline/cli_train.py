@@ -21,7 +21,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train the detector (stage 1) and classifier (stage 2)",
                               description=__doc__.split("\n\n")[1],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bids-dir", required=True, nargs="+", help="BIDS dataset folder(s) with magnitude + phase")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a training config (TOML, e.g. models/weights/default/training.toml) holding the whole "
+                   "recipe: simulation, training steps, operating point; only --out, --work-dir, --resume and "
+                   "--overwrite go with it (models/train_config.py)")
+    p.add_argument("--work-dir", default=None, metavar="DIR",
+                   help="with --config: where the cohorts, physics cache and intermediate models go (default OUT.work)")
+    p.add_argument("--bids-dir", nargs="+", help="BIDS dataset folder(s) with magnitude + phase (required "
+                   "without --config)")
     p.add_argument("--labels", default=None, help="folder of per-subject label TSVs or label maps "
                    "(default: derivatives/groundtruth)")
     p.add_argument("--out", required=True, help="model folder to write (weights + metadata.json): new, empty, or "
@@ -145,9 +152,39 @@ def options_from_args(args):
     return TrainOptions(**kw)
 
 
+#: options that go with --config (the config holds everything else)
+CONFIG_OPTIONS = ("config", "work_dir", "out", "resume", "overwrite")
+
+
+def run_with_config(args) -> int:
+    """``cmbdetect train --config FILE --out DIR``: refuse any other training option (the config wins over
+    nothing: mixing the two would leave one of them silently unused)."""
+    from pathlib import Path
+
+    from cmbdetect.models.train_config import load_config, run_config
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    defaults = vars(parser.parse_args(["train", "--config", "x", "--out", "x"]))
+    given = [k for k, v in vars(args).items() if k in defaults and k not in CONFIG_OPTIONS and v != defaults[k]]
+    if given:
+        raise InputError(f"--config holds the whole training recipe; drop --{given[0].replace('_', '-')} "
+                         "(or train without --config)")
+    config = load_config(args.config)
+    out = Path(args.out)
+    work = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".work")
+    run_config(config, out=out, work=work, resume=args.resume,
+               log=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0
+
+
 def run(args) -> int:
     from cmbdetect.pipeline.output_folder import MANIFEST_NAME, claim_output_folder, write_manifest
 
+    if args.config is not None:
+        return run_with_config(args)
+    if not args.bids_dir:
+        raise InputError("cmbdetect train needs --bids-dir (or --config FILE)")
     if args.members < 1:
         raise InputError(f"--members must be >= 1, got {args.members}")
     opts = options_from_args(args)
