@@ -56,7 +56,7 @@ class TrainOptions:
     hard_negatives: bool = True
     #: intensity augmentation (per-group gains, noise) in both stages and the in-plane axis swap in stage 1,
     #: with ``truth_copies`` = 3 jittered (+-1.5 voxels) copies of each true lesion in stage 2.  Opt-in
-    #: (``cmbdetect train --augment``): on the seed-101 development cohort (72 subjects, 2000 steps, 20
+    #: (``benchmarks/train_dev.py --augment``): on the seed-101 development cohort (72 subjects, 2000 steps, 20
     #: epochs, stage-2 TTA) it measured 0.817 sensitivity at 0.5 FP/subject, against 0.944 for the shipped
     #: recipe (56 subjects, 1200 steps, no augmentation) with the same TTA.
     augment: bool = False
@@ -104,7 +104,7 @@ class TrainOptions:
     target_recall: float = 0.98
     #: lowest stage-1 threshold the recall tuning may choose.  0.02 suits the focal loss, whose heatmap peaks
     #: near 1 at lesion centres; a BCE-trained heatmap peaks near 0.005 (seed-0 validation subjects), all below
-    #: 0.02, so the BCE ablations use 1e-4 and the candidate cap decides (``cmbdetect train --ablation``).
+    #: 0.02, so the BCE ablations use 1e-4 and the candidate cap decides (``benchmarks/train_dev.py --ablation``).
     heatmap_floor: float = 0.02
     min_distance_mm: float = 3.0
     max_candidates: int = 200
