@@ -2,6 +2,7 @@
 before/after reference of the shipped model (``python tests/shipped_table.py OUT.json`` writes it)."""
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,12 @@ DATA = Path(__file__).resolve().parent / "data"
 #: n_calcifications=1)`` through ``compute_physics_maps`` (defaults), stored so the table does not move with
 #: the simulator or the physics chain
 SUBJECT = DATA / "shipped_model_subject.npz"
-TABLE = DATA / "shipped_model_table.json"
+TABLE = DATA / "shipped_model_table.json.gz"
+
+
+def reference_table() -> dict:
+    """The stored tables: ``{"default": [...], "prevalence_0.01": [...]}``."""
+    return json.loads(gzip.decompress(TABLE.read_bytes()))
 
 
 def stored_maps() -> PhysicsMaps:
@@ -34,5 +40,6 @@ def candidate_table(model="default", *, prevalence=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    Path(sys.argv[1]).write_text(json.dumps({"default": candidate_table(),
-                                             "prevalence_0.01": candidate_table(prevalence=0.01)}) + "\n")
+    Path(sys.argv[1]).write_bytes(gzip.compress(json.dumps({"default": candidate_table(),
+                                                             "prevalence_0.01": candidate_table(prevalence=0.01)})
+                                                 .encode(), mtime=0))

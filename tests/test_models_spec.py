@@ -134,11 +134,11 @@ def test_prevalence_replaces_the_calibration_prior_in_one_step():
 @pytest.mark.slow
 def test_shipped_model_candidate_table_unchanged():
     """The candidate table of the shipped model on the stored maps of a small simulated subject equals the one
-    computed before the spec (tests/data/shipped_model_table.json, made on main at 3503d25): same candidates,
+    computed before the spec (tests/data/shipped_model_table.json.gz, made on main at 3503d25): same candidates,
     labels and centres; probabilities to 1e-9 (with a prevalence the two odds steps became one)."""
-    from shipped_table import TABLE, candidate_table
+    from shipped_table import candidate_table, reference_table
 
-    ref = json.loads(TABLE.read_text())
+    ref = reference_table()
     for key, prevalence in (("default", None), ("prevalence_0.01", 0.01)):
         now = candidate_table(prevalence=prevalence)
         assert len(now) == len(ref[key]) > 100
