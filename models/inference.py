@@ -205,7 +205,7 @@ def committee_probabilities(model: LoadedModel, patches: np.ndarray, feats: list
 
 
 def apply_vein_gate(maps: PhysicsMaps, centres_vox, feats: list[dict], head_p: np.ndarray,
-                    spec: ModelSpec) -> np.ndarray:
+                    spec: ModelSpec | Mapping) -> np.ndarray:
     """The vein gate (:func:`cmbdetect.models.classifier.vein_gate`) on per-head probabilities ``[N, heads,
     classes]``: the vein features (:func:`cmbdetect.models.features.add_vein_features`) are computed for the
     candidates whose mean microbleed probability is at least ``VEIN_FEATURES_FROM_P``, added to ``feats`` with
@@ -214,7 +214,9 @@ def apply_vein_gate(maps: PhysicsMaps, centres_vox, feats: list[dict], head_p: n
     from cmbdetect.models.classifier import vein_gate
     from cmbdetect.models.features import add_vein_features
 
-    if not spec.inference.vein_gate or len(head_p) == 0:
+    on = spec.inference.vein_gate if isinstance(spec, ModelSpec) else \
+        (spec.get("inference") or {}).get("vein_gate", True) is not False  # metadata mapping
+    if not on or len(head_p) == 0:
         return head_p
     p_mb = np.asarray(head_p, float)[..., CLASSES.index("microbleed")].mean(axis=1)
     idx = add_vein_features(maps, centres_vox, feats, p_mb)
