@@ -25,8 +25,8 @@ at the operating point, recall against the candidate budget, and the budget that
 recall, over all microbleeds and over those with field CNR >= 1.  ``--set-operating-point`` then writes that
 budget (rounded up to ``--budget-step``) into the model folder with the stage-2 screen that keeps it affordable,
 the microbleed prior odds ratio of the candidates beyond the budget stage 2 was fitted on, measured on the same
-cohort (:func:`low_rank_odds_ratio`; :func:`cmbdetect.models.inference.apply_low_rank_prior`), and the figures
-at the new operating point (:func:`cmbdetect.models.ensemble.set_operating_point`).
+cohort, and the figures at the new operating point: the fitting is :mod:`cmbdetect.models.operating_point`
+(:func:`~cmbdetect.models.operating_point.fit_operating_point`); this script reports.
 
 Usage: ``python benchmarks/stage1_recall.py --model default --bids-dir /tmp/cmb-train-{a..g}
 --cache-dir /tmp/cmb-cache``; ``python benchmarks/stage1_recall.py --model default --held-out /tmp/val-{a..g}
@@ -46,6 +46,9 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detection import physics_baseline  # noqa: E402  (the same peer as the detection benchmark)
 
+from cmbdetect.models.operating_point import (BUDGETS, fit_operating_point, held_out_ranks,  # noqa: E402
+                                              held_out_report, lesion_field_cnr, voxel_class, write_operating_point)
+
 
 def found(cands_native: np.ndarray, lesion_vox: np.ndarray, vs: np.ndarray, *, hit_mm: float) -> np.ndarray:
     """For each lesion (native voxel centre), whether a candidate lies within ``hit_mm``."""
@@ -55,82 +58,7 @@ def found(cands_native: np.ndarray, lesion_vox: np.ndarray, vs: np.ndarray, *, h
     return (d <= hit_mm).any(axis=1)
 
 
-def lesion_field_cnr(lesion, affine: np.ndarray, field_error: np.ndarray, *, radius_mm: float = 12.0) -> float:
-    """Field CNR of one simulated lesion (:class:`cmbdetect.pipeline.truth.Lesion`): the peak |voxel-averaged
-    closed-form field| (ppm) within ``radius_mm`` over the std of ``field_error`` (ppm, NaN outside the mask)
-    there; NaN when fewer than 20 error voxels lie in that box."""
-    from cmbdetect.physics.forward import voxel_averaged_sphere_field
-    from cmbdetect.physics.geometry import voxel_sizes
-
-    cv = np.asarray(lesion.centre_vox, float)
-    r = np.ceil(radius_mm / voxel_sizes(affine)).astype(int)
-    lo = np.maximum(np.floor(cv).astype(int) - r, 0)
-    hi = np.minimum(np.floor(cv).astype(int) + r + 1, field_error.shape)
-    if np.any(hi <= lo):
-        return float("nan")
-    f = voxel_averaged_sphere_field(lesion.chi_ppm, lesion.diameter_mm / 2, tuple(hi - lo), affine, cv - lo)
-    e = field_error[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    if np.isfinite(e).sum() < 20:
-        return float("nan")
-    return float(np.abs(f).max() / max(np.nanstd(e), 1e-12))
-
-
 CNR_BANDS = ((0.0, 1.0), (1.0, 3.0), (3.0, np.inf))
-
-
-def voxel_class(vs, *, coarse_mm: float, coarse_mm3: float) -> str:
-    return "coarse" if min(vs[0], vs[1]) >= coarse_mm or float(np.prod(vs)) >= coarse_mm3 else "fine"
-
-
-#: candidate budgets (per subject) at which the held-out recall curve is printed
-BUDGETS = (100, 200, 300, 400, 600, 800, 1000, 1500, 2000)
-
-
-def held_out_ranks(model, subjects, roots, *, hit_mm: float, cnr_radius_mm: float) -> list[dict]:
-    """One row per microbleed of ``subjects``: rank of its best stage-1 candidate in the whole model's list
-    (0 = top; ``None`` when no candidate within ``hit_mm``), that candidate's heatmap score, voxel size and
-    field CNR; ``subject_candidates``: how many candidates of its subject reach the model's heatmap threshold."""
-    from cmbdetect.models.inference import map_back, model_grid, stage1_candidates
-    from cmbdetect.physics.geometry import voxel_sizes
-    from cmbdetect.pipeline.truth import read_truth
-
-    meta = model.metadata
-    rows = []
-    for s in subjects:
-        vs = voxel_sizes(s.maps.affine)
-        x, mask, gvs, resampled = model_grid(s.maps, meta)
-        c, sc, _ = stage1_candidates(model, x, mask, gvs, threshold=5e-4, max_candidates=100_000)
-        c = map_back(c, s.maps.shape, x.shape[1:]) if resampled and len(c) else c
-        n_above = int((sc >= float(meta["thresholds"]["heatmap"])).sum())
-        dataset, sub = s.label.split("_sub-", 1)
-        truth = read_truth(roots[dataset] / "derivatives" / "groundtruth", sub)
-        err = np.where(s.maps.mask, s.maps.local_field_ppm - truth.local_field_ppm, np.nan)
-        for les in truth.of_kind("microbleed"):
-            d = np.sqrt((((c - np.asarray(les.centre_vox, float)) * vs) ** 2).sum(-1)) if len(c) else np.zeros(0)
-            near = np.flatnonzero(d <= hit_mm)
-            best = float(sc[near].max()) if len(near) else None
-            rows.append({"subject": s.label, "diameter_mm": float(les.diameter_mm), "voxel_mm": vs.round(2).tolist(),
-                         "score": best, "rank": None if best is None else int((sc > best).sum()),
-                         "cnr": lesion_field_cnr(les, s.maps.affine, err, radius_mm=cnr_radius_mm),
-                         "subject_candidates": n_above})
-    return rows
-
-
-def held_out_report(rows: list[dict], *, threshold: float, budget: int, target: float) -> dict:
-    """Recall at the operating point (``threshold``, ``budget`` candidates/subject), against the budget, and
-    the smallest budget that reaches ``target``; for all microbleeds and for those with field CNR >= 1."""
-    out = {}
-    for name, sel in (("all", [True] * len(rows)), ("cnr>=1", [r["cnr"] >= 1.0 for r in rows])):
-        rr = [r for r, k in zip(rows, sel) if k]
-        rank = np.array([np.inf if r["rank"] is None else r["rank"] for r in rr])
-        score = np.array([0.0 if r["score"] is None else r["score"] for r in rr])
-        n = len(rr)
-        need = int(np.ceil(target * n))
-        reach = np.sort(rank)[need - 1] + 1 if n and need else 0
-        out[name] = {"n": n, "operating_point": float(np.mean((rank < budget) & (score >= threshold))) if n else None,
-                     "by_budget": {b: float(np.mean(rank < b)) for b in BUDGETS} if n else {},
-                     f"budget_for_{target:g}": None if not np.isfinite(reach) else int(reach)}
-    return out
 
 
 def main(argv=None) -> int:
@@ -177,7 +105,7 @@ def main(argv=None) -> int:
         for label in val:
             s = subjects[label]
             vs = voxel_sizes(s.maps.affine)
-            x, mask, gvs, resampled = model_grid(s.maps, meta)
+            x, mask, gvs, resampled = model_grid(s.maps, part.spec)
             c, _, _ = stage1_candidates(part, x, mask, gvs)
             c = map_back(c, s.maps.shape, x.shape[1:]) if resampled and len(c) else c
             peer = np.array([p for p, _ in physics_baseline(s.maps)[:n_cap]]).reshape(-1, 3)
@@ -250,61 +178,21 @@ def held_out_main(a) -> int:
     return 0
 
 
-def low_rank_odds_ratio(rows: list[dict], *, threshold: float, fitted: int, budget: int) -> tuple[float, dict]:
-    """Microbleed prior odds of the candidates ranked ``fitted .. budget-1`` relative to the ``fitted`` best, from
-    the held-out rows (:func:`held_out_ranks`; subjects without a microbleed are not in them): microbleeds found
-    per candidate in each tier, with half a count added to each tier's microbleeds so that an empty tier gives a
-    finite ratio.  Returns the ratio and the counts."""
-    per_subject = {r["subject"]: int(r["subject_candidates"]) for r in rows}
-    n_top = sum(min(n, fitted) for n in per_subject.values())
-    n_low = sum(min(max(n - fitted, 0), budget - fitted) for n in per_subject.values())
-    found = [r for r in rows if r["rank"] is not None and r["score"] >= threshold]
-    hits_top = sum(r["rank"] < fitted for r in found)
-    hits_low = sum(fitted <= r["rank"] < budget for r in found)
-    counts = {"candidates_top": n_top, "candidates_low": n_low, "microbleeds_top": hits_top,
-              "microbleeds_low": hits_low}
-    if n_low == 0 or n_top == 0:
-        return 1.0, counts
-    p_top, p_low = (hits_top + 0.5) / (n_top + 1.0), (hits_low + 0.5) / (n_low + 1.0)
-    return float((p_low / (1 - p_low)) / (p_top / (1 - p_top))), counts
-
-
 def set_held_out_operating_point(a, model, rows: list[dict], rep: dict, n_subjects: int) -> dict:
-    """Write the budget that reaches ``a.target`` over all microbleeds (rounded up to ``a.budget_step``) into the
-    model folder, with the figures at that budget; returns the report at the new operating point."""
-    from cmbdetect.models.ensemble import set_operating_point, stage2_fitted_budget
-
-    need = rep["all"][f"budget_for_{a.target:g}"]
-    if need is None:
+    """Fit the operating point for ``a.target`` (:func:`cmbdetect.models.operating_point.fit_operating_point`)
+    and write it into the model folder; returns the report at the new operating point."""
+    point = fit_operating_point(model, rows, n_subjects=n_subjects, target=a.target, budget_step=a.budget_step,
+                                screen_floor=a.screen_floor, coarse_mm=a.coarse_mm, coarse_mm3=a.coarse_mm3,
+                                benchmark="benchmarks/stage1_recall.py --held-out "
+                                + " ".join(Path(d).name for d in a.held_out)
+                                + f" --set-operating-point --target {a.target:g}")
+    if point is None:
         print(f"no budget reaches {a.target:g} over all microbleeds; operating point not changed", file=sys.stderr)
         return rep
-    budget = int(np.ceil(need / a.budget_step) * a.budget_step)
-    thr = float(model.metadata["thresholds"]["heatmap"])
-    new = held_out_report(rows, threshold=thr, budget=budget, target=a.target)
-    coarse = [r for r in rows if voxel_class(np.array(r["voxel_mm"]), coarse_mm=a.coarse_mm,
-                                             coarse_mm3=a.coarse_mm3) == "coarse"]
-    fine = [r for r in rows if r not in coarse]
-    by_class = {k: held_out_report(v, threshold=thr, budget=budget, target=a.target)["all"]["operating_point"]
-                for k, v in (("fine", fine), ("coarse", coarse)) if v}
-    validation = {"benchmark": "benchmarks/stage1_recall.py --held-out " + " ".join(Path(d).name for d in a.held_out)
-                  + f" --set-operating-point --target {a.target:g}",
-                  "subjects": n_subjects, "microbleeds": new["all"]["n"],
-                  "microbleeds_field_cnr_ge_1": new["cnr>=1"]["n"],
-                  "stage1_recall_microbleeds": round(new["all"]["operating_point"], 4),
-                  "stage1_recall_microbleeds_field_cnr_ge_1": round(new["cnr>=1"]["operating_point"], 4),
-                  **{f"stage1_recall_{k}_voxels": round(v, 4) for k, v in by_class.items()},
-                  f"budget_for_{a.target:g}": int(need), "max_candidates": budget, "screen_floor": a.screen_floor}
-    fitted = stage2_fitted_budget(model)
-    prior = None
-    if budget > fitted:
-        ratio, counts = low_rank_odds_ratio(rows, threshold=thr, fitted=fitted, budget=budget)
-        prior = {"from_rank": fitted, "odds_ratio": ratio}
-        validation.update({"low_rank_prior": prior, **counts})
-    set_operating_point(model.path, max_candidates=budget, screen_floor=a.screen_floor, validation=validation,
-                        low_rank_prior=prior)
-    print(f"operating point written to {model.path}: <= {budget} candidates/subject, stage-2 screen floor "
-          f"{a.screen_floor:g}; " + json.dumps(validation))
-    return new
+    write_operating_point(model.path, point)
+    print(f"operating point written to {model.path}: <= {point.max_candidates} candidates/subject, stage-2 screen "
+          f"floor {a.screen_floor:g}; " + json.dumps(point.validation))
+    return point.report
 
 
 if __name__ == "__main__":

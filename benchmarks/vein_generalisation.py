@@ -89,11 +89,10 @@ def cached_subjects(bids: Path, cache: Path, log=print):
 
 def without_vein_gate(model):
     """The same loaded model with ``inference.vein_gate`` false and no vein model (the release before the gate)."""
-    m = copy.copy(model)
-    m.metadata = copy.deepcopy(model.metadata)
-    m.metadata.setdefault("inference", {})["vein_gate"] = False
-    m.metadata.pop("vein_model", None)
-    return m
+    meta = copy.deepcopy(model.metadata)
+    meta.setdefault("inference", {})["vein_gate"] = False
+    meta.pop("vein_model", None)
+    return model.with_metadata(meta)  # the spec is built anew from the changed metadata
 
 
 #: The variants compared, from one detect pass: (vein model used, hard vein gate on).
@@ -161,14 +160,14 @@ def all_variants(model, maps, section=None):
     from cmbdetect.physics.geometry import voxel_sizes
 
     section = model.metadata.get("vein_model") if section is None else section
-    m = copy.copy(model)
-    m.metadata = copy.deepcopy(model.metadata)
-    m.metadata.pop("vein_model", None)
-    inf = m.metadata.setdefault("inference", {})
+    meta = copy.deepcopy(model.metadata)
+    meta.pop("vein_model", None)
+    inf = meta.setdefault("inference", {})
     merge = bool(inf.get("merge_duplicates", True))
     inf["merge_duplicates"], inf["vein_gate"] = False, True
+    m = model.with_metadata(meta)
     dets = detect(maps, model=m)
-    policy = LabelPolicy.from_metadata(m.metadata)
+    policy = m.spec.thresholds.label_policy()
     vs = voxel_sizes(maps.affine)
     return variants_of(dets, section, policy, vs, merge=merge), dets
 

@@ -85,15 +85,16 @@ def adjust_prevalence(probs: np.ndarray, *, pi_train: float, pi_deploy: float, i
     return scale_prior_odds(probs, (pi_deploy / (1 - pi_deploy)) / (pi_train / (1 - pi_train)), index=index)
 
 
-def scale_prior_odds(probs: np.ndarray, odds_ratio: float, *, index: int = 0) -> np.ndarray:
+def scale_prior_odds(probs: np.ndarray, odds_ratio, *, index: int = 0) -> np.ndarray:
     """Bayes' rule for a prior whose odds for class ``index`` are ``odds_ratio`` times those the probabilities
     were calibrated at: that class's odds are multiplied by it, the other classes share the rest in their
-    proportions.  ``probs`` ``(..., C)`` rows summing to 1."""
-    if not float(odds_ratio) > 0.0:
+    proportions.  ``probs`` ``(N, ..., C)`` rows summing to 1; ``odds_ratio`` a number or one per row ``[N]``."""
+    ratio = np.asarray(odds_ratio, dtype=float)
+    if not np.all(ratio > 0.0):
         raise InputError(f"prior odds ratio must be > 0, got {odds_ratio}")
     p = np.asarray(probs, dtype=float)
     pk = np.clip(p[..., index], 1e-12, 1 - 1e-12)
-    odds = pk / (1 - pk) * float(odds_ratio)
+    odds = pk / (1 - pk) * (ratio if ratio.ndim == 0 else ratio.reshape((-1,) + (1,) * (pk.ndim - 1)))
     new_k = odds / (1 + odds)
     rest = np.delete(p, index, axis=-1)
     rest_sum = rest.sum(axis=-1, keepdims=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cmbdetect.models.detection import reader_thresholds
 from cmbdetect.models.registry import ENSEMBLE_SHARED_KEYS, VEIN_GATE, load_model
+from cmbdetect.models.spec import OUTPUT_INFERENCE_KEYS
 from cmbdetect.physics.errors import InputError
 
 COMBINATION = ("stage 1: mean of the members' heatmaps, lowest member threshold; stage 2: the members' "
@@ -47,7 +48,8 @@ def ensemble_metadata(members: list, names: list[str], *, name: str, command: st
     meta["thresholds"] = {"heatmap": min(float(t["heatmap"]) for t in th),
                           "min_distance_mm": float(th[0]["min_distance_mm"]),
                           "max_candidates": max(int(t["max_candidates"]) for t in th), **reader_thresholds()}
-    meta["inference"] = dict(base.get("inference", {}))
+    # the output settings are the ensemble's own; the network settings stay with each member (models/spec.py)
+    meta["inference"] = {k: v for k, v in base.get("inference", {}).items() if k in OUTPUT_INFERENCE_KEYS}
     meta["physics_gate"] = base.get("physics_gate", "")
     meta["vein_gate"] = VEIN_GATE  # applied at inference to any model (metadata inference.vein_gate false: off)
     meta["ensemble"] = {"members": list(names), "combination": COMBINATION}
@@ -65,24 +67,22 @@ def _write_metadata(out: Path, meta: dict) -> None:
 
 
 def stage2_fitted_budget(model) -> int:
-    """The stage-1 budget a model's stage 2 was fitted on (its validation candidates calibrated it): the largest
-    ``training.options.max_candidates`` of its members (of the model itself when it is no ensemble), else of
-    their ``thresholds.max_candidates`` (:func:`set_operating_point` changes only the ensemble's own).
-    ``model``: a :class:`cmbdetect.models.registry.LoadedModel`."""
-    return max(int(p.metadata.get("training", {}).get("options", {}).get("max_candidates")
-                   or p.metadata["thresholds"]["max_candidates"]) for p in model.parts)
+    """The stage-1 budget a model's stage 2 was fitted on (:attr:`cmbdetect.models.spec.ModelSpec.fitted_budget`:
+    the largest ``training.options.max_candidates`` of its members, else of their ``thresholds.max_candidates``;
+    :func:`set_operating_point` changes only the ensemble's own).  ``model``: a ``LoadedModel``."""
+    return model.spec.fitted_budget
 
 
 def set_operating_point(model_dir: str | Path, *, max_candidates: int, screen_floor: float,
-                        validation: dict, low_rank_prior: dict | None = None) -> Path:
+                        validation: dict, low_rank_odds_ratio: float | None = None) -> Path:
     """Set a model folder's stage-1 budget (``thresholds.max_candidates``) and the stage-2 screen that keeps a
-    large budget affordable (``inference.stage2_screen``: a plain pass for every candidate, the flip-averaged
-    pass only where a head gives microbleed or calcification ``>= screen_floor``;
+    large budget affordable (``inference.stage2_screen.floor``: a plain pass for every candidate, the
+    flip-averaged pass only where a head gives microbleed or calcification ``>= screen_floor``;
     :func:`cmbdetect.models.inference.committee_probabilities`), and record the validation figures that chose
-    them (``metrics.held_out_validation``).  ``low_rank_prior`` = ``{"from_rank": K, "odds_ratio": r}``: the
-    microbleed prior odds of the candidates ranked K and beyond (K: :func:`stage2_fitted_budget`), relative to
-    those of the K best (``inference.low_rank_prior``; :func:`cmbdetect.models.inference.apply_low_rank_prior`);
-    None removes it.  The metadata is rewritten atomically; returns the folder."""
+    them (``metrics.held_out_validation``).  ``low_rank_odds_ratio``: the microbleed prior odds of the
+    candidates ranked at or beyond the fitted budget (:func:`stage2_fitted_budget`, computed at load, not
+    stored) relative to those of the ones within it (``inference.low_rank_prior.odds_ratio``); None removes it.
+    The metadata is rewritten atomically (and checked by loading the model); returns the folder."""
     out = Path(model_dir)
     path = out / "metadata.json"
     if not path.is_file():
@@ -90,20 +90,22 @@ def set_operating_point(model_dir: str | Path, *, max_candidates: int, screen_fl
     if int(max_candidates) < 1 or not (0.0 <= float(screen_floor) <= 1.0):
         raise InputError(f"need max_candidates >= 1 and 0 <= screen_floor <= 1, got {max_candidates}, "
                          f"{screen_floor}")
-    if low_rank_prior is not None:
-        low_rank_prior = {"from_rank": int(low_rank_prior["from_rank"]),
-                          "odds_ratio": float(low_rank_prior["odds_ratio"])}
-        if low_rank_prior["from_rank"] < 1 or not low_rank_prior["odds_ratio"] > 0.0:
-            raise InputError(f"need a low-rank prior from rank >= 1 with odds ratio > 0, got {low_rank_prior}")
+    if low_rank_odds_ratio is not None and not float(low_rank_odds_ratio) > 0.0:
+        raise InputError(f"need a low-rank prior odds ratio > 0, got {low_rank_odds_ratio}")
     meta = json.loads(path.read_text())
+    if "ensemble" not in meta:  # a single model: keep the budget its stage 2 was fitted on in its training record
+        training = meta.setdefault("training", {})
+        options = training.setdefault("options", {})
+        options.setdefault("max_candidates", int(meta["thresholds"]["max_candidates"]))
     inference = meta.setdefault("inference", {})
     meta["thresholds"]["max_candidates"] = int(max_candidates)
-    inference["stage2_screen"] = {"full_top": 0, "floor": float(screen_floor)}
+    inference["stage2_screen"] = {"floor": float(screen_floor)}
     inference.pop("low_rank_prior", None)
-    if low_rank_prior is not None:
-        inference["low_rank_prior"] = low_rank_prior
+    if low_rank_odds_ratio is not None:
+        inference["low_rank_prior"] = {"odds_ratio": float(low_rank_odds_ratio)}
     meta.setdefault("metrics", {})["held_out_validation"] = validation
     _write_metadata(out, meta)
+    load_model(out)  # the spec check: a wrong value fails here, not at the next detection
     return out
 
 

@@ -20,6 +20,7 @@ import torch
 from cmbdetect.models.channels import ALL_CHANNELS, normalisation_spec
 from cmbdetect.models.detection import CLASSES, reader_thresholds
 from cmbdetect.models.networks import CentreNet3D, PatchClassifier
+from cmbdetect.models.spec import ModelSpec, model_spec
 from cmbdetect.physics.constants import (MICROBLEED_MAX_CHI_PPM, MICROBLEED_MAX_DIAMETER_MM,
                                         MICROBLEED_MAX_MOMENT_PPM_MM3, VEIN_CONTINUATION_FACTOR, VEIN_FIT_MIN_R2,
                                         VEIN_FIT_R2_MARGIN, VEIN_MIN_CONTINUATION_MM, VEIN_MIN_ONE_SIDED_MM,
@@ -31,7 +32,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Shipped model names -> folder under :data:`WEIGHTS_DIR`.
 REGISTRY: dict[str, str] = {"default": "default"}
 #: Metadata format version.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHT_FILES = ("detector.pt", "classifier.pt")
 #: What :func:`cmbdetect.models.classifier.physics_gate` does (recorded in each model's metadata).
 PHYSICS_GATE = ("a candidate whose integrated chi and dipole sign are both negative (diamagnetic) cannot be called "
@@ -68,6 +69,18 @@ class LoadedModel:
     path: Path
     #: for an ensemble folder: its member models (``detector``/``classifier`` are then the first member's)
     members: list = field(default_factory=list)
+    #: the typed spec inference reads (:func:`cmbdetect.models.spec.model_spec`), built from ``metadata`` at load
+    spec: ModelSpec | None = None
+
+    def __post_init__(self):
+        if self.spec is None:
+            self.spec = model_spec(self.metadata, source=self.path / "metadata.json",
+                                   members=tuple(m.spec for m in self.members))
+
+    def with_metadata(self, metadata: dict) -> "LoadedModel":
+        """The same networks with other metadata (a changed setting, for benchmarks and tests): the spec is
+        built anew from it, so it is checked as at load."""
+        return LoadedModel(self.detector, self.classifier, metadata, self.sha256, self.path, members=self.members)
 
     @property
     def name(self) -> str:
@@ -182,7 +195,7 @@ def base_metadata(*, channels=ALL_CHANNELS, spacing=None, detector_arch: dict, c
     """Metadata skeleton shared by trained and random models (thresholds/calibration at neutral values)."""
     return {
         "format_version": FORMAT_VERSION,
-        "version": "0.1.0",
+        "version": "0.2.0",
         "channels": list(channels),
         "spacing": None if spacing is None else [float(s) for s in spacing],
         "normalisation": normalisation_spec(),
@@ -197,6 +210,7 @@ def base_metadata(*, channels=ALL_CHANNELS, spacing=None, detector_arch: dict, c
         "physics_gate": PHYSICS_GATE,
         "vein_gate": VEIN_GATE,
         "inference": {"tile": 160, "overlap": 16, "stage2_tta": False, "stage1_tta_flips": [[]]},
+        "changelog": [],
     }
 
 

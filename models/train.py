@@ -9,7 +9,7 @@ Deterministic for a seed (per-step seeding, deterministic torch algorithms, fixe
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,12 @@ from cmbdetect.models.augment import IntensityAugmentation, ResolutionAugmentati
 from cmbdetect.models.channels import ALL_CHANNELS
 from cmbdetect.models.classifier import calibrated_probabilities, committee_logits, features_vector, physics_gate
 from cmbdetect.models.detection import CLASSES, reader_thresholds
-from cmbdetect.models.inference import model_grid
-from cmbdetect.models.registry import FEATURE_NAMES, base_metadata, build_networks, load_model, save_model
+from cmbdetect.models.inference import model_grid, stage2_head_probabilities
+from cmbdetect.models.spec import calibration_spec
+from cmbdetect.models.registry import FORMAT_VERSION, FEATURE_NAMES, base_metadata, build_networks, load_model, save_model
 from cmbdetect.models.train_stage1 import (FOCAL_KINDS, Stage1Volume, lesion_best_scores, pad_volume,
                                            recall_threshold, train_detector, volume_candidates)
-from cmbdetect.models.stacking import apply_stacking, fit_stacking
+from cmbdetect.models.stacking import fit_stacking
 from cmbdetect.models.train_stage2 import (calibrate, concat_sets, feature_statistics, microbleed_auc,
                                            subject_examples, train_classifier)
 from cmbdetect.models.training_data import load_training_subjects
@@ -55,7 +56,7 @@ class TrainOptions:
     hard_negatives: bool = True
     #: intensity augmentation (per-group gains, noise) in both stages and the in-plane axis swap in stage 1,
     #: with ``truth_copies`` = 3 jittered (+-1.5 voxels) copies of each true lesion in stage 2.  Opt-in
-    #: (``cmbdetect train --augment``): on the seed-101 development cohort (72 subjects, 2000 steps, 20
+    #: (``benchmarks/train_dev.py --augment``): on the seed-101 development cohort (72 subjects, 2000 steps, 20
     #: epochs, stage-2 TTA) it measured 0.817 sensitivity at 0.5 FP/subject, against 0.944 for the shipped
     #: recipe (56 subjects, 1200 steps, no augmentation) with the same TTA.
     augment: bool = False
@@ -103,7 +104,7 @@ class TrainOptions:
     target_recall: float = 0.98
     #: lowest stage-1 threshold the recall tuning may choose.  0.02 suits the focal loss, whose heatmap peaks
     #: near 1 at lesion centres; a BCE-trained heatmap peaks near 0.005 (seed-0 validation subjects), all below
-    #: 0.02, so the BCE ablations use 1e-4 and the candidate cap decides (``cmbdetect train --ablation``).
+    #: 0.02, so the BCE ablations use 1e-4 and the candidate cap decides (``benchmarks/train_dev.py --ablation``).
     heatmap_floor: float = 0.02
     min_distance_mm: float = 3.0
     max_candidates: int = 200
@@ -115,7 +116,6 @@ class TrainOptions:
     hard_negative_budget: int = 0
     threads: int = 2
     init_classifier: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def _volume(subj, meta, patch, multiple) -> tuple[Stage1Volume, np.ndarray]:
@@ -328,9 +328,8 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     p_mb, val_labels = np.zeros(0), np.zeros(0, int)  # stage 1 left no validation candidate
     if n_val_ex:  # the validation candidates, however few; never the training set
         val_set, logits = concat_sets(ex_val), np.concatenate(lg_val)
-        head_p = calibrated_probabilities(logits, meta["calibration"])
-        if use_val:
-            head_p = apply_stacking(head_p, s1_val, meta["calibration"].get("stacking"))
+        head_p = stage2_head_probabilities(  # the stage-2 function of inference
+            logits, s1_val if use_val else None, calibration_spec(meta["calibration"], n_classes=len(CLASSES)))
         head_p, _ = physics_gate(head_p, val_set.features)
         p_mb, val_labels = head_p.mean(axis=1)[:, CLASSES.index("microbleed")], val_set.labels
     meta["metrics"] = validation_metrics(
@@ -352,6 +351,7 @@ def train(bids_dir, out_dir: str | Path, *, labels: str | Path | None = None,
     meta["metrics"] = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
                        for k, v in meta["metrics"].items()}
     meta["name"] = out.name
+    meta["format_version"] = FORMAT_VERSION
     save_model(out, detector=det, classifier=cls, metadata=meta)
     ck_path.unlink(missing_ok=True)
     log(f"[done] model written to {out} in {time.time() - t0:.0f} s; metrics: {meta['metrics']}")

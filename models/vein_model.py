@@ -23,6 +23,8 @@ keeps the vein gate alone (:func:`cmbdetect.models.inference.apply_vein_gate`, u
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from cmbdetect.models.detection import CLASSES
@@ -179,8 +181,9 @@ def set_microbleed_mean(head_p: np.ndarray, p_new) -> np.ndarray:
     return p
 
 
-def apply_vein_model(maps, centres_vox, feats: list[dict], head_p: np.ndarray, metadata: dict) -> np.ndarray:
-    """The vein model of ``metadata["vein_model"]`` on per-head probabilities ``[N, heads, classes]``, in place of
+def apply_vein_model(maps, centres_vox, feats: list[dict], head_p: np.ndarray, metadata) -> np.ndarray:
+    """The vein model of ``metadata["vein_model"]`` (``metadata``: a :class:`cmbdetect.models.spec.ModelSpec` or
+    a metadata mapping) on per-head probabilities ``[N, heads, classes]``, in place of
     :func:`cmbdetect.models.inference.apply_vein_gate` (which it calls when ``"gate"`` is ``"veto"``, and alone
     when the metadata has no ``"vein_model"``).  The candidates with mean microbleed probability >=
     ``VEIN_FEATURES_FROM_P`` get the vein features, ``microbleed_p_before_vein_model`` and ``vein_model_p`` in
@@ -188,7 +191,7 @@ def apply_vein_model(maps, centres_vox, feats: list[dict], head_p: np.ndarray, m
     from cmbdetect.models.features import add_vein_features
     from cmbdetect.models.inference import apply_vein_gate
 
-    section = metadata.get("vein_model")
+    section = metadata.get("vein_model") if isinstance(metadata, Mapping) else metadata.vein_model
     if not section or len(head_p) == 0:
         return apply_vein_gate(maps, centres_vox, feats, head_p, metadata)
     p_mb = np.asarray(head_p, float)[..., _MB].mean(axis=1)

@@ -77,20 +77,19 @@ def test_set_operating_point_changes_the_budget_and_the_screen_and_records_why(t
     set_operating_point(path, max_candidates=2, screen_floor=0.02, validation={"recall": 0.9})
     m = load_model(path)
     assert m.metadata["thresholds"]["max_candidates"] == 2
-    assert m.metadata["inference"]["stage2_screen"] == {"full_top": 0, "floor": 0.02}
+    assert m.metadata["inference"]["stage2_screen"] == {"floor": 0.02}
     assert m.metadata["metrics"]["held_out_validation"] == {"recall": 0.9}
     assert "low_rank_prior" not in m.metadata["inference"]
     assert 1 <= len(detect(maps, model=m)) <= 2
     # the budget stage 2 was fitted on comes from the members' training options, not the changed threshold
     fitted = stage2_fitted_budget(m)
     assert fitted == json.loads((path / "member-0" / "metadata.json").read_text())["thresholds"]["max_candidates"]
-    prior = {"from_rank": fitted, "odds_ratio": 0.01}
-    set_operating_point(path, max_candidates=40, screen_floor=0.02, validation={}, low_rank_prior=prior)
-    assert load_model(path).metadata["inference"]["low_rank_prior"] == prior
-    assert stage2_fitted_budget(load_model(path)) == fitted
-    for bad in ({"from_rank": 0, "odds_ratio": 0.1}, {"from_rank": 5, "odds_ratio": 0.0}):
+    set_operating_point(path, max_candidates=40, screen_floor=0.02, validation={}, low_rank_odds_ratio=0.01)
+    assert load_model(path).metadata["inference"]["low_rank_prior"] == {"odds_ratio": 0.01}
+    assert stage2_fitted_budget(load_model(path)) == fitted == load_model(path).spec.low_rank_from
+    for bad in (0.0, -1.0):
         with pytest.raises(InputError):
-            set_operating_point(path, max_candidates=40, screen_floor=0.02, validation={}, low_rank_prior=bad)
+            set_operating_point(path, max_candidates=40, screen_floor=0.02, validation={}, low_rank_odds_ratio=bad)
     assert len(detect(maps, model=str(path))) > 2
     assert not list(path.glob(".metadata.json.*"))
     with pytest.raises(InputError):

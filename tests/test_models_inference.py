@@ -1,4 +1,6 @@
 """detect() with the tiny random model on a small synthetic subject; the physics gate; channels."""
+import copy
+
 import numpy as np
 import pytest
 
@@ -174,21 +176,26 @@ def _det(centre, p_mb, label, diameter):
     return Detection(centre_vox=centre, score=0.5, probabilities=probs, label=label, diameter_mm=diameter)
 
 
-def test_low_rank_prior_lowers_only_the_candidates_beyond_the_fitted_budget():
+def test_low_rank_prior_lowers_only_the_candidates_beyond_the_fitted_budget(random_model):
     """Five candidates in stage-1 order, two heads, stage 2 fitted on the best 3: ranks 3 and 4 get the
     microbleed odds times 0.01 (p 0.8 -> odds 4 -> 0.04 -> p 0.04/1.04), the rest of their probability shared in
     proportion; ranks 0-2 and a model without the key are unchanged; nothing is modified in place."""
-    from cmbdetect.models.inference import apply_low_rank_prior
+    from cmbdetect.models.inference import _scale_rows, prior_odds_ratios
+    from cmbdetect.models.registry import load_model
 
+    base = load_model(str(random_model))
+    meta = copy.deepcopy(base.metadata)
+    meta["thresholds"]["max_candidates"] = 3
+    meta["inference"]["low_rank_prior"] = {"odds_ratio": 0.01}
+    m = base.with_metadata(meta)
     p = np.tile(np.array([0.8, 0.1, 0.05, 0.05]), (5, 2, 1))
-    meta = {"inference": {"low_rank_prior": {"from_rank": 3, "odds_ratio": 0.01}}}
-    out = apply_low_rank_prior(p, meta)
+    out = _scale_rows(p, prior_odds_ratios(m, 5, prevalence=None)[0])
     assert np.array_equal(out[:3], p[:3]) and np.allclose(out.sum(axis=-1), 1.0)
     assert np.allclose(out[3:, :, 0], 0.04 / 1.04)
     assert np.allclose(out[3:, :, 1:] / out[3:, :, 1:].sum(axis=-1, keepdims=True), [0.5, 0.25, 0.25])
     assert np.array_equal(p[3:, :, 0], np.full((2, 2), 0.8))
-    assert np.array_equal(apply_low_rank_prior(p, {"inference": {}}), p)
-    assert np.array_equal(apply_low_rank_prior(p[:3], meta), p[:3])
+    assert np.array_equal(_scale_rows(p, prior_odds_ratios(base, 5, prevalence=None)[0]), p)
+    assert np.array_equal(_scale_rows(p[:3], prior_odds_ratios(m, 3, prevalence=None)[0]), p[:3])
 
 
 def test_merge_duplicates_keeps_one_entry_per_large_lesion():
@@ -277,50 +284,52 @@ def test_detect_folds_in_the_stage1_score_when_the_model_has_stacking(random_mod
     m = load_model(str(random_model))
     plain = {d.centre_vox: d.probabilities["microbleed"] for d in detect(maps, model=m)}
     m.metadata["calibration"]["stacking"] = {"a": 1.0, "b": 0.0, "c": 0.0}
+    m = m.with_metadata(m.metadata)
     same = {d.centre_vox: d.probabilities["microbleed"] for d in detect(maps, model=m)}
     assert same.keys() == plain.keys() and all(abs(same[k] - plain[k]) < 1e-5 for k in plain)
     m.metadata["calibration"]["stacking"] = {"a": 0.0, "b": 1.0, "c": 0.0}
+    m = m.with_metadata(m.metadata)
     for d in detect(maps, model=m):
         if not d.features["physics_gate"]:
             assert d.probabilities["microbleed"] == pytest.approx(d.score, abs=1e-5)
 
 
 def test_stage2_screen_runs_the_flip_pass_only_where_it_can_matter(random_model, oblique_affine):
-    """With ``inference.stage2_screen`` every candidate gets a plain pass and the flip-averaged pass is kept for
-    the top-K stage-1 candidates and those whose plain microbleed/calcification probability reaches the floor:
-    K >= N or floor 0 reproduce the full pass for all, floor above 1 and K = 0 the plain pass for all, and a
-    floor in between mixes the two exactly per candidate (prevalence re-weighting included)."""
+    """With ``inference.stage2_screen.floor`` every candidate gets a plain pass and the flip-averaged pass is kept
+    for those whose plain microbleed/calcification probability reaches the floor: floor 0 reproduces the full
+    pass for all, floor 1 the plain pass for all, and a floor in between mixes the two exactly per
+    candidate (prevalence re-weighting included)."""
     from cmbdetect.models.classifier import extract_patches
     from cmbdetect.models.features import candidate_features
     from cmbdetect.models.inference import committee_probabilities, stage1_candidates
     from cmbdetect.models.registry import load_model
 
     maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
-    m = load_model(str(random_model))
-    m.metadata["thresholds"].update(heatmap=0.0, max_candidates=12)
-    x, mask, vs, _ = model_grid(maps, m.metadata)
+    base = load_model(str(random_model))
+    meta = copy.deepcopy(base.metadata)
+    meta["thresholds"].update(heatmap=0.0, max_candidates=12)
+    m = base.with_metadata(meta)
+    x, mask, vs, _ = model_grid(maps, m.spec)
     centres, scores, _ = stage1_candidates(m, x, mask, vs)
     assert len(centres) >= 6
-    patches = extract_patches(x, centres, int(m.metadata["patch_size"]))
+    patches = extract_patches(x, centres, m.spec.patch_size)
     feats = candidate_features(maps, centres)
-    inf = m.metadata.setdefault("inference", {})
-    inf["stage2_tta"] = False
-    plain = committee_probabilities(m, patches, feats, scores, prevalence=0.2)
-    inf["stage2_tta"] = True
-    full = committee_probabilities(m, patches, feats, scores, prevalence=0.2)
+
+    def probs(prevalence=0.2, **inference):
+        mm = copy.deepcopy(meta)
+        mm["inference"].update(inference)
+        return committee_probabilities(base.with_metadata(mm), patches, feats, scores, prevalence=prevalence)
+
+    plain, full = probs(stage2_tta=False), probs(stage2_tta=True)
     assert not np.allclose(plain, full, atol=1e-4)
-    for screen, expect in (({"full_top": 100, "floor": 0.5}, full), ({"full_top": 0, "floor": 0.0}, full),
-                           ({"full_top": 0, "floor": 1.1}, plain)):
-        inf["stage2_screen"] = screen
-        assert np.allclose(committee_probabilities(m, patches, feats, scores, prevalence=0.2), expect, atol=1e-6)
-    inf["stage2_screen"] = {"full_top": 0, "floor": 1.1}
-    at_prior = committee_probabilities(m, patches, feats, scores, prevalence=None)  # the screen reads this prior
+    for screen, expect in (({"floor": 0.0}, full), ({"floor": 1.0}, plain)):
+        assert np.allclose(probs(stage2_tta=True, stage2_screen=screen), expect, atol=1e-6)
+    at_prior = probs(None, stage2_tta=True, stage2_screen={"floor": 1.0})  # the screen reads this prior
     mb_calc = at_prior[..., [CLASSES.index("microbleed"), CLASSES.index("calcification")]].max(axis=(1, 2))
     floor = float(np.median(mb_calc))
-    inf["stage2_screen"] = {"full_top": 2, "floor": floor}
-    mixed = committee_probabilities(m, patches, feats, scores, prevalence=0.2)
-    flipped = (np.arange(len(patches)) < 2) | (mb_calc >= floor)
-    assert 2 < flipped.sum() < len(patches)
+    mixed = probs(stage2_tta=True, stage2_screen={"floor": floor})
+    flipped = mb_calc >= floor
+    assert 0 < flipped.sum() < len(patches)
     assert np.allclose(mixed[flipped], full[flipped], atol=1e-6)
     assert np.allclose(mixed[~flipped], plain[~flipped], atol=1e-6)
 
