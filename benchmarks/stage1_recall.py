@@ -56,7 +56,7 @@ def found(cands_native: np.ndarray, lesion_vox: np.ndarray, vs: np.ndarray, *, h
 
 
 def lesion_field_cnr(lesion, affine: np.ndarray, field_error: np.ndarray, *, radius_mm: float = 12.0) -> float:
-    """Field CNR of one simulated lesion (:class:`cmbdetect.pipeline.truth.Lesion`): the peak |voxel-averaged
+    """Field CNR of one simulated lesion (:class:`cmbdetect.pipeline.io.truth.Lesion`): the peak |voxel-averaged
     closed-form field| (ppm) within ``radius_mm`` over the std of ``field_error`` (ppm, NaN outside the mask)
     there; NaN when fewer than 20 error voxels lie in that box."""
     from cmbdetect.physics.forward import voxel_averaged_sphere_field
@@ -92,7 +92,7 @@ def held_out_ranks(model, subjects, roots, *, hit_mm: float, cnr_radius_mm: floa
     field CNR; ``subject_candidates``: how many candidates of its subject reach the model's heatmap threshold."""
     from cmbdetect.models.inference import map_back, model_grid, stage1_candidates
     from cmbdetect.physics.geometry import voxel_sizes
-    from cmbdetect.pipeline.truth import read_truth
+    from cmbdetect.pipeline.io.truth import read_truth
 
     meta = model.metadata
     rows = []
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     from cmbdetect.models.registry import load_model
     from cmbdetect.models.training_data import load_training_subjects
     from cmbdetect.physics.geometry import voxel_sizes
-    from cmbdetect.pipeline.truth import read_truth
+    from cmbdetect.pipeline.io.truth import read_truth
 
     model = load_model(a.model)
     roots = {Path(d).resolve().name: Path(d) for d in a.bids_dir}

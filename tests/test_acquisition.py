@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline.acquisition import Acquisition
+from cmbdetect.pipeline.io.acquisition import Acquisition
 
 
 def _acq(**over):

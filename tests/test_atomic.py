@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline.atomic import atomic_directory, save_nifti, write_json, write_text
-from cmbdetect.pipeline.output_folder import MANIFEST_NAME, claim_output_folder
+from cmbdetect.pipeline.io.atomic import atomic_directory, save_nifti, write_json, write_text
+from cmbdetect.pipeline.io.output_folder import MANIFEST_NAME, claim_output_folder
 
 
 def test_atomic_directory_appears_complete(tmp_path):

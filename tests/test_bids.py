@@ -1,7 +1,7 @@
 """BIDS names are built from entities in the standard order."""
 import pytest
 
-from cmbdetect.pipeline.bids import bids_name, bids_path, parse_entities
+from cmbdetect.pipeline.io.bids import bids_name, bids_path, parse_entities
 
 
 def test_entity_order_and_omission():

@@ -10,7 +10,7 @@ import pytest
 from cmbdetect.models.detection import Detection
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import voxel_to_world
-from cmbdetect.pipeline.candidates import (COLUMNS, MIMIC_LIST_FLOOR_P_MICROBLEED, REVIEW_ORDER_RULE,
+from cmbdetect.pipeline.outputs.candidates import (COLUMNS, MIMIC_LIST_FLOOR_P_MICROBLEED, REVIEW_ORDER_RULE,
                                            candidates_from_detections, read_candidates_tsv, reader_candidates,
                                            write_candidates)
 
@@ -158,7 +158,7 @@ def test_side_and_lobe_of_a_brain(oblique_affine):
 
 
 def test_bids_sidecar_describes_every_column():
-    from cmbdetect.pipeline.candidates import bids_tsv_sidecar
+    from cmbdetect.pipeline.outputs.candidates import bids_tsv_sidecar
 
     doc = bids_tsv_sidecar(audit=False)
     assert set(COLUMNS) <= set(doc) and doc["susceptibility_ppm"]["Units"] == "ppm"

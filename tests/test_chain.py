@@ -108,7 +108,7 @@ def test_multi_echo_reliability_mask_lowers_the_local_field_error(monkeypatch):
     field is closer to the simulator's truth (0.12 -> 0.07 ppm), and the microbleed centres stay in the mask.
     (The stricter-mask retry after a failed chi map, which rescues the map without the reliability mask too, is
     turned off: this test is about the reliability mask alone.)"""
-    from cmbdetect.pipeline.simulate import simulate_subject
+    from cmbdetect.pipeline.simulate.subject import simulate_subject
 
     monkeypatch.setattr("cmbdetect.physics.chain.MASK_RETRY_THRESHOLD_SCALES", ())
 
@@ -144,8 +144,8 @@ def test_reliability_coherence_uses_early_echoes_at_7t():
     """Subject 05 of the seed-303 test cohort (7 T, 5 echoes up to 35 ms): with the coherence over every echo two
     lobar microbleeds fall outside the reliability mask (their blooming voids join the unreliable cortical
     zone); measured on the echoes with B0*TE <= 0.2 T*s (the first four) all eight stay in."""
-    from cmbdetect.pipeline.simulate import child_rng, simulate_subject, subject_seed
-    from cmbdetect.pipeline.simulate_bids import draw_protocol
+    from cmbdetect.pipeline.simulate.subject import child_rng, simulate_subject, subject_seed
+    from cmbdetect.pipeline.simulate.bids import draw_protocol
 
     ss = subject_seed(303, 4)
     proto = draw_protocol(child_rng(ss, 100), b0_choices=None, echoes="random")

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from cmbdetect.pipeline import cli
-from cmbdetect.pipeline.atomic import save_nifti
+from cmbdetect.pipeline.cli import main as cli
+from cmbdetect.pipeline.io.atomic import save_nifti
 
 
 def test_build_parser_lists_subcommands_and_survives_a_broken_one(monkeypatch, capsys):
@@ -74,7 +74,7 @@ def test_run_bad_input_one_line_no_output(tmp_path, capsys, oblique_affine, rand
 
 
 def test_unexpected_error_one_line_and_traceback_with_verbose(monkeypatch, capsys):
-    from cmbdetect.pipeline import cli_run
+    from cmbdetect.pipeline.cli import run as cli_run
 
     def boom(args):
         raise ZeroDivisionError("boom happened\nsecond line")
@@ -104,7 +104,7 @@ def test_bids_app_form_is_detected(tmp_path, capsys):
 
 def test_console_script_subprocess(tmp_path, random_model):
     exe = shutil.which("cmbdetect")
-    cmd = [exe] if exe else [sys.executable, "-m", "cmbdetect.pipeline.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "cmbdetect.pipeline.cli.main"]
     proc = subprocess.run([*cmd, "run", "--mag", str(tmp_path / "missing.nii.gz"), "--phase",
                            str(tmp_path / "missing2.nii.gz"), "--out", str(tmp_path / "o"),
                            "--model", random_model],

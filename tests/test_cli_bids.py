@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cmbdetect.models.detection import READER_LABELS
-from cmbdetect.pipeline.cli import main
+from cmbdetect.pipeline.cli.main import main
 
 SHAPE = (40, 48, 28)
 
@@ -30,8 +30,8 @@ def bids_dir(tmp_path_factory) -> Path:
     import nibabel as nib
     import numpy as np
 
-    from cmbdetect.pipeline.atomic import save_nifti
-    from cmbdetect.pipeline.simulate import simulate_dataset
+    from cmbdetect.pipeline.io.atomic import save_nifti
+    from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
     root = tmp_path_factory.mktemp("data") / "bids"
     labels = simulate_dataset(root, subjects=4, seed=5, echoes="random", shape=SHAPE, n_microbleeds=3)
@@ -100,7 +100,7 @@ def check_derivative_sidecars(anat: Path) -> None:
     import nibabel as nib
     import numpy as np
 
-    from cmbdetect.pipeline.candidates import COLUMN_INFO
+    from cmbdetect.pipeline.outputs.candidates import COLUMN_INFO
 
     sidecar = json.loads((anat / "sub-01_desc-cmb_candidates.json").read_text())
     header = (anat / "sub-01_desc-cmb_candidates.tsv").read_text().splitlines()[0].split("\t")
@@ -142,7 +142,7 @@ def bids_validator_errors(dataset: Path) -> list[str] | None:
 def test_validator_honours_bidsignore(tmp_path):
     """The .bidsignore patterns are the ones the deno validator honours: a file named like no BIDS file
     is an error until it matches a pattern (folders without a trailing slash)."""
-    from cmbdetect.pipeline.bids_derivatives import write_derivative_metadata
+    from cmbdetect.pipeline.outputs.bids_derivatives import write_derivative_metadata
 
     write_derivative_metadata(tmp_path, bids_dir=tmp_path / "raw", version="0.1.0")
     (tmp_path / "group").mkdir()
@@ -168,7 +168,7 @@ def test_participant_label_selects_and_unknown_label_is_an_error(tmp_path, bids_
 def test_failed_report_keeps_the_acquisition(tmp_path, bids_dir, random_model, capsys, monkeypatch):
     """A report that crashes (injected fault) does not discard the acquisition: maps, tables and
     provenance (with export_errors) are in place, no failures.tsv row; exit 1 only with --strict-exports."""
-    import cmbdetect.pipeline.report as report
+    import cmbdetect.pipeline.outputs.report as report
 
     def broken_report(*args, **kwargs):
         raise ValueError("cannot draw the gallery")

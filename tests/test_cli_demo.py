@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from cmbdetect.pipeline.cli import main
+from cmbdetect.pipeline.cli.main import main
 
 
 def test_demo_small(tmp_path, capsys):

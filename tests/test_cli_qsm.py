@@ -12,10 +12,10 @@ import pytest
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import b0_direction, voxel_sizes
 from cmbdetect.physics.maps import PhysicsMaps
-from cmbdetect.pipeline.atomic import atomic_directory, save_nifti
-from cmbdetect.pipeline.cli_common import (acquisition_from_args, add_input_arguments, load_user_mask,
+from cmbdetect.pipeline.io.atomic import atomic_directory, save_nifti
+from cmbdetect.pipeline.cli.common import (acquisition_from_args, add_input_arguments, load_user_mask,
                                            parse_echo_times)
-from cmbdetect.pipeline.maps_io import MAP_FILES, read_physics_maps, write_physics_maps
+from cmbdetect.pipeline.io.maps import MAP_FILES, read_physics_maps, write_physics_maps
 
 SHAPE = (24, 24, 20)
 HAVE_CHAIN = importlib.util.find_spec("cmbdetect.physics.chain") is not None
@@ -24,7 +24,7 @@ REQUIRED = ["chimap", "localfield", "brainmask", "swi", "mip", "chipos", "chineg
 
 
 def _main(argv):
-    from cmbdetect.pipeline.cli import main
+    from cmbdetect.pipeline.cli.main import main
 
     return main([str(a) for a in argv])
 
@@ -199,7 +199,7 @@ def test_qsm_from_local_field(tmp_path, rng, oblique_affine, capsys):
 
 @needs_chain
 def test_qsm_from_dicom_series(tmp_path, rng, oblique_affine, capsys):
-    from cmbdetect.pipeline.io_dicom import write_dicom_series
+    from cmbdetect.pipeline.io.dicom import write_dicom_series
 
     aff = oblique_affine(SHAPE)
     mag, phase, _, _ = _phantom(rng, aff)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmbdetect.pipeline.atomic import save_nifti
-from cmbdetect.pipeline.cli import main
+from cmbdetect.pipeline.io.atomic import save_nifti
+from cmbdetect.pipeline.cli.main import main
 
 SHAPE = (48, 56, 32)
 FIXED_OUTPUTS = ("candidates.tsv", "candidates.json", "chimap.nii.gz", "swi.nii.gz", "mip.nii.gz",
@@ -29,7 +29,7 @@ def random_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory):
     """A simulated single-echo subject as NIfTI magnitude + phase (radians) files."""
-    from cmbdetect.pipeline.simulate import simulate_subject
+    from cmbdetect.pipeline.simulate.subject import simulate_subject
 
     sim = simulate_subject(seed=11, shape=SHAPE, n_microbleeds=4)
     folder = tmp_path_factory.mktemp("subject")
@@ -106,7 +106,7 @@ def test_user_mask_on_wrong_grid_is_refused_up_front(tmp_path, subject, random_m
 def test_run_dicom_input_writes_sr_and_key_images(tmp_path, subject, random_model):
     from pydicom import dcmread
 
-    from cmbdetect.pipeline.io_dicom import write_dicom_series
+    from cmbdetect.pipeline.io.dicom import write_dicom_series
 
     acq = subject["sim"].acq
     common = dict(echo_time_s=float(acq.te[0]), b0=float(acq.b0), study_uid="1.2.3.4.5",
@@ -121,8 +121,8 @@ def test_run_dicom_input_writes_sr_and_key_images(tmp_path, subject, random_mode
     sr = dcmread(out / "dicom" / "sr.dcm")
     assert sr.StudyInstanceUID == "1.2.3.4.5" and sr.Modality == "SR"
     assert sr.AccessionNumber == "" and sr.StudyID == ""  # absent from the source: present and empty
-    from cmbdetect.pipeline.candidates import read_candidates_tsv
-    from cmbdetect.pipeline.export_dicom import dicom_findings
+    from cmbdetect.pipeline.outputs.candidates import read_candidates_tsv
+    from cmbdetect.pipeline.outputs.dicom import dicom_findings
 
     findings = dicom_findings(read_candidates_tsv(out / "candidates.tsv"))
     keys = list((out / "dicom" / "keyimages").glob("*.dcm"))
@@ -149,9 +149,9 @@ def test_failed_dicom_export_keeps_outputs_and_fails_only_when_strict(tmp_path, 
                                                                       capsys, monkeypatch):
     """An SR that cannot be built and a report that crashes (injected faults) leave every NIfTI/TSV
     output and the other DICOM objects, one warning line on stderr, exit 0; exit 1 with --strict-exports."""
-    import cmbdetect.pipeline.export_dicom as export_dicom
-    import cmbdetect.pipeline.report as report
-    from cmbdetect.pipeline.io_dicom import write_dicom_series
+    import cmbdetect.pipeline.outputs.dicom as export_dicom
+    import cmbdetect.pipeline.outputs.report as report
+    from cmbdetect.pipeline.io.dicom import write_dicom_series
 
     def broken_sr(*args, **kwargs):
         raise AttributeError("'Dataset' object has no attribute 'AccessionNumber'")
@@ -233,7 +233,7 @@ def test_code_fingerprint_follows_the_source(tmp_path, monkeypatch):
     import importlib
     import shutil
 
-    from cmbdetect.pipeline import provenance
+    from cmbdetect.pipeline.io import provenance
 
     a = provenance.code_fingerprint()
     assert a == provenance.code_fingerprint() and len(a) == 64

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from cmbdetect.physics.geometry import oblique_affine
-from cmbdetect.pipeline.acquisition import Acquisition
-from cmbdetect.pipeline.io_dicom import load_dicom_acquisition
-from cmbdetect.pipeline.io_nifti import load_nifti_acquisition, read_nifti_volume
-from cmbdetect.pipeline.simulate_dicom import write_acquisition_dicom
+from cmbdetect.pipeline.io.acquisition import Acquisition
+from cmbdetect.pipeline.io.dicom import load_dicom_acquisition
+from cmbdetect.pipeline.io.nifti import load_nifti_acquisition, read_nifti_volume
+from cmbdetect.pipeline.simulate.dicom import write_acquisition_dicom
 
 FMAP = Path(__file__).parents[1].parent / "shared" / "data" / "real" / "dicom-fieldmaps-3vendors"
 HZ = r"is a B0 field map in Hz"
@@ -52,7 +52,7 @@ def _on_grid(vol: np.ndarray, affine: np.ndarray, other_affine: np.ndarray, othe
 
 
 def _run(argv, tmp_path, capsys):
-    from cmbdetect.pipeline.cli import main
+    from cmbdetect.pipeline.cli.main import main
 
     out = tmp_path / "out"
     rc = main(["run", *[str(a) for a in argv], "--out", str(out)])
@@ -174,7 +174,7 @@ def test_real_siemens_phase_difference_runs(fmap, tmp_path, capsys, form):
         ref = fmap / "Ref"
         argv = ["--mag", ref / "Si_2_gre_field_magph_e1.nii", "--mag", ref / "Si_2_gre_field_magph_e2.nii",
                 "--phase", ref / "Si_3_gre_field_magph_e2_ph.nii"]
-    from cmbdetect.pipeline.cli import main
+    from cmbdetect.pipeline.cli.main import main
 
     out = tmp_path / "out"
     assert main(["run", *[str(a) for a in argv], "--out", str(out)]) == 0

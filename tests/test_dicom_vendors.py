@@ -12,10 +12,10 @@ from pydicom.uid import generate_uid
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import oblique_affine
-from cmbdetect.pipeline.acquisition import Acquisition
-from cmbdetect.pipeline.cli_common import acquisition_from_args, add_input_arguments
-from cmbdetect.pipeline.io_dicom import load_dicom_acquisition, read_dicom_series
-from cmbdetect.pipeline.simulate_dicom import (DICOM_STYLES, write_acquisition_dicom, write_dicom_series,
+from cmbdetect.pipeline.io.acquisition import Acquisition
+from cmbdetect.pipeline.cli.common import acquisition_from_args, add_input_arguments
+from cmbdetect.pipeline.io.dicom import load_dicom_acquisition, read_dicom_series
+from cmbdetect.pipeline.simulate.dicom import (DICOM_STYLES, write_acquisition_dicom, write_dicom_series,
                                                write_enhanced_dicom)
 
 SHAPE = (12, 10, 6)
@@ -175,8 +175,8 @@ def test_siemens_unsigned_without_rescale(acq, tmp_path):
 
 
 def test_simulate_cli_writes_dicom(tmp_path):
-    from cmbdetect.pipeline.cli import main
-    from cmbdetect.pipeline.io_bids import find_bids_subjects, load_bids_acquisition
+    from cmbdetect.pipeline.cli.main import main
+    from cmbdetect.pipeline.io.bids_dataset import find_bids_subjects, load_bids_acquisition
 
     out = tmp_path / "sim"
     assert main(["simulate", str(out), "--shape", "16,16,16", "--echoes", "2", "--b0", "3", "--seed", "3",
@@ -206,7 +206,7 @@ def test_field_map_beside_gre_is_left_aside(acq, tmp_path):
 def test_simulated_dicom_runs_end_to_end(tmp_path, capsys, style):
     """``cmbdetect simulate --dicom STYLE`` then ``cmbdetect run --dicom`` on it: a complete run."""
     from cmbdetect.models.registry import create_random_model
-    from cmbdetect.pipeline.cli import main
+    from cmbdetect.pipeline.cli.main import main
 
     sim = tmp_path / "sim"
     assert main(["simulate", str(sim), "--shape", "32,32,20", "--echoes", "2", "--b0", "3", "--seed", "5",

@@ -94,7 +94,7 @@ def test_write_evaluation(case, tmp_path):
 def _run_cli(argv):
     import argparse
 
-    from cmbdetect.pipeline import cli_evaluate
+    from cmbdetect.pipeline.cli import evaluate as cli_evaluate
 
     parser = argparse.ArgumentParser(prog="cmbdetect")
     cli_evaluate.add_parser(parser.add_subparsers(dest="command"))

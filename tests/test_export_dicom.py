@@ -17,8 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from cmbdetect.models.detection import Detection
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline.candidates import candidates_from_detections
-from cmbdetect.pipeline.export_dicom import write_dicom_outputs, write_dicom_sr, write_key_images
+from cmbdetect.pipeline.outputs.candidates import candidates_from_detections
+from cmbdetect.pipeline.outputs.dicom import write_dicom_outputs, write_dicom_sr, write_key_images
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_report import synthetic_maps  # noqa: E402
@@ -164,7 +164,7 @@ def test_sr_point_is_the_dicom_patient_position_of_the_voxel(tmp_path):
     """Through the project's DICOM reader: a candidate at voxel (i, j, k) of the loaded volume lands in
     the SR at the patient position DICOM itself gives that pixel (IPP + i*dc*row_cos + j*dr*col_cos)."""
     from cmbdetect.physics.geometry import oblique_affine
-    from cmbdetect.pipeline.io_dicom import load_dicom_acquisition, write_dicom_series
+    from cmbdetect.pipeline.io.dicom import load_dicom_acquisition, write_dicom_series
 
     shape = (12, 10, 5)
     affine = oblique_affine(shape, (0.9, 1.1, 2.0), angles_deg=(12.0, -7.0, 20.0))
@@ -200,7 +200,7 @@ def anonymised_series(tmp_path, shape=(24, 20, 10)):
     """A two-echo MR magnitude series written by the project's DICOM writer, read back by its reader,
     with the Type-2 attributes an anonymiser removes deleted; returns (acquisition, source datasets)."""
     from cmbdetect.physics.geometry import oblique_affine
-    from cmbdetect.pipeline.io_dicom import load_dicom_acquisition, write_dicom_series
+    from cmbdetect.pipeline.io.dicom import load_dicom_acquisition, write_dicom_series
 
     affine = oblique_affine(shape, (0.9, 1.1, 2.0), angles_deg=(12.0, -7.0, 20.0))
     vol = np.random.default_rng(0).uniform(1, 2, shape)
@@ -335,7 +335,7 @@ REAL_SIEMENS = Path(__file__).parents[1].parent / "shared" / "data" / "real" / "
 def test_dciodvfy_on_exports_of_a_real_siemens_series(tmp_path):
     """A real anonymised Siemens series (empty AccessionNumber) as the source; one echo (one position)."""
     from cmbdetect.physics.geometry import oblique_affine
-    from cmbdetect.pipeline.candidates import Candidate
+    from cmbdetect.pipeline.outputs.candidates import Candidate
 
     source = [pydicom.dcmread(f) for f in sorted(REAL_SIEMENS.glob("*.dcm"))]
     ds = source[0]

@@ -7,8 +7,8 @@ import numpy as np
 
 from cmbdetect.models.detection import Detection
 from cmbdetect.physics.geometry import voxel_to_world
-from cmbdetect.pipeline.candidates import candidates_from_detections
-from cmbdetect.pipeline.export_slicer import write_slicer_markups
+from cmbdetect.pipeline.outputs.candidates import candidates_from_detections
+from cmbdetect.pipeline.outputs.slicer import write_slicer_markups
 
 
 def test_markups_points_are_lps_with_labels(oblique_affine, tmp_path):

@@ -104,7 +104,7 @@ def test_healthy_volunteer_short_te_coarse_chain_withholds_calls_and_retries_the
     plausible map with almost no scalp; the fitness names both the voxel size and B0 x TE, so the maps withhold
     every microbleed call, and each reason is a warning line."""
     from cmbdetect.physics.chain import compute_physics_maps
-    from cmbdetect.pipeline.simulate import simulate_subject
+    from cmbdetect.pipeline.simulate.subject import simulate_subject
 
     sim = simulate_subject(seed=1, shape=(64, 75, 50), voxel_size=(3.0, 3.0, 3.0), te=(0.0023, 0.0046), b0=3.0,
                            n_microbleeds=0, n_calcifications=0)

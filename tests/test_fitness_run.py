@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from cmbdetect.pipeline.atomic import save_nifti
-from cmbdetect.pipeline.candidates import read_candidates_tsv
-from cmbdetect.pipeline.cli import main
+from cmbdetect.pipeline.io.atomic import save_nifti
+from cmbdetect.pipeline.outputs.candidates import read_candidates_tsv
+from cmbdetect.pipeline.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def model(tiny_random_model) -> str:
 @pytest.fixture(scope="module")
 def coarse_short_te(tmp_path_factory):
     """A lesion-free simulated head at 3 mm isotropic, TE 2.3/4.6 ms, 3 T, as per-echo NIfTI files."""
-    from cmbdetect.pipeline.simulate import simulate_subject
+    from cmbdetect.pipeline.simulate.subject import simulate_subject
 
     sim = simulate_subject(seed=1, shape=(56, 64, 44), voxel_size=(3.0, 3.0, 3.0), te=(0.0023, 0.0046), b0=3.0,
                            n_microbleeds=0, n_calcifications=0)
@@ -73,7 +73,7 @@ def test_report_banner_only_when_calls_are_withheld():
     import numpy as np
 
     from cmbdetect.physics.maps import PhysicsMaps
-    from cmbdetect.pipeline.report import calls_withheld_banner
+    from cmbdetect.pipeline.outputs.report import calls_withheld_banner
 
     z = np.zeros((4, 4, 4), np.float32)
     maps = PhysicsMaps(mask=z > 0, magnitude=z, field_ppm=z, local_field_ppm=z, chi_ppm=z, chi_pos=z, chi_neg=z,
@@ -87,7 +87,7 @@ def test_failed_chi_map_withholds_microbleed_calls_on_a_fit_acquisition(tmp_path
     """A fine-voxel, long-TE acquisition (fit) whose chi map fails the quality check (threshold lowered to 0 so
     that every map fails): no microbleed label, the chi warning on stderr, the reason in the provenance.  Without
     the failure the same model labels microbleeds on the same data."""
-    from cmbdetect.pipeline.simulate import simulate_subject
+    from cmbdetect.pipeline.simulate.subject import simulate_subject
 
     sim = simulate_subject(seed=11, shape=(48, 56, 32), voxel_size=(1.0, 1.0, 1.5), te=(0.02,), b0=3.0,
                            n_microbleeds=4)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline.bids import bids_path
-from cmbdetect.pipeline.io_bids import find_bids_subjects, inherited_metadata, load_bids_acquisition
+from cmbdetect.pipeline.io.bids import bids_path
+from cmbdetect.pipeline.io.bids_dataset import find_bids_subjects, inherited_metadata, load_bids_acquisition
 
 SHAPE = (8, 9, 7)
 
@@ -118,9 +118,9 @@ def test_mismatched_echoes(tmp_path, rng, oblique_affine):
 
 def test_simulator_dataset_reads_back(tmp_path):
     """The simulator's BIDS output goes through the same reader (one way to an Acquisition)."""
-    if importlib.util.find_spec("cmbdetect.pipeline.simulate") is None:
-        pytest.skip("the simulator (pipeline/simulate.py) is not in this checkout")
-    from cmbdetect.pipeline.simulate import simulate_dataset
+    if importlib.util.find_spec("cmbdetect.pipeline.simulate.subject") is None:
+        pytest.skip("the simulator (pipeline/simulate/subject.py) is not in this checkout")
+    from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
     root = tmp_path / "sim"
     simulate_dataset(root, subjects=1, seed=5, shape=(24, 24, 20), echoes=2, b0=3.0)

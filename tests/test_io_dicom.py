@@ -11,7 +11,7 @@ from pydicom.uid import generate_uid
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import oblique_affine
-from cmbdetect.pipeline.io_dicom import load_dicom_acquisition, read_dicom_series, write_dicom_series
+from cmbdetect.pipeline.io.dicom import load_dicom_acquisition, read_dicom_series, write_dicom_series
 
 SHAPE = (14, 12, 6)
 TE = (0.005, 0.0125)
@@ -230,9 +230,9 @@ def test_simulated_subject_dicom_round_trip(tmp_path, flip_lr):
     """A simulated oblique subject written as DICOM mag + phase series reads back on the same world grid."""
     import importlib.util
 
-    if importlib.util.find_spec("cmbdetect.pipeline.simulate") is None:
-        pytest.skip("the simulator (pipeline/simulate.py) is not in this checkout")
-    from cmbdetect.pipeline.simulate import simulate_subject
+    if importlib.util.find_spec("cmbdetect.pipeline.simulate.subject") is None:
+        pytest.skip("the simulator (pipeline/simulate/subject.py) is not in this checkout")
+    from cmbdetect.pipeline.simulate.subject import simulate_subject
 
     sub = simulate_subject(seed=11, shape=(24, 24, 16), te=(0.006, 0.016), b0=3.0, oblique_deg=20.0,
                            flip_lr=flip_lr, n_microbleeds=2)

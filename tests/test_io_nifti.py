@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline.io_nifti import load_nifti_acquisition, read_nifti_volume, sidecar_path
+from cmbdetect.pipeline.io.nifti import load_nifti_acquisition, read_nifti_volume, sidecar_path
 
 SHAPE = (12, 10, 8)
 TE = (0.005, 0.012, 0.019)

@@ -8,7 +8,7 @@ from cmbdetect.physics.errors import InputError
 
 def test_rank_table_orders_by_summed_uncertainty():
     from cmbdetect.models.detection import Detection
-    from cmbdetect.pipeline.cli_rank import format_ranking, subject_row
+    from cmbdetect.pipeline.cli.rank import format_ranking, subject_row
 
     def det(u, label="microbleed"):
         return Detection((1.0, 2.0, 3.0), 0.5, {"microbleed": 0.5}, label, 3.0, {"committee_disagreement": 0.1}, u)
@@ -23,8 +23,8 @@ def test_rank_table_orders_by_summed_uncertainty():
 
 def test_rank_run_on_tiny_bids(tmp_path):
     from cmbdetect.models.registry import create_random_model
-    from cmbdetect.pipeline import cli_rank
-    from cmbdetect.pipeline.simulate import simulate_dataset
+    from cmbdetect.pipeline.cli import rank as cli_rank
+    from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
     bids = tmp_path / "bids"
     simulate_dataset(bids, subjects=2, seed=3, shape=(40, 40, 32), voxel_size=(1.0, 1.0, 1.5), echoes=1)

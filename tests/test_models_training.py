@@ -100,7 +100,7 @@ def test_validation_metrics_hand_values_and_no_candidates():
 
 
 def test_cli_train_options_and_bad_values():
-    from cmbdetect.pipeline import cli_train
+    from cmbdetect.pipeline.cli import train as cli_train
 
     parser = argparse.ArgumentParser()
     cli_train.add_parser(parser.add_subparsers())
@@ -169,7 +169,7 @@ def test_train_end_to_end_deterministic_and_resumable(tmp_path):
     from cmbdetect.models.registry import load_model
     from cmbdetect.models.train import TrainOptions, train
     from cmbdetect.models.training_data import load_training_subjects
-    from cmbdetect.pipeline.simulate import simulate_dataset
+    from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
     bids = tmp_path / "bids"
     simulate_dataset(bids, subjects=3, seed=5, shape=(48, 48, 32), voxel_size=(1.0, 1.0, 1.5), n_microbleeds=5,
@@ -206,7 +206,7 @@ def test_zero_epochs_recalibrates_the_init_classifier_on_a_new_budget(tmp_path):
     candidates of the new budget, which the model then uses; without an init model it is refused."""
     from cmbdetect.models.registry import load_model
     from cmbdetect.models.train import TrainOptions, train
-    from cmbdetect.pipeline.simulate import simulate_dataset
+    from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
     bids = tmp_path / "bids"
     simulate_dataset(bids, subjects=3, seed=5, shape=(48, 48, 32), voxel_size=(1.0, 1.0, 1.5), n_microbleeds=5,
@@ -279,8 +279,8 @@ def test_cli_trains_an_ensemble_and_fine_tunes_from_it(tmp_path):
     """cmbdetect train --members 2: two members with seeds 0 and 1 plus the ensemble metadata; --resume keeps
     finished members; --init ENSEMBLE fine-tunes each member from the matching member."""
     from cmbdetect.models.registry import load_model
-    from cmbdetect.pipeline import cli_train
-    from cmbdetect.pipeline.simulate import simulate_dataset
+    from cmbdetect.pipeline.cli import train as cli_train
+    from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
     bids = tmp_path / "bids"
     simulate_dataset(bids, subjects=3, seed=5, shape=(48, 48, 32), voxel_size=(1.0, 1.0, 1.5), n_microbleeds=5,
@@ -323,7 +323,7 @@ def test_train_without_validation_candidates_reports_nothing_found(tmp_path, mon
 
     import cmbdetect.models.train as train_mod
     from cmbdetect.models.train import TrainOptions, train
-    from cmbdetect.pipeline.simulate import simulate_dataset
+    from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
     bids = tmp_path / "bids"
     simulate_dataset(bids, subjects=3, seed=5, shape=(48, 48, 32), voxel_size=(1.0, 1.0, 1.5), n_microbleeds=5,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline.atomic import atomic_directory
-from cmbdetect.pipeline.cli import main
-from cmbdetect.pipeline.output_folder import MANIFEST_NAME, claim_output_folder, read_manifest
+from cmbdetect.pipeline.io.atomic import atomic_directory
+from cmbdetect.pipeline.cli.main import main
+from cmbdetect.pipeline.io.output_folder import MANIFEST_NAME, claim_output_folder, read_manifest
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -156,7 +156,7 @@ def _interrupted_cli(args: list[str], tmpdir: Path, *, delay_s: float) -> tuple[
     """Run ``cmbdetect ARGS`` in a real process (TMPDIR=tmpdir), send it SIGINT ``delay_s`` after it starts
     computing physics maps; returns (exit status, stderr)."""
     env = {**os.environ, "TMPDIR": str(tmpdir), "NIPYPE_NO_ET": "1"}
-    cmd = [sys.executable, "-c", "import sys; from cmbdetect.pipeline.cli import main; sys.exit(main())", *args]
+    cmd = [sys.executable, "-c", "import sys; from cmbdetect.pipeline.cli.main import main; sys.exit(main())", *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     seen = []
     while True:
@@ -201,7 +201,7 @@ def test_ctrl_c_in_a_parallel_bids_run_stops_the_workers_quietly(tmp_path, tiny_
 
 
 def test_single_output_files_replace_only_their_own_kind(tmp_path):
-    from cmbdetect.pipeline.output_folder import claim_output_file
+    from cmbdetect.pipeline.io.output_folder import claim_output_file
 
     header = "rank\tsubject"
     assert claim_output_file(tmp_path / "r.tsv", overwrite=False, first_line=header) == tmp_path / "r.tsv"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cmbdetect.physics.geometry import voxel_to_world, world_to_voxel
-from cmbdetect.pipeline.regions import assign_regions, brain_geometry
+from cmbdetect.pipeline.outputs.regions import assign_regions, brain_geometry
 
 SEMI_AXES_MM = np.array([70.0, 85.0, 60.0])  # R, A, S half extents of an adult brain
 
@@ -87,7 +87,7 @@ def test_agrees_with_the_simulated_anatomy():
     """On simulated heads (anatomical MARS labels, oblique and flipped grids) most lesions get the
     simulator's region and few get a wrong one (unknown is allowed).  ~1 min."""
     from cmbdetect.physics.mask import brain_mask
-    from cmbdetect.pipeline.simulate import simulate_subject
+    from cmbdetect.pipeline.simulate.subject import simulate_subject
 
     agree = wrong = total = 0
     for seed, oblique, flip in ((1, 0.0, False), (4, 15.0, False), (6, 20.0, True)):

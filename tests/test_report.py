@@ -12,8 +12,8 @@ from cmbdetect.models.detection import Detection
 from cmbdetect.physics.forward import forward_field, voxel_offsets_mm
 from cmbdetect.physics.geometry import b0_direction, voxel_sizes
 from cmbdetect.physics.maps import PhysicsMaps
-from cmbdetect.pipeline.candidates import MIMIC_LIST_FLOOR_P_MICROBLEED, candidates_from_detections
-from cmbdetect.pipeline.report import display_windows, render_candidate_tile, write_report
+from cmbdetect.pipeline.outputs.candidates import MIMIC_LIST_FLOOR_P_MICROBLEED, candidates_from_detections
+from cmbdetect.pipeline.outputs.report import display_windows, render_candidate_tile, write_report
 
 LESIONS = [  # (centre voxel, chi ppm, radius mm, label)
     ((20.0, 30.0, 24.0), 0.8, 1.6, "microbleed"),
@@ -137,7 +137,7 @@ def test_no_banner_when_fit(maps, tmp_path):
 def test_mars_and_bombs_counts(oblique_affine):
     from dataclasses import replace
 
-    from cmbdetect.pipeline.report_summary import bombs_rows, mars_rows
+    from cmbdetect.pipeline.outputs.report_summary import bombs_rows, mars_rows
 
     base = synthetic_candidates(oblique_affine((64, 64, 48), (1.0, 1.0, 1.2)), None)[0]
     rows = [replace(base, id=1, label="microbleed", region="lobar", lobe="frontal", side="right", diameter_mm=3.0),
@@ -159,7 +159,7 @@ def test_identity_from_dicom_and_nifti_sources(tmp_path):
     import pydicom
     from pydicom.dataset import FileMetaDataset
 
-    from cmbdetect.pipeline.report_identity import report_identity
+    from cmbdetect.pipeline.outputs.report_identity import report_identity
 
     ds = pydicom.Dataset()
     ds.PatientName, ds.PatientID, ds.StudyDate = "DOE^JOHN", "ID42", "20240131"
@@ -197,7 +197,7 @@ def test_report_without_candidates_and_gallery_cap(maps, tmp_path):
 
 def test_report_from_a_minimal_table(maps, tmp_path):
     """A table with only label, probability and x y z (no voxel indices) still gives a full report."""
-    from cmbdetect.pipeline.candidates import read_candidates_tsv
+    from cmbdetect.pipeline.outputs.candidates import read_candidates_tsv
 
     c = synthetic_candidates(maps.affine, maps.mask)[0]
     table = tmp_path / "min.tsv"

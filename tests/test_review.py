@@ -13,11 +13,11 @@ import pytest
 from cmbdetect.models.detection import Detection
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import ras_to_lps
-from cmbdetect.pipeline.candidates import (candidates_from_detections, read_candidates_tsv, reader_candidates,
+from cmbdetect.pipeline.outputs.candidates import (candidates_from_detections, read_candidates_tsv, reader_candidates,
                                            write_candidates)
-from cmbdetect.pipeline.cli import main
-from cmbdetect.pipeline.export_slicer import write_slicer_markups
-from cmbdetect.pipeline.review import (DECISION_COLUMNS, Decision, decisions_from_markups, labels_from_decisions,
+from cmbdetect.pipeline.cli.main import main
+from cmbdetect.pipeline.outputs.slicer import write_slicer_markups
+from cmbdetect.pipeline.outputs.review import (DECISION_COLUMNS, Decision, decisions_from_markups, labels_from_decisions,
                                        read_decisions, write_decisions)
 
 
@@ -133,8 +133,8 @@ def test_review_import_merges_and_refuses_bad_input(run_rows, tmp_path, capsys):
 def simulated_run(tmp_path_factory):
     """A tiny simulated BIDS subject and the output of ``cmbdetect run`` on it (random model)."""
     from cmbdetect.models.registry import create_random_model
-    from cmbdetect.pipeline.io_bids import find_bids_subjects, load_bids_acquisition
-    from cmbdetect.pipeline.simulate import simulate_dataset
+    from cmbdetect.pipeline.io.bids_dataset import find_bids_subjects, load_bids_acquisition
+    from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
     root = tmp_path_factory.mktemp("roundtrip")
     bids = root / "bids"
@@ -154,7 +154,7 @@ def test_round_trip_run_to_training_labels_and_rank(simulated_run, tmp_path):
     accepted microbleeds at their RAS positions; rank skips the reviewed subject."""
     from cmbdetect.models.training_data import read_labels
     from cmbdetect.physics.geometry import voxel_to_world
-    from cmbdetect.pipeline.truth import read_truth
+    from cmbdetect.pipeline.io.truth import read_truth
 
     run, acq, subject = simulated_run["run"], simulated_run["acq"], simulated_run["subject"]
     listed = read_candidates_tsv(run / "candidates.tsv")

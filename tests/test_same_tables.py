@@ -38,7 +38,7 @@ def _run_args(name: str) -> list[str]:
 
 def _detect(case: str, out: Path, model: str) -> Path:
     """Run the case through the CLI into ``out`` (one thread: the reference's); returns ``out``."""
-    from cmbdetect.pipeline.cli import main
+    from cmbdetect.pipeline.cli.main import main
 
     common = ["--model", str(model), "--nprocs", "1"]
     argv = ["demo", str(out), *DEMO_ARGS, *common] if case == "demo" else \
@@ -98,8 +98,8 @@ def _regenerate() -> None:  # pragma: no cover - run by hand, see the module doc
     import tempfile
 
     from cmbdetect.models.registry import create_random_model
-    from cmbdetect.pipeline.atomic import save_nifti
-    from cmbdetect.pipeline.simulate import simulate_subject
+    from cmbdetect.pipeline.io.atomic import save_nifti
+    from cmbdetect.pipeline.simulate.subject import simulate_subject
 
     with tempfile.TemporaryDirectory() as tmp:
         model = create_random_model(Path(tmp) / "model", seed=0)  # as conftest.tiny_random_model

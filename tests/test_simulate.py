@@ -10,10 +10,10 @@ import pytest
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.forward import forward_field, sphere_field
 from cmbdetect.physics.geometry import b0_direction, voxel_sizes, voxel_to_world
-from cmbdetect.pipeline.simulate import simulate_dataset, simulate_subject
-from cmbdetect.pipeline.simulate_lesions import sphere_field_f32
-from cmbdetect.pipeline.simulate_signal import fields_from_chi, phase_per_ppm
-from cmbdetect.pipeline.truth import LABELS, read_truth
+from cmbdetect.pipeline.simulate.subject import simulate_dataset, simulate_subject
+from cmbdetect.pipeline.simulate.lesions import sphere_field_f32
+from cmbdetect.pipeline.simulate.signal import fields_from_chi, phase_per_ppm
+from cmbdetect.pipeline.io.truth import LABELS, read_truth
 
 SHAPE = (48, 56, 32)
 KW = dict(shape=SHAPE, voxel_size=(2.5, 2.5, 3.0), b0=3.0, te=(0.012, 0.024), oblique_deg=15.0,
@@ -184,7 +184,7 @@ SMALL = dict(shape=SHAPE, b0=[3.0], echoes=2)
 
 
 def test_dataset_is_bids_readable_and_subjects_do_not_depend_on_n(tmp_path):
-    from cmbdetect.pipeline.io_bids import find_bids_subjects, load_bids_acquisition
+    from cmbdetect.pipeline.io.bids_dataset import find_bids_subjects, load_bids_acquisition
 
     labels = simulate_dataset(tmp_path / "ds", subjects=2, seed=11, **SMALL)
     assert labels == ["01", "02"]
@@ -211,7 +211,7 @@ def test_dataset_is_bids_readable_and_subjects_do_not_depend_on_n(tmp_path):
 
 
 def test_cli_writes_single_echo_dataset_with_preview(tmp_path):
-    from cmbdetect.pipeline import cli_simulate
+    from cmbdetect.pipeline.cli import simulate as cli_simulate
 
     parser = argparse.ArgumentParser()
     cli_simulate.add_parser(parser.add_subparsers(dest="command"))
@@ -229,7 +229,7 @@ def test_cli_writes_single_echo_dataset_with_preview(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--shape", "40,40"], ["--echoes", "30,20"], ["--b0", "300"], ["--subjects", "0"]])
 def test_cli_bad_options_are_input_errors(tmp_path, argv):
-    from cmbdetect.pipeline import cli_simulate
+    from cmbdetect.pipeline.cli import simulate as cli_simulate
 
     parser = argparse.ArgumentParser()
     cli_simulate.add_parser(parser.add_subparsers(dest="command"))

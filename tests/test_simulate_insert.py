@@ -9,8 +9,8 @@ from cmbdetect.physics.constants import GAMMA_BAR_HZ_PER_T
 from cmbdetect.physics.forward import sphere_field, voxel_offsets_mm
 from cmbdetect.physics.geometry import voxel_sizes
 from cmbdetect.physics.phase import wrap_phase
-from cmbdetect.pipeline.simulate_insert import acquire_coarser, draw_insertion_sites, insert_spheres
-from cmbdetect.pipeline.truth import Lesion
+from cmbdetect.pipeline.simulate.insert import acquire_coarser, draw_insertion_sites, insert_spheres
+from cmbdetect.pipeline.io.truth import Lesion
 
 TE = (0.005, 0.015, 0.025)
 

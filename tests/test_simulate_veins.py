@@ -8,9 +8,9 @@ import pytest
 
 from cmbdetect.physics.constants import DCHI_DEOXY_BLOOD_PPM
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline.simulate import simulate_subject
-from cmbdetect.pipeline.simulate_veins_tortuous import blood_chi_ppm, random_walk
-from cmbdetect.pipeline.truth import LABELS
+from cmbdetect.pipeline.simulate.subject import simulate_subject
+from cmbdetect.pipeline.simulate.veins_tortuous import blood_chi_ppm, random_walk
+from cmbdetect.pipeline.io.truth import LABELS
 
 KW = dict(shape=(56, 64, 32), voxel_size=(2.5, 2.5, 3.0), b0=3.0, te=(0.02,), oblique_deg=15.0,
           n_microbleeds=2, n_calcifications=0, snr=60.0)
@@ -75,7 +75,7 @@ def test_blood_chi_from_oxygenation():
 def test_unknown_family_is_an_input_error(tmp_path):
     with pytest.raises(InputError):
         simulate_subject(seed=0, vein_family="spaghetti", **KW)
-    from cmbdetect.pipeline import cli_simulate
+    from cmbdetect.pipeline.cli import simulate as cli_simulate
 
     parser = argparse.ArgumentParser()
     cli_simulate.add_parser(parser.add_subparsers(dest="command"))
@@ -89,7 +89,7 @@ def test_unknown_family_is_an_input_error(tmp_path):
 def test_cli_dataset_records_the_vein_family(tmp_path):
     import json
 
-    from cmbdetect.pipeline import cli_simulate
+    from cmbdetect.pipeline.cli import simulate as cli_simulate
 
     parser = argparse.ArgumentParser()
     cli_simulate.add_parser(parser.add_subparsers(dest="command"))

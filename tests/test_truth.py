@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline.truth import (LABELS, TABLE_COLUMNS, Lesion, Truth, read_lesion_table, read_truth,
+from cmbdetect.pipeline.io.truth import (LABELS, TABLE_COLUMNS, Lesion, Truth, read_lesion_table, read_truth,
                                       subject_folder, write_lesion_table, write_truth)
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.maps import PhysicsMaps
-from cmbdetect.pipeline.acquisition import Acquisition
-from cmbdetect.pipeline.atomic import save_nifti
+from cmbdetect.pipeline.io.acquisition import Acquisition
+from cmbdetect.pipeline.io.atomic import save_nifti
 from cmbdetect.workflows.cmb import bids_output_names, configure_execution, init_cmb_wf, plain_output_names
 from cmbdetect.workflows.interfaces import (load_acquisition, load_maps_bundle, load_mask, save_acquisition,
                                             save_maps_bundle)

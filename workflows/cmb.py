@@ -42,8 +42,8 @@ def plain_output_names() -> dict[str, str]:
 def bids_output_names(entities: dict[str, str | None]) -> dict[str, str]:
     """BIDS-derivative names relative to the derivatives root, from the acquisition's entities
     (``sub`` required; ``ses``, ``acq``, ``run`` ... kept): ``sub-01/anat/sub-01_Chimap.nii.gz`` ...
-    (:mod:`cmbdetect.pipeline.bids_derivatives` says why these names)."""
-    from cmbdetect.pipeline.bids_derivatives import derivative_path
+    (:mod:`cmbdetect.pipeline.outputs.bids_derivatives` says why these names)."""
+    from cmbdetect.pipeline.outputs.bids_derivatives import derivative_path
 
     def name(suffix: str, extension: str, **extra) -> str:
         return derivative_path(entities, suffix=suffix, extension=extension, **extra)

@@ -21,7 +21,7 @@ from nipype.interfaces.base import SimpleInterface  # noqa: E402
 
 from cmbdetect.physics.errors import InputError  # noqa: E402
 from cmbdetect.physics.maps import PhysicsMaps  # noqa: E402
-from cmbdetect.pipeline.acquisition import Acquisition  # noqa: E402
+from cmbdetect.pipeline.io.acquisition import Acquisition  # noqa: E402
 
 #: Name of the file a failing node leaves in its own folder (read back by the CLI for a one-line error).
 ERROR_FILE = "cmbdetect_error.json"
@@ -60,7 +60,7 @@ def save_acquisition(acq: Acquisition, out_dir: Path) -> dict[str, Path]:
     convention) and ``acquisition.json`` (``te`` s, ``b0`` T, JSON-able ``source`` entries) in
     ``out_dir``; returns absolute paths.  A file whose content is unchanged is left untouched (same
     modification time), so Nipype's timestamp hashing reuses the cache when a run is repeated."""
-    from cmbdetect.pipeline.atomic import save_nifti, write_json
+    from cmbdetect.pipeline.io.atomic import save_nifti, write_json
 
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,9 +100,9 @@ def _jsonable(value) -> bool:
 
 def load_acquisition(mag_file: str, phase_file: str, acq_json: str) -> Acquisition:
     """Read back what :func:`save_acquisition` wrote, through the project's one NIfTI reader
-    (:func:`cmbdetect.pipeline.io_nifti.load_nifti_acquisition`: same shape/affine checks as user
+    (:func:`cmbdetect.pipeline.io.nifti.load_nifti_acquisition`: same shape/affine checks as user
     input); phase is already radians in the project convention, so it is read as ``rad``, sign +1."""
-    from cmbdetect.pipeline.io_nifti import load_nifti_acquisition
+    from cmbdetect.pipeline.io.nifti import load_nifti_acquisition
 
     meta = json.loads(Path(acq_json).read_text())
     acq = load_nifti_acquisition([mag_file], [phase_file], te=meta["te"], b0=meta["b0"], phase_sign=1,
@@ -114,7 +114,7 @@ def load_acquisition(mag_file: str, phase_file: str, acq_json: str) -> Acquisiti
 def load_mask(mask_file: str, *, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """A brain mask as bool; its grid must be the acquisition's (shape and affine), else InputError
     (the same rules as the CLI's ``--mask``: ``pipeline.cli_common.load_user_mask``)."""
-    from cmbdetect.pipeline.cli_common import load_user_mask
+    from cmbdetect.pipeline.cli.common import load_user_mask
 
     return load_user_mask(mask_file, affine, shape=tuple(shape))
 

@@ -59,8 +59,8 @@ class DetectCandidates(CmbInterface):
         import torch
 
         from cmbdetect.models.inference import detect
-        from cmbdetect.pipeline.atomic import write_json
-        from cmbdetect.pipeline.candidates import candidates_from_detections, write_candidates
+        from cmbdetect.pipeline.io.atomic import write_json
+        from cmbdetect.pipeline.outputs.candidates import candidates_from_detections, write_candidates
 
         inputs = self.inputs
         if inputs.num_threads > 0:

@@ -69,7 +69,7 @@ def write_output_maps(maps, out_dir: Path) -> dict[str, Path]:
     """The NIfTI maps handed on (``<name>.nii.gz``, names as :data:`MAP_NAMES`; ``r2star`` only for
     multi-echo).  The other arrays (chi+/chi-, magnitude, total field) travel in the maps bundle only
     (writing all ten compressed maps took longer than the rest of the node's I/O together)."""
-    from cmbdetect.pipeline.atomic import save_nifti
+    from cmbdetect.pipeline.io.atomic import save_nifti
 
     arrays = {"chimap": maps.chi_ppm, "localfield": maps.local_field_ppm, "brainmask": maps.mask,
               "swi": maps.swi, "mip": maps.mip, "r2star": maps.r2star}

@@ -29,8 +29,8 @@ class ExportMarkups(CmbInterface):
     output_spec = _MarkupsOutputSpec
 
     def _run(self, cwd: Path) -> None:
-        from cmbdetect.pipeline.candidates import read_candidates_tsv, reader_candidates
-        from cmbdetect.pipeline.export_slicer import write_slicer_markups
+        from cmbdetect.pipeline.outputs.candidates import read_candidates_tsv, reader_candidates
+        from cmbdetect.pipeline.outputs.slicer import write_slicer_markups
 
         path = cwd / "candidates.mrk.json"
         write_slicer_markups(reader_candidates(read_candidates_tsv(self.inputs.candidates_tsv)), path)
@@ -60,9 +60,9 @@ class ExportReport(CmbInterface):
     output_spec = _ReportOutputSpec
 
     def _run(self, cwd: Path) -> None:
-        from cmbdetect.pipeline.candidates import read_candidates_tsv
-        from cmbdetect.pipeline.report import write_report
-        from cmbdetect.pipeline.report_identity import report_identity
+        from cmbdetect.pipeline.outputs.candidates import read_candidates_tsv
+        from cmbdetect.pipeline.outputs.report import write_report
+        from cmbdetect.pipeline.outputs.report_identity import report_identity
 
         inputs = self.inputs
         progress(inputs.label, "writing report")
@@ -107,15 +107,15 @@ class ExportDicom(CmbInterface):
     def _run(self, cwd: Path) -> None:
         import pydicom
 
-        from cmbdetect.pipeline.candidates import read_candidates_tsv, reader_candidates
+        from cmbdetect.pipeline.outputs.candidates import read_candidates_tsv, reader_candidates
 
         candidates = reader_candidates(read_candidates_tsv(self.inputs.candidates_tsv))
         datasets = [pydicom.dcmread(f) for f in self.inputs.reference_files]
         out = cwd / "dicom"
         out.mkdir(exist_ok=True)
-        from cmbdetect.pipeline.atomic import write_json
-        from cmbdetect.pipeline.export_dicom import write_dicom_outputs
-        from cmbdetect.pipeline.provenance import cmbdetect_version
+        from cmbdetect.pipeline.io.atomic import write_json
+        from cmbdetect.pipeline.outputs.dicom import write_dicom_outputs
+        from cmbdetect.pipeline.io.provenance import cmbdetect_version
 
         # A DICOM export that fails is recorded, never fatal: the NIfTI/TSV outputs are kept and the CLI
         # decides (--strict-exports) whether an incomplete export is an error.  The SR, key images and
