@@ -199,7 +199,7 @@ def test_qsm_from_local_field(tmp_path, rng, oblique_affine, capsys):
 
 @needs_chain
 def test_qsm_from_dicom_series(tmp_path, rng, oblique_affine, capsys):
-    from cmbdetect.pipeline.io.dicom import write_dicom_series
+    from cmbdetect.pipeline.simulate.dicom import write_dicom_series
 
     aff = oblique_affine(SHAPE)
     mag, phase, _, _ = _phantom(rng, aff)

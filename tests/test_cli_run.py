@@ -106,7 +106,7 @@ def test_user_mask_on_wrong_grid_is_refused_up_front(tmp_path, subject, random_m
 def test_run_dicom_input_writes_sr_and_key_images(tmp_path, subject, random_model):
     from pydicom import dcmread
 
-    from cmbdetect.pipeline.io.dicom import write_dicom_series
+    from cmbdetect.pipeline.simulate.dicom import write_dicom_series
 
     acq = subject["sim"].acq
     common = dict(echo_time_s=float(acq.te[0]), b0=float(acq.b0), study_uid="1.2.3.4.5",
@@ -151,7 +151,7 @@ def test_failed_dicom_export_keeps_outputs_and_fails_only_when_strict(tmp_path, 
     output and the other DICOM objects, one warning line on stderr, exit 0; exit 1 with --strict-exports."""
     import cmbdetect.pipeline.outputs.dicom as export_dicom
     import cmbdetect.pipeline.outputs.report as report
-    from cmbdetect.pipeline.io.dicom import write_dicom_series
+    from cmbdetect.pipeline.simulate.dicom import write_dicom_series
 
     def broken_sr(*args, **kwargs):
         raise AttributeError("'Dataset' object has no attribute 'AccessionNumber'")

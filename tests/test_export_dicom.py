@@ -164,7 +164,8 @@ def test_sr_point_is_the_dicom_patient_position_of_the_voxel(tmp_path):
     """Through the project's DICOM reader: a candidate at voxel (i, j, k) of the loaded volume lands in
     the SR at the patient position DICOM itself gives that pixel (IPP + i*dc*row_cos + j*dr*col_cos)."""
     from cmbdetect.physics.geometry import oblique_affine
-    from cmbdetect.pipeline.io.dicom import load_dicom_acquisition, write_dicom_series
+    from cmbdetect.pipeline.io.dicom import load_dicom_acquisition
+    from cmbdetect.pipeline.simulate.dicom import write_dicom_series
 
     shape = (12, 10, 5)
     affine = oblique_affine(shape, (0.9, 1.1, 2.0), angles_deg=(12.0, -7.0, 20.0))
@@ -200,7 +201,8 @@ def anonymised_series(tmp_path, shape=(24, 20, 10)):
     """A two-echo MR magnitude series written by the project's DICOM writer, read back by its reader,
     with the Type-2 attributes an anonymiser removes deleted; returns (acquisition, source datasets)."""
     from cmbdetect.physics.geometry import oblique_affine
-    from cmbdetect.pipeline.io.dicom import load_dicom_acquisition, write_dicom_series
+    from cmbdetect.pipeline.io.dicom import load_dicom_acquisition
+    from cmbdetect.pipeline.simulate.dicom import write_dicom_series
 
     affine = oblique_affine(shape, (0.9, 1.1, 2.0), angles_deg=(12.0, -7.0, 20.0))
     vol = np.random.default_rng(0).uniform(1, 2, shape)

@@ -11,7 +11,8 @@ from pydicom.uid import generate_uid
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.geometry import oblique_affine
-from cmbdetect.pipeline.io.dicom import load_dicom_acquisition, read_dicom_series, write_dicom_series
+from cmbdetect.pipeline.io.dicom import load_dicom_acquisition, read_dicom_series
+from cmbdetect.pipeline.simulate.dicom import write_dicom_series
 
 SHAPE = (14, 12, 6)
 TE = (0.005, 0.0125)

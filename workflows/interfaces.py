@@ -22,6 +22,7 @@ from nipype.interfaces.base import SimpleInterface  # noqa: E402
 from cmbdetect.physics.errors import InputError  # noqa: E402
 from cmbdetect.physics.maps import PhysicsMaps  # noqa: E402
 from cmbdetect.pipeline.io.acquisition import Acquisition  # noqa: E402
+from cmbdetect.pipeline.io.masks import load_user_mask  # noqa: E402
 
 #: Name of the file a failing node leaves in its own folder (read back by the CLI for a one-line error).
 ERROR_FILE = "cmbdetect_error.json"
@@ -113,9 +114,7 @@ def load_acquisition(mag_file: str, phase_file: str, acq_json: str) -> Acquisiti
 
 def load_mask(mask_file: str, *, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """A brain mask as bool; its grid must be the acquisition's (shape and affine), else InputError
-    (the same rules as the CLI's ``--mask``: ``pipeline.cli_common.load_user_mask``)."""
-    from cmbdetect.pipeline.cli.common import load_user_mask
-
+    (the same rules as the CLI's ``--mask``: ``pipeline.io.masks.load_user_mask``)."""
     return load_user_mask(mask_file, affine, shape=tuple(shape))
 
 

@@ -9,16 +9,14 @@ RescaleSlope/Intercept); ``--mask`` (optional brain mask on the same grid).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-import numpy as np
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.physics.mask import validate_mask
 from cmbdetect.pipeline.io.acquisition import Acquisition
 from cmbdetect.pipeline.io.dicom import load_dicom_acquisition
-from cmbdetect.pipeline.io.nifti import AFFINE_ATOL_MM, load_nifti_acquisition, read_nifti_volume
+from cmbdetect.pipeline.io.masks import load_user_mask  # noqa: F401  (the --mask reader)
+from cmbdetect.pipeline.io.nifti import load_nifti_acquisition
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -96,24 +94,3 @@ def _report_notes(acq: Acquisition) -> Acquisition:
     for note in list(acq.source.get("notes", [])) + list(acq.source.get("warnings", [])):
         print(f"cmbdetect: {note}", file=sys.stderr)
     return acq
-
-
-def load_user_mask(path: str | os.PathLike, acq_or_affine: Acquisition | np.ndarray,
-                   shape: tuple[int, int, int] | None = None) -> np.ndarray:
-    """A user brain mask (NIfTI, nonzero = brain) as bool ``[i, j, k]``, checked against the grid of
-    ``acq_or_affine`` (an :class:`Acquisition`, or an affine plus ``shape``).  A different shape or
-    affine, NaNs, or an empty mask raise :class:`InputError` naming the file."""
-    if isinstance(acq_or_affine, Acquisition):
-        affine, shape = acq_or_affine.affine, acq_or_affine.shape
-    else:
-        affine = np.asarray(acq_or_affine, dtype=float)
-        if shape is None:
-            raise ValueError("load_user_mask needs the grid shape with a bare affine")
-    data, mask_affine = read_nifti_volume(path, what="mask")
-    try:
-        mask = validate_mask(data, shape)
-    except InputError as exc:
-        raise InputError(f"mask {path}: {exc}") from exc
-    if not np.allclose(mask_affine, affine, rtol=0, atol=AFFINE_ATOL_MM):
-        raise InputError(f"mask {path} has a different affine (orientation/position) than the images")
-    return mask

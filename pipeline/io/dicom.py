@@ -49,7 +49,6 @@ from cmbdetect.pipeline.io.dicom_vendors import (GE_B0MAP_FLAG, KIND_NAMES, fram
 from cmbdetect.pipeline.io.input_forms import (field_map_hz_message, phase_difference_note,
                                             phase_difference_record)
 from cmbdetect.pipeline.io.nifti import check_echo_times_seconds
-from cmbdetect.pipeline.simulate.dicom import write_dicom_series  # noqa: F401  (re-exported for tests)
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _PATIENT_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge")
