@@ -5,6 +5,8 @@ from pathlib import Path
 
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, TraitedSpec, isdefined, traits)
 
+from cmbdetect.physics.settings import (BACKGROUND_CHOICES, DEFAULT_PHYSICS, INVERSION_CHOICES,
+                                        UNWRAP_CHOICES)
 from cmbdetect.workflows.interfaces import (CmbInterface, load_acquisition, load_mask, progress,
                                             save_maps_bundle)
 
@@ -18,11 +20,17 @@ class _ComputeMapsInputSpec(BaseInterfaceInputSpec):
                       desc="phase NIfTI in radians, project sign convention, same grid as mag_file")
     acq_json = File(exists=True, mandatory=True, desc="JSON with te (s, one per echo) and b0 (T)")
     mask_file = File(exists=True, desc="optional brain mask on the same grid (non-zero = brain)")
-    unwrap = traits.Enum("laplacian", "exact", usedefault=True, desc="phase unwrapping method")
-    background = traits.Str("vsharp", usedefault=True, desc="background field removal method")
-    inversion = traits.Str("default", usedefault=True, desc="dipole inversion method")
-    swi_slab_mm = traits.Float(8.0, usedefault=True, desc="minimum-intensity projection slab (mm)")
-    label = traits.Str("", usedefault=True, desc="subject label for progress lines")
+    unwrap = traits.Enum(DEFAULT_PHYSICS.unwrap, *[m for m in UNWRAP_CHOICES if m != DEFAULT_PHYSICS.unwrap],
+                         usedefault=True, desc="phase unwrapping method")
+    background = traits.Enum(DEFAULT_PHYSICS.background,
+                             *[m for m in BACKGROUND_CHOICES if m != DEFAULT_PHYSICS.background],
+                             usedefault=True, desc="background field removal method")
+    inversion = traits.Enum(DEFAULT_PHYSICS.inversion,
+                            *[m for m in INVERSION_CHOICES if m != DEFAULT_PHYSICS.inversion],
+                            usedefault=True, desc="dipole inversion method")
+    swi_slab_mm = traits.Float(DEFAULT_PHYSICS.swi_slab_mm, usedefault=True, desc="minimum-intensity projection slab (mm)")
+    label = traits.Str("", usedefault=True, nohash=True,
+                       desc="subject label for progress lines (not part of the cache key)")
 
 
 class _ComputeMapsOutputSpec(TraitedSpec):

@@ -45,7 +45,8 @@ class _ReportInputSpec(BaseInterfaceInputSpec):
     acq_json = File(exists=True, desc="acquisition.json (its source gives subject / patient identity)")
     reference_files = InputMultiObject(File(exists=True), desc="source DICOM files (patient, study, series)")
     settings = traits.Dict(desc="processing settings shown in the report")
-    label = traits.Str("", usedefault=True, desc="subject label for progress lines")
+    label = traits.Str("", usedefault=True, nohash=True,
+                       desc="subject label for progress lines (not part of the cache key)")
 
 
 class _ReportOutputSpec(TraitedSpec):

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 from cmbdetect.physics.errors import InputError
+from cmbdetect.physics.settings import (BACKGROUND_CHOICES, DEFAULT_PHYSICS, INVERSION_CHOICES,
+                                        UNWRAP_CHOICES)
 from cmbdetect.pipeline.io.acquisition import Acquisition
 from cmbdetect.pipeline.io.output_folder import OutputClaim
 
-#: Physics method choices offered on the command line.
-UNWRAP_CHOICES = ("laplacian", "exact")
 
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -34,9 +34,12 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     g.add_argument("--prevalence", type=float, metavar="P",
                    help="expected microbleed prevalence (0-1) to recalibrate probabilities")
     p = parser.add_argument_group("physics")
-    p.add_argument("--unwrap", choices=UNWRAP_CHOICES, default="laplacian", help="phase unwrapping")
-    p.add_argument("--background", default="vsharp", help="background field removal (default: vsharp)")
-    p.add_argument("--inversion", default="default", help="dipole inversion method (default: default)")
+    p.add_argument("--unwrap", choices=UNWRAP_CHOICES, default=DEFAULT_PHYSICS.unwrap,
+                   help="phase unwrapping (default: %(default)s)")
+    p.add_argument("--background", choices=BACKGROUND_CHOICES, default=DEFAULT_PHYSICS.background,
+                   help="background field removal (default: %(default)s)")
+    p.add_argument("--inversion", choices=INVERSION_CHOICES, default=DEFAULT_PHYSICS.inversion,
+                   help="dipole inversion method (default: %(default)s)")
     e = parser.add_argument_group("execution")
     e.add_argument("--nprocs", type=int, default=None,
                    help="CPUs to use (default: all): subjects in parallel (MultiProc) for BIDS, "
@@ -76,9 +79,9 @@ class PipelineOptions:
 
     model: str = "default"
     prevalence: float | None = None
-    unwrap: str = "laplacian"
-    background: str = "vsharp"
-    inversion: str = "default"
+    unwrap: str = DEFAULT_PHYSICS.unwrap
+    background: str = DEFAULT_PHYSICS.background
+    inversion: str = DEFAULT_PHYSICS.inversion
     nprocs: int = 1
     mem_gb: float | None = None
     plugin_name: str = "Linear"
