@@ -40,25 +40,18 @@ def _one_error_line(capsys) -> str:
     return err[0]
 
 
-@pytest.fixture(scope="module")
-def random_model(tmp_path_factory):
-    from cmbdetect.models.registry import create_random_model
-
-    return str(create_random_model(tmp_path_factory.mktemp("model") / "random", seed=0))
-
-
-def test_run_bad_input_one_line_no_output(tmp_path, capsys, oblique_affine, random_model):
+def test_run_bad_input_one_line_no_output(tmp_path, capsys, oblique_affine, tiny_random_model):
     out = tmp_path / "out"
     aff = oblique_affine((12, 12, 8))
     save_nifti(np.ones((12, 12, 8)), aff, tmp_path / "mag.nii.gz")
     # phase missing
     assert cli.main(["run", "--mag", str(tmp_path / "mag.nii.gz"), "--out", str(out),
-                     "--model", random_model]) == 2
+                     "--model", tiny_random_model]) == 2
     assert "phase" in capsys.readouterr().err
     # phase on another grid
     save_nifti(np.zeros((12, 12, 9)), oblique_affine((12, 12, 9)), tmp_path / "phase.nii.gz")
     code = cli.main(["run", "--mag", str(tmp_path / "mag.nii.gz"), "--phase", str(tmp_path / "phase.nii.gz"),
-                     "--te", "0.02", "--b0", "3", "--out", str(out), "--model", random_model])
+                     "--te", "0.02", "--b0", "3", "--out", str(out), "--model", tiny_random_model])
     captured = capsys.readouterr()
     assert code == 2 and "Traceback" not in captured.err
     lines = captured.err.strip().splitlines()
@@ -68,7 +61,7 @@ def test_run_bad_input_one_line_no_output(tmp_path, capsys, oblique_affine, rand
     for extra in (["--nprocs", "0"], ["--prevalence", "2"], ["--plugin", "nope"], ["--plugin-args", "[1]"],
                   ["--model", str(tmp_path / "nomodel")]):
         assert cli.main(["run", "--mag", "m.nii", "--phase", "p.nii", "--out", str(out),
-                         "--model", random_model, *extra]) == 2
+                         "--model", tiny_random_model, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("cmbdetect: error: "), (extra, err)
 
@@ -102,12 +95,12 @@ def test_bids_app_form_is_detected(tmp_path, capsys):
     assert "--participant-label" in capsys.readouterr().out
 
 
-def test_console_script_subprocess(tmp_path, random_model):
+def test_console_script_subprocess(tmp_path, tiny_random_model):
     exe = shutil.which("cmbdetect")
     cmd = [exe] if exe else [sys.executable, "-m", "cmbdetect.pipeline.cli.main"]
     proc = subprocess.run([*cmd, "run", "--mag", str(tmp_path / "missing.nii.gz"), "--phase",
                            str(tmp_path / "missing2.nii.gz"), "--out", str(tmp_path / "o"),
-                           "--model", random_model],
+                           "--model", tiny_random_model],
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -17,13 +17,6 @@ SHAPE = (40, 48, 28)
 
 
 @pytest.fixture(scope="module")
-def random_model(tmp_path_factory) -> str:
-    from cmbdetect.models.registry import create_random_model
-
-    return str(create_random_model(tmp_path_factory.mktemp("model") / "random", seed=0))
-
-
-@pytest.fixture(scope="module")
 def bids_dir(tmp_path_factory) -> Path:
     """Four subjects from the simulator's BIDS writer; then sub-03's phase is truncated (unreadable)
     and sub-04's magnitude zeroed (readable, but the workflow fails: no brain to mask)."""
@@ -44,9 +37,9 @@ def bids_dir(tmp_path_factory) -> Path:
     return root
 
 
-def test_participant_and_group(tmp_path, bids_dir, random_model, capsys):
+def test_participant_and_group(tmp_path, bids_dir, tiny_random_model, capsys):
     out = tmp_path / "derivatives" / "cmbdetect"
-    code = main([str(bids_dir), str(out), "participant", "--nprocs", "2", "--model", random_model])
+    code = main([str(bids_dir), str(out), "participant", "--nprocs", "2", "--model", tiny_random_model])
     err = capsys.readouterr().err
     assert code == 1  # one acquisition failed
     assert "Traceback" not in err
@@ -154,18 +147,18 @@ def test_validator_honours_bidsignore(tmp_path):
     assert [e for e in bids_validator_errors(tmp_path) if "notes" in e]
 
 
-def test_participant_label_selects_and_unknown_label_is_an_error(tmp_path, bids_dir, random_model, capsys):
+def test_participant_label_selects_and_unknown_label_is_an_error(tmp_path, bids_dir, tiny_random_model, capsys):
     out = tmp_path / "out"
     assert main([str(bids_dir), str(out), "participant", "--participant-label", "sub-01",
-                 "--model", random_model, "--nprocs", "1"]) == 0
+                 "--model", tiny_random_model, "--nprocs", "1"]) == 0
     assert (out / "sub-01").is_dir() and not (out / "sub-02").exists()
     capsys.readouterr()
     assert main([str(bids_dir), str(out), "participant", "--participant-label", "99",
-                 "--model", random_model]) == 2
+                 "--model", tiny_random_model]) == 2
     assert capsys.readouterr().err.strip().startswith("cmbdetect: error:")
 
 
-def test_failed_report_keeps_the_acquisition(tmp_path, bids_dir, random_model, capsys, monkeypatch):
+def test_failed_report_keeps_the_acquisition(tmp_path, bids_dir, tiny_random_model, capsys, monkeypatch):
     """A report that crashes (injected fault) does not discard the acquisition: maps, tables and
     provenance (with export_errors) are in place, no failures.tsv row; exit 1 only with --strict-exports."""
     import cmbdetect.pipeline.outputs.report as report
@@ -175,7 +168,7 @@ def test_failed_report_keeps_the_acquisition(tmp_path, bids_dir, random_model, c
 
     monkeypatch.setattr(report, "write_report", broken_report)  # one process: nodes run in-process
     out = tmp_path / "out"
-    assert main([str(bids_dir), str(out), "participant", "--participant-label", "01", "--model", random_model,
+    assert main([str(bids_dir), str(out), "participant", "--participant-label", "01", "--model", tiny_random_model,
                  "--nprocs", "1", "--plugin", "linear", "--strict-exports"]) == 1
     err = capsys.readouterr().err
     assert [ln for ln in err.splitlines() if "exports incomplete" in ln and "report: ValueError" in ln]

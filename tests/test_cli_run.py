@@ -20,13 +20,6 @@ FIXED_OUTPUTS = ("candidates.tsv", "candidates.json", "chimap.nii.gz", "swi.nii.
 
 
 @pytest.fixture(scope="module")
-def random_model(tmp_path_factory) -> str:
-    from cmbdetect.models.registry import create_random_model
-
-    return str(create_random_model(tmp_path_factory.mktemp("model") / "random", seed=0))
-
-
-@pytest.fixture(scope="module")
 def subject(tmp_path_factory):
     """A simulated single-echo subject as NIfTI magnitude + phase (radians) files."""
     from cmbdetect.pipeline.simulate.subject import simulate_subject
@@ -41,22 +34,22 @@ def subject(tmp_path_factory):
                      "--te", str(float(acq.te[0])), "--b0", str(float(acq.b0)), "--phase-units", "rad"]}
 
 
-def test_run_outputs_provenance_resume_and_determinism(tmp_path, subject, random_model, capsys):
+def test_run_outputs_provenance_resume_and_determinism(tmp_path, subject, tiny_random_model, capsys):
     from cmbdetect.models.registry import load_model
 
     work = tmp_path / "work"
     out1 = tmp_path / "out1"
-    assert main(["run", *subject["args"], "--out", str(out1), "--model", random_model, "-w", str(work)]) == 0
+    assert main(["run", *subject["args"], "--out", str(out1), "--model", tiny_random_model, "-w", str(work)]) == 0
     err = capsys.readouterr().err
     assert "computing physics maps" in err and "detecting candidates" in err and "report:" in err
     for name in FIXED_OUTPUTS:
         assert (out1 / name).is_file(), name
     assert not list(tmp_path.glob(".out1*"))  # no temporary folder left beside
     prov = json.loads((out1 / "provenance.json").read_text())
-    assert prov["model"]["sha256"] == load_model(random_model).sha256
+    assert prov["model"]["sha256"] == load_model(tiny_random_model).sha256
     assert prov["command_line"][:2] == ["cmbdetect", "run"] and "--model" in prov["command_line"]
     assert prov["software"]["nipype"] and prov["software"]["torch"]
-    assert prov["parameters"]["model"] == random_model and prov["parameters"]["b0_t"] == pytest.approx(3.0)
+    assert prov["parameters"]["model"] == tiny_random_model and prov["parameters"]["b0_t"] == pytest.approx(3.0)
     assert prov["timings_s"]["total"] > 0 and "workflow" in prov["timings_s"]
     assert prov["timings_s"]["node:cmb_wf.qsm_wf.compute_maps"] > 0
     assert "candidates.tsv" in prov["outputs"]
@@ -65,7 +58,7 @@ def test_run_outputs_provenance_resume_and_determinism(tmp_path, subject, random
     maps_npz = next(work.rglob("compute_maps/maps.npz"))
     stamp = maps_npz.stat().st_mtime_ns
     out2 = tmp_path / "out2"
-    assert main(["run", *subject["args"], "--out", str(out2), "--model", random_model, "-w", str(work)]) == 0
+    assert main(["run", *subject["args"], "--out", str(out2), "--model", tiny_random_model, "-w", str(work)]) == 0
     assert maps_npz.stat().st_mtime_ns == stamp
     assert "computing physics maps" not in capsys.readouterr().err
     # the cache sits in a folder keyed by the code's fingerprint (recorded in the provenance): other code,
@@ -73,12 +66,12 @@ def test_run_outputs_provenance_resume_and_determinism(tmp_path, subject, random
     assert maps_npz.relative_to(work).parts[0] == "code-" + prov["generated_by"]["code_sha256"][:12]
     # a fresh run (temporary work folder) gives the identical candidate table
     out3 = tmp_path / "out3"
-    assert main(["run", *subject["args"], "--out", str(out3), "--model", random_model]) == 0
+    assert main(["run", *subject["args"], "--out", str(out3), "--model", tiny_random_model]) == 0
     table = (out1 / "candidates.tsv").read_bytes()
     assert (out2 / "candidates.tsv").read_bytes() == table == (out3 / "candidates.tsv").read_bytes()
 
 
-def test_failed_run_keeps_previous_output(tmp_path, subject, random_model, capsys):
+def test_failed_run_keeps_previous_output(tmp_path, subject, tiny_random_model, capsys):
     """An all-zero magnitude fails inside the workflow (empty brain mask): one error line, exit 2,
     the previous complete output untouched, nothing half-written beside it."""
     out = tmp_path / "out"
@@ -87,7 +80,7 @@ def test_failed_run_keeps_previous_output(tmp_path, subject, random_model, capsy
     affine = subject["sim"].acq.affine
     save_nifti(np.zeros(SHAPE), affine, tmp_path / "zero.nii.gz")
     args = ["run", "--mag", str(tmp_path / "zero.nii.gz"), "--phase", str(subject["dir"] / "phase.nii.gz"),
-            "--te", "0.02", "--b0", "3", "--phase-units", "rad", "--out", str(out), "--model", random_model]
+            "--te", "0.02", "--b0", "3", "--phase-units", "rad", "--out", str(out), "--model", tiny_random_model]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -96,14 +89,14 @@ def test_failed_run_keeps_previous_output(tmp_path, subject, random_model, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "zero.nii.gz"]
 
 
-def test_user_mask_on_wrong_grid_is_refused_up_front(tmp_path, subject, random_model, capsys):
+def test_user_mask_on_wrong_grid_is_refused_up_front(tmp_path, subject, tiny_random_model, capsys):
     save_nifti(np.ones((48, 56, 30), bool), subject["sim"].acq.affine, tmp_path / "mask.nii.gz")
     assert main(["run", *subject["args"], "--mask", str(tmp_path / "mask.nii.gz"), "--out",
-                 str(tmp_path / "out"), "--model", random_model]) == 2
+                 str(tmp_path / "out"), "--model", tiny_random_model]) == 2
     assert "mask" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def test_run_dicom_input_writes_sr_and_key_images(tmp_path, subject, random_model):
+def test_run_dicom_input_writes_sr_and_key_images(tmp_path, subject, tiny_random_model):
     from pydicom import dcmread
 
     from cmbdetect.pipeline.simulate.dicom import write_dicom_series
@@ -117,7 +110,7 @@ def test_run_dicom_input_writes_sr_and_key_images(tmp_path, subject, random_mode
     anonymise(tmp_path / "dcm")
     out = tmp_path / "out"
     assert main(["run", "--dicom", str(tmp_path / "dcm" / "mag"), "--dicom", str(tmp_path / "dcm" / "phase"),
-                 "--out", str(out), "--model", random_model, "--plugin", "multiproc", "--nprocs", "2"]) == 0
+                 "--out", str(out), "--model", tiny_random_model, "--plugin", "multiproc", "--nprocs", "2"]) == 0
     sr = dcmread(out / "dicom" / "sr.dcm")
     assert sr.StudyInstanceUID == "1.2.3.4.5" and sr.Modality == "SR"
     assert sr.AccessionNumber == "" and sr.StudyID == ""  # absent from the source: present and empty
@@ -145,7 +138,7 @@ def anonymise(folder: Path) -> None:
         ds.save_as(path)
 
 
-def test_failed_dicom_export_keeps_outputs_and_fails_only_when_strict(tmp_path, subject, random_model,
+def test_failed_dicom_export_keeps_outputs_and_fails_only_when_strict(tmp_path, subject, tiny_random_model,
                                                                       capsys, monkeypatch):
     """An SR that cannot be built and a report that crashes (injected faults) leave every NIfTI/TSV
     output and the other DICOM objects, one warning line on stderr, exit 0; exit 1 with --strict-exports."""
@@ -167,7 +160,7 @@ def test_failed_dicom_export_keeps_outputs_and_fails_only_when_strict(tmp_path, 
     write_dicom_series(acq.phase[0], acq.affine, tmp_path / "dcm" / "phase", kind="P", series_number=2,
                        **common)
     args = ["run", "--dicom", str(tmp_path / "dcm" / "mag"), "--dicom", str(tmp_path / "dcm" / "phase"),
-            "--model", random_model, "-w", str(tmp_path / "work")]
+            "--model", tiny_random_model, "-w", str(tmp_path / "work")]
     for strict, code in ((False, 0), (True, 1)):
         out = tmp_path / f"out-{strict}"
         assert main([*args, "--out", str(out)] + (["--strict-exports"] if strict else [])) == code
@@ -185,7 +178,7 @@ def test_failed_dicom_export_keeps_outputs_and_fails_only_when_strict(tmp_path, 
 
 
 @pytest.mark.slow
-def test_run_through_slurm_plugin(tmp_path, subject, random_model, monkeypatch):
+def test_run_through_slurm_plugin(tmp_path, subject, tiny_random_model, monkeypatch):
     """Every node submitted through a stand-in ``sbatch`` (runs the job script synchronously), the
     scheduler options passed on, job scripts in the work folder's batch/ folders, complete outputs."""
     bin_dir = tmp_path / "bin"
@@ -199,7 +192,7 @@ def test_run_through_slurm_plugin(tmp_path, subject, random_model, monkeypatch):
         exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     out, work = tmp_path / "out", tmp_path / "work"
-    assert main(["run", *subject["args"], "--out", str(out), "--model", random_model, "-w", str(work),
+    assert main(["run", *subject["args"], "--out", str(out), "--model", tiny_random_model, "-w", str(work),
                  "--plugin", "slurm", "--plugin-args", '{"sbatch_args": "--mem=4G -p short"}']) == 0
     submitted = log.read_text().splitlines()
     assert {"compute_maps", "detect", "report", "markups"} <= {ln.split(" -J ")[1].split(".")[0]
@@ -250,7 +243,7 @@ def test_code_fingerprint_follows_the_source(tmp_path, monkeypatch):
     assert provenance.code_fingerprint() != a
 
 
-def test_failed_chi_map_is_flagged_on_stderr_and_in_the_provenance(tmp_path, random_model, capsys, monkeypatch):
+def test_failed_chi_map_is_flagged_on_stderr_and_in_the_provenance(tmp_path, tiny_random_model, capsys, monkeypatch):
     """A mask that takes in non-brain tissue with coherent phase (here everything outside a multi-echo head phantom
     is bright fat at -3.4 ppm) spoils the susceptibility map; the run still finishes, and says so in one warning
     line on stderr and in the report, with the map's quality in the provenance.  On this 64-voxel phantom the
@@ -274,7 +267,7 @@ def test_failed_chi_map_is_flagged_on_stderr_and_in_the_provenance(tmp_path, ran
     save_nifti(np.ones(p.mask.shape, np.uint8), p.affine, tmp_path / "mask.nii.gz")
     out = tmp_path / "out"
     assert main(["run", *args, "--b0", str(p.b0), "--phase-units", "rad", "--mask", str(tmp_path / "mask.nii.gz"),
-                 "--out", str(out), "--model", random_model]) == 0
+                 "--out", str(out), "--model", tiny_random_model]) == 0
     err = capsys.readouterr().err
     assert sum("warning: susceptibility map implausible" in line for line in err.splitlines()) == 1
     quality = json.loads((out / "provenance.json").read_text())["parameters"]["physics"]["quality"]

@@ -1,4 +1,6 @@
 """detect() with the tiny random model on a small synthetic subject; the physics gate; channels."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -35,14 +37,9 @@ def tiny_maps(affine, shape=(32, 32, 24), seed=0):
                        affine=affine, b0=3.0)
 
 
-@pytest.fixture(scope="module")
-def random_model(tmp_path_factory):
-    return create_random_model(tmp_path_factory.mktemp("model") / "random", seed=0)
-
-
-def test_detect_random_model_well_formed(random_model, oblique_affine):
+def test_detect_random_model_well_formed(tiny_random_model, oblique_affine):
     maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
-    dets = detect(maps, model=str(random_model))
+    dets = detect(maps, model=str(tiny_random_model))
     assert 1 <= len(dets) <= 10
     probs_mb = [d.probabilities["microbleed"] for d in dets]
     assert probs_mb == sorted(probs_mb, reverse=True)
@@ -57,29 +54,29 @@ def test_detect_random_model_well_formed(random_model, oblique_affine):
         assert {"integrated_chi_ppm_mm3", "dipole_sign", "stage1_score"} <= set(d.features)
         if d.features["integrated_chi_ppm_mm3"] < 0 and d.features["dipole_sign"] < 0:
             assert d.probabilities["microbleed"] == 0.0
-    withheld = detect(maps, model=str(random_model), calls_withheld="test: acquisition outside the validated range")
+    withheld = detect(maps, model=str(tiny_random_model), calls_withheld="test: acquisition outside the validated range")
     assert [d.probabilities for d in withheld] == [d.probabilities for d in dets]
     assert not any(d.label in ("microbleed", "possible_microbleed") for d in withheld)
     # prevalence re-weighting moves microbleed probabilities monotonically
-    low = detect(maps, model=str(random_model), prevalence=0.01)
-    high = detect(maps, model=str(random_model), prevalence=0.99)
+    low = detect(maps, model=str(tiny_random_model), prevalence=0.01)
+    high = detect(maps, model=str(tiny_random_model), prevalence=0.99)
     assert len(low) == len(dets) == len(high)
     key = {d.centre_vox: d.probabilities["microbleed"] for d in low}
     for d in high:
         assert d.probabilities["microbleed"] >= key[d.centre_vox] - 1e-12
     with pytest.raises(InputError):
-        detect(maps, model=str(random_model), prevalence=1.5)
+        detect(maps, model=str(tiny_random_model), prevalence=1.5)
 
 
-def test_detect_resamples_to_model_spacing(random_model, tmp_path):
+def test_detect_resamples_to_model_spacing(tiny_random_model, tmp_path):
     import json
-    meta_path = random_model / "metadata.json"
+    meta_path = Path(tiny_random_model) / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta["spacing"] = [0.5, 0.5, 0.75]           # native grid is twice as coarse
     other = tmp_path / "fine"
     other.mkdir()
     for f in ("detector.pt", "classifier.pt"):
-        (other / f).write_bytes((random_model / f).read_bytes())
+        (other / f).write_bytes((Path(tiny_random_model) / f).read_bytes())
     (other / "metadata.json").write_text(json.dumps(meta))
     maps = tiny_maps(np.diag([1.0, 1.0, 1.5, 1.0]))
     dets = detect(maps, model=str(other))
@@ -267,13 +264,13 @@ def test_brain_domain_closing_is_passed_through_from_the_metadata(oblique_affine
     assert (model_grid(maps, meta)[1] == closed).all()
 
 
-def test_detect_folds_in_the_stage1_score_when_the_model_has_stacking(random_model, oblique_affine):
+def test_detect_folds_in_the_stage1_score_when_the_model_has_stacking(tiny_random_model, oblique_affine):
     """Identity stacking weights change nothing; weights that trust only the stage-1 score make the microbleed
     probability a function of that score (before the physics gate)."""
     from cmbdetect.models.registry import load_model
 
     maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
-    m = load_model(str(random_model))
+    m = load_model(str(tiny_random_model))
     plain = {d.centre_vox: d.probabilities["microbleed"] for d in detect(maps, model=m)}
     m.metadata["calibration"]["stacking"] = {"a": 1.0, "b": 0.0, "c": 0.0}
     same = {d.centre_vox: d.probabilities["microbleed"] for d in detect(maps, model=m)}
@@ -284,7 +281,7 @@ def test_detect_folds_in_the_stage1_score_when_the_model_has_stacking(random_mod
             assert d.probabilities["microbleed"] == pytest.approx(d.score, abs=1e-5)
 
 
-def test_stage2_screen_runs_the_flip_pass_only_where_it_can_matter(random_model, oblique_affine):
+def test_stage2_screen_runs_the_flip_pass_only_where_it_can_matter(tiny_random_model, oblique_affine):
     """With ``inference.stage2_screen`` every candidate gets a plain pass and the flip-averaged pass is kept for
     the top-K stage-1 candidates and those whose plain microbleed/calcification probability reaches the floor:
     K >= N or floor 0 reproduce the full pass for all, floor above 1 and K = 0 the plain pass for all, and a
@@ -295,7 +292,7 @@ def test_stage2_screen_runs_the_flip_pass_only_where_it_can_matter(random_model,
     from cmbdetect.models.registry import load_model
 
     maps = tiny_maps(oblique_affine((32, 32, 24), (1.0, 1.0, 1.5)))
-    m = load_model(str(random_model))
+    m = load_model(str(tiny_random_model))
     m.metadata["thresholds"].update(heatmap=0.0, max_candidates=12)
     x, mask, vs, _ = model_grid(maps, m.metadata)
     centres, scores, _ = stage1_candidates(m, x, mask, vs)
