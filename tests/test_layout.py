@@ -112,3 +112,13 @@ def test_pyproject_lists_every_subpackage():
                             if not (p.parent / "__init__.py").is_file()]
     assert not folders_without_init, f"modules outside a package: {folders_without_init}"
     assert set(config["packages"]) == found
+
+
+def test_tests_mirror_the_package_layout():
+    """Each folder of tests/ (but data/) is a package folder: tests/pipeline/io tests pipeline/io, ..."""
+    for folder in (ROOT / "tests").rglob("*"):
+        rel = folder.relative_to(ROOT / "tests")
+        if folder.is_dir() and rel.parts[0] != "data" and "__pycache__" not in rel.parts:
+            assert (ROOT / rel / "__init__.py").is_file(), f"tests/{rel} mirrors no package folder"
+    assert not [p.name for p in (ROOT / "tests").glob("test_*.py")
+                if p.name not in ("test_layout.py", "test_same_tables.py")], "module tests belong in a mirror folder"

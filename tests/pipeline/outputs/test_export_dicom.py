@@ -328,7 +328,7 @@ def test_dciodvfy_finds_no_error(tmp_path):
     assert {str(f.name): dciodvfy_errors(f) for f in files} == {str(f.name): [] for f in files}
 
 
-REAL_SIEMENS = Path(__file__).parents[1].parent / "shared" / "data" / "real" / "dicom-megre-siemens" / "mag"
+REAL_SIEMENS = Path(__file__).parents[3].parent / "shared" / "data" / "real" / "dicom-megre-siemens" / "mag"
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None,

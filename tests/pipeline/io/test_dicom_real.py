@@ -19,7 +19,7 @@ from cmbdetect.pipeline.io.dicom import load_dicom_acquisition
 from cmbdetect.pipeline.io.nifti import load_nifti_acquisition, read_nifti_volume
 from cmbdetect.pipeline.simulate.dicom import write_acquisition_dicom
 
-FMAP = Path(__file__).parents[1].parent / "shared" / "data" / "real" / "dicom-fieldmaps-3vendors"
+FMAP = Path(__file__).parents[3].parent / "shared" / "data" / "real" / "dicom-fieldmaps-3vendors"
 HZ = r"is a B0 field map in Hz"
 
 
