@@ -22,6 +22,7 @@ from nipype.interfaces.base import SimpleInterface  # noqa: E402
 from cmbdetect.physics.errors import InputError  # noqa: E402
 from cmbdetect.physics.maps import PhysicsMaps  # noqa: E402
 from cmbdetect.pipeline.io.acquisition import Acquisition  # noqa: E402
+from cmbdetect.pipeline.io.atomic import replace_if_changed, save_nifti, write_json  # noqa: E402
 from cmbdetect.pipeline.io.masks import load_user_mask  # noqa: E402
 
 #: Name of the file a failing node leaves in its own folder (read back by the CLI for a one-line error).
@@ -61,8 +62,6 @@ def save_acquisition(acq: Acquisition, out_dir: Path) -> dict[str, Path]:
     convention) and ``acquisition.json`` (``te`` s, ``b0`` T, JSON-able ``source`` entries) in
     ``out_dir``; returns absolute paths.  A file whose content is unchanged is left untouched (same
     modification time), so Nipype's timestamp hashing reuses the cache when a run is repeated."""
-    from cmbdetect.pipeline.io.atomic import save_nifti, write_json
-
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"mag_file": out_dir / "mag.nii", "phase_file": out_dir / "phase.nii",
@@ -75,20 +74,8 @@ def save_acquisition(acq: Acquisition, out_dir: Path) -> dict[str, Path]:
                                           "source": source}, p),
     }
     for key, write in writers.items():
-        _write_if_changed(paths[key], write)
+        replace_if_changed(paths[key], write)
     return paths
-
-
-def _write_if_changed(path: Path, write) -> None:
-    """``write(tmp)`` then replace ``path`` only if the bytes differ."""
-    import filecmp
-
-    tmp = path.with_name(f".new-{path.name}")
-    write(tmp)
-    if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
-        tmp.unlink()
-    else:
-        os.replace(tmp, path)
 
 
 def _jsonable(value) -> bool:

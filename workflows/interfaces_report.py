@@ -10,6 +10,7 @@ from pathlib import Path
 from nipype.interfaces.base import (BaseInterfaceInputSpec, Directory, File, InputMultiObject,
                                     TraitedSpec, isdefined, traits)
 
+from cmbdetect.pipeline.io.atomic import copy_file, write_json
 from cmbdetect.workflows.interfaces import CmbInterface, load_maps_bundle, progress
 
 
@@ -114,7 +115,6 @@ class ExportDicom(CmbInterface):
         datasets = [pydicom.dcmread(f) for f in self.inputs.reference_files]
         out = cwd / "dicom"
         out.mkdir(exist_ok=True)
-        from cmbdetect.pipeline.io.atomic import write_json
         from cmbdetect.pipeline.outputs.dicom import write_dicom_outputs
         from cmbdetect.pipeline.io.provenance import cmbdetect_version
 
@@ -155,17 +155,14 @@ class DerivativesSink(CmbInterface):
         src = Path(self.inputs.in_file)
         dst = Path(self.inputs.out_dir) / self.inputs.out_name
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
         if src.is_dir():
+            tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
             shutil.copytree(src, tmp)
             if dst.exists():
                 shutil.rmtree(dst)
             os.rename(tmp, dst)
         else:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            copy_file(src, dst)
         if isdefined(self.inputs.sidecar) and self.inputs.sidecar:
-            stem = dst.name.split(".")[0]
-            (dst.parent / f"{stem}.json").write_text(json.dumps(self.inputs.sidecar, indent=2,
-                                                                default=str) + "\n")
+            write_json(self.inputs.sidecar, dst.parent / f"{dst.name.split('.')[0]}.json")
         self._results["out_file"] = str(dst)

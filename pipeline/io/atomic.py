@@ -118,6 +118,33 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the file ``src`` to ``dst`` atomically; returns ``dst``."""
+    with atomic_file(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
+
+
+def replace_if_changed(path: str | os.PathLike, write) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``; rename it onto ``path`` only if the bytes differ
+    (an unchanged file keeps its modification time, so Nipype's timestamp hashing reuses its cache)."""
+    import filecmp
+
+    final = Path(path).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".new-{uuid.uuid4().hex[:12]}-{final.name}"  # same suffixes: writers go by them
+    try:
+        write(tmp)
+        if final.is_file() and filecmp.cmp(tmp, final, shallow=False):
+            tmp.unlink()
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *,
                dtype: Any = None) -> Path:
     """Write ``array`` (voxel order ``[i, j, k]`` or ``[i, j, k, t]``) with ``affine`` (voxel -> scanner

@@ -96,3 +96,20 @@ def test_write_json_and_text(tmp_path):
     assert json.loads(p.read_text()) == {"a": 1.5, "b": [0, 1, 2], "c": str(tmp_path)}
     t = write_text("hello\n", tmp_path / "t.txt")
     assert t.read_text() == "hello\n"
+
+
+def test_copy_file_and_replace_if_changed(tmp_path):
+    import os
+
+    from cmbdetect.pipeline.io.atomic import copy_file, replace_if_changed
+
+    src = tmp_path / "a.txt"
+    src.write_text("one")
+    dst = copy_file(src, tmp_path / "sub" / "b.txt")
+    assert dst.read_text() == "one"
+    os.utime(dst, (1_000_000, 1_000_000))
+    replace_if_changed(dst, lambda p: p.write_text("one"))
+    assert dst.stat().st_mtime == 1_000_000  # same bytes: left untouched (the cache key keeps)
+    replace_if_changed(dst, lambda p: p.write_text("two"))
+    assert dst.read_text() == "two" and dst.stat().st_mtime != 1_000_000
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["b.txt"]  # no temporary file left
