@@ -20,7 +20,6 @@ import numpy as np  # noqa: E402
 from nipype.interfaces.base import SimpleInterface  # noqa: E402
 
 from cmbdetect.physics.errors import InputError  # noqa: E402
-from cmbdetect.physics.maps import PhysicsMaps  # noqa: E402
 from cmbdetect.pipeline.io.acquisition import Acquisition  # noqa: E402
 from cmbdetect.pipeline.io.atomic import replace_if_changed, save_nifti, write_json  # noqa: E402
 from cmbdetect.pipeline.io.masks import load_user_mask  # noqa: E402
@@ -28,8 +27,6 @@ from cmbdetect.pipeline.io.masks import load_user_mask  # noqa: E402
 #: Name of the file a failing node leaves in its own folder (read back by the CLI for a one-line error).
 ERROR_FILE = "cmbdetect_error.json"
 
-_MAP_ARRAYS = ("mask", "magnitude", "field_ppm", "local_field_ppm", "chi_ppm", "chi_pos", "chi_neg",
-               "swi", "mip", "r2star", "brain_plain", "brain_guarded")
 
 
 def progress(label: str, message: str) -> None:
@@ -103,26 +100,3 @@ def load_mask(mask_file: str, *, shape: tuple[int, ...], affine: np.ndarray) -> 
     """A brain mask as bool; its grid must be the acquisition's (shape and affine), else InputError
     (the same rules as the CLI's ``--mask``: ``pipeline.io.masks.load_user_mask``)."""
     return load_user_mask(mask_file, affine, shape=tuple(shape))
-
-
-def save_maps_bundle(maps: PhysicsMaps, path: Path) -> Path:
-    """All arrays of ``maps`` (+ affine, B0, JSON meta) in one uncompressed ``.npz``."""
-    arrays = {k: getattr(maps, k) for k in _MAP_ARRAYS if getattr(maps, k) is not None}
-    meta = json.dumps(maps.meta, default=str)
-    np.savez(path, affine=np.asarray(maps.affine, float), b0=np.float64(maps.b0),
-             meta=np.array(meta), **arrays)
-    return Path(path)
-
-
-def load_maps_meta(path: str) -> dict:
-    """Only the ``meta`` record of a maps bundle (methods, parameters, timings, warnings)."""
-    with np.load(path, allow_pickle=False) as z:
-        return json.loads(str(z["meta"]))
-
-
-def load_maps_bundle(path: str) -> PhysicsMaps:
-    """Inverse of :func:`save_maps_bundle`."""
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in _MAP_ARRAYS if k in z.files}
-        return PhysicsMaps(affine=z["affine"], b0=float(z["b0"]), meta=json.loads(str(z["meta"])),
-                           **arrays)

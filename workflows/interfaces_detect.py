@@ -6,7 +6,8 @@ from pathlib import Path
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, isdefined, traits
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.workflows.interfaces import CmbInterface, load_maps_bundle, progress
+from cmbdetect.pipeline.io.maps import load_maps_bundle
+from cmbdetect.workflows.interfaces import CmbInterface, progress
 
 
 class _DetectInputSpec(BaseInterfaceInputSpec):

@@ -7,8 +7,8 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, TraitedSpec, i
 
 from cmbdetect.physics.settings import (BACKGROUND_CHOICES, DEFAULT_PHYSICS, INVERSION_CHOICES,
                                         UNWRAP_CHOICES)
-from cmbdetect.workflows.interfaces import (CmbInterface, load_acquisition, load_mask, progress,
-                                            save_maps_bundle)
+from cmbdetect.pipeline.io.maps import save_maps_bundle
+from cmbdetect.workflows.interfaces import CmbInterface, load_acquisition, load_mask, progress
 
 #: NIfTI maps written by :func:`write_output_maps` (``<name>.nii.gz``, as ``pipeline.maps_io`` names them).
 MAP_NAMES = ("chimap", "localfield", "brainmask", "swi", "mip", "r2star")
@@ -34,7 +34,7 @@ class _ComputeMapsInputSpec(BaseInterfaceInputSpec):
 
 
 class _ComputeMapsOutputSpec(TraitedSpec):
-    maps_bundle = File(exists=True, desc="all physics maps in one .npz (see interfaces.load_maps_bundle)")
+    maps_bundle = File(exists=True, desc="all physics maps in one .npz (see pipeline.io.maps.load_maps_bundle)")
     chimap = File(exists=True, desc="susceptibility (ppm)")
     localfield = File(exists=True, desc="local field (ppm of B0)")
     brainmask = File(exists=True, desc="brain mask used (uint8)")

@@ -11,7 +11,8 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, Directory, File, Inp
                                     TraitedSpec, isdefined, traits)
 
 from cmbdetect.pipeline.io.atomic import copy_file, write_json
-from cmbdetect.workflows.interfaces import CmbInterface, load_maps_bundle, progress
+from cmbdetect.pipeline.io.maps import load_maps_bundle
+from cmbdetect.workflows.interfaces import CmbInterface, progress
 
 
 class _MarkupsInputSpec(BaseInterfaceInputSpec):

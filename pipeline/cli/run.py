@@ -262,7 +262,7 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
 
 def physics_meta(node_outputs: dict | None) -> dict:
     """The physics chain's own record (methods, parameters, warnings) from the maps node's bundle."""
-    from cmbdetect.workflows.interfaces import load_maps_meta
+    from cmbdetect.pipeline.io.maps import load_maps_meta
 
     for name, outputs in (node_outputs or {}).items():
         if name.endswith("compute_maps") and outputs.get("maps_bundle"):

@@ -1,4 +1,6 @@
-"""PhysicsMaps <-> a folder of NIfTI files (for users, viewers, and for resuming a run).
+"""PhysicsMaps <-> files: a folder of NIfTI files (for users, viewers, and for resuming a run), and the one-file
+``.npz`` bundle the workflow nodes exchange (:func:`save_maps_bundle`).  The array names are the
+:class:`~cmbdetect.physics.maps.PhysicsMaps` fields (:data:`MAP_ARRAYS`).
 
 File names (all on the input grid, with the input affine):
 
@@ -22,14 +24,18 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 from cmbdetect.physics.errors import InputError
 from cmbdetect.physics.maps import PhysicsMaps
-from cmbdetect.pipeline.io.atomic import save_nifti, write_json
+from cmbdetect.pipeline.io.atomic import atomic_file, save_nifti, write_json
 from cmbdetect.pipeline.io.nifti import AFFINE_ATOL_MM, read_nifti_volume
+
+#: The array fields of :class:`PhysicsMaps` (all but ``affine``, ``b0``, ``meta``), in field order.
+MAP_ARRAYS: tuple[str, ...] = tuple(f.name for f in fields(PhysicsMaps) if f.name not in ("affine", "b0", "meta"))
 
 #: PhysicsMaps attribute -> file name (``r2star`` only when present).
 MAP_FILES: dict[str, str] = {
@@ -105,3 +111,27 @@ def read_physics_maps(maps_dir: str | os.PathLike, *, b0: float | None = None) -
             raise InputError(f"{path} is not on the same grid as {folder / MAP_FILES['chi_ppm']}")
         arrays[attr] = data > 0.5 if attr == "mask" else data
     return PhysicsMaps(affine=affine, b0=float(b0), meta=dict(info.get("meta") or {}), **arrays)
+
+
+def save_maps_bundle(maps: PhysicsMaps, path: Path) -> Path:
+    """All arrays of ``maps`` (:data:`MAP_ARRAYS`, + affine, B0, JSON meta) in one uncompressed ``.npz``
+    (the physics bundle the workflow nodes exchange), written atomically."""
+    arrays = {k: getattr(maps, k) for k in MAP_ARRAYS if getattr(maps, k) is not None}
+    meta = json.dumps(maps.meta, default=str)
+    with atomic_file(path) as tmp:
+        np.savez(tmp, affine=np.asarray(maps.affine, float), b0=np.float64(maps.b0), meta=np.array(meta), **arrays)
+    return Path(path)
+
+
+def load_maps_meta(path: str) -> dict:
+    """Only the ``meta`` record of a maps bundle (methods, parameters, timings, warnings)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"]))
+
+
+def load_maps_bundle(path: str) -> PhysicsMaps:
+    """Inverse of :func:`save_maps_bundle`."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in MAP_ARRAYS if k in z.files}
+        return PhysicsMaps(affine=z["affine"], b0=float(z["b0"]), meta=json.loads(str(z["meta"])),
+                           **arrays)

@@ -14,8 +14,8 @@ from cmbdetect.physics.maps import PhysicsMaps
 from cmbdetect.pipeline.io.acquisition import Acquisition
 from cmbdetect.pipeline.io.atomic import save_nifti
 from cmbdetect.workflows.cmb import bids_output_names, configure_execution, init_cmb_wf, plain_output_names
-from cmbdetect.workflows.interfaces import (load_acquisition, load_maps_bundle, load_mask, save_acquisition,
-                                            save_maps_bundle)
+from cmbdetect.pipeline.io.maps import load_maps_bundle, save_maps_bundle
+from cmbdetect.workflows.interfaces import load_acquisition, load_mask, save_acquisition
 from cmbdetect.workflows.interfaces_report import DerivativesSink
 from cmbdetect.workflows.plugins import (collect_failures, parse_plugin_args, plugin_settings,
                                          raise_for_failures, run_workflow)
