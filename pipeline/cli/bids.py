@@ -28,7 +28,7 @@ from cmbdetect.physics.errors import InputError
 from cmbdetect.pipeline.io.output_folder import add_to_manifest
 from cmbdetect.pipeline.cli.run import (EXPORT_STEPS, PipelineOptions, add_execution_arguments, check_model,
                                         command_line_of, node_memory_gb, options_from_args,
-                                        physics_meta, prepare_inputs)
+                                        physics_meta, prepare_inputs, subject_workflow)
 
 FAILURES_FILE = Path("logs") / "failures.tsv"
 #: Output kinds of the export steps: missing after a failed export step, the acquisition is still done.
@@ -173,7 +173,7 @@ def run_participant(args: argparse.Namespace) -> int:
     from cmbdetect.pipeline.outputs.bids_derivatives import derivative_path
     from cmbdetect.pipeline.io.bids_dataset import load_bids_acquisition
     from cmbdetect.pipeline.io.provenance import build_provenance
-    from cmbdetect.workflows.cmb import bids_output_names, configure_execution, init_cmb_wf
+    from cmbdetect.workflows.cmb import bids_output_names, configure_execution
     from cmbdetect.workflows.plugins import run_workflow
 
     bids_dir, out_dir = Path(args.bids_dir).absolute(), Path(args.output_dir).absolute()
@@ -222,15 +222,12 @@ def run_participant(args: argparse.Namespace) -> int:
                 _progress(f"error: {label} skipped: {message}")
                 continue
             sub_staging = staging / label
-            wf = init_cmb_wf(output_dir=sub_staging,
-                             output_names={k: v for k, v in names.items() if k != "provenance"},
-                             sidecars=_sidecars(sources, model), model=options.model,
-                             model_sha256=model["sha256"],
-                             prevalence=options.prevalence, unwrap=options.unwrap,
-                             background=options.background, inversion=options.inversion,
-                             settings={**options.parameters(), "subject": label},
-                             mem_gb=mem_gb, omp_nthreads=max(1, options.nprocs // n_parallel),
-                             label=label, name=_node_name(label))
+            wf = subject_workflow(options, output_dir=sub_staging,
+                                  output_names={k: v for k, v in names.items() if k != "provenance"},
+                                  sidecars=_sidecars(sources, model), model_sha256=model["sha256"],
+                                  settings={**options.parameters(), "subject": label},
+                                  mem_gb=mem_gb, omp_nthreads=max(1, options.nprocs // n_parallel),
+                                  label=label, name=_node_name(label))
             for key, value in values.items():
                 if key != "reference_files":
                     setattr(wf.inputs.inputnode, key, value)

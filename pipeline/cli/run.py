@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.physics.settings import (BACKGROUND_CHOICES, DEFAULT_PHYSICS, INVERSION_CHOICES,
-                                        UNWRAP_CHOICES)
+from cmbdetect.physics.settings import (BACKGROUND_CHOICES, DEFAULT_PHYSICS, INVERSION_CHOICES, UNWRAP_CHOICES,
+                                        PhysicsSettings)
 from cmbdetect.pipeline.io.acquisition import Acquisition
 from cmbdetect.pipeline.io.output_folder import OutputClaim
 
@@ -89,6 +89,11 @@ class PipelineOptions:
     work_dir: Path | None = None
     verbose: int = 0
 
+    @property
+    def physics(self) -> PhysicsSettings:
+        """The physics settings of the run (validated: an unknown method is a ValueError)."""
+        return PhysicsSettings(unwrap=self.unwrap, background=self.background, inversion=self.inversion)
+
     def parameters(self) -> dict:
         """JSON-able record for provenance/report (no execution details that do not change results)."""
         d = asdict(self)
@@ -141,6 +146,20 @@ def check_model(model: str) -> dict:
         raise InputError(f"cannot load model {model!r}: {reason}") from None
 
 
+def subject_workflow(options: PipelineOptions, *, output_dir: Path, model_sha256: str, mem_gb: float,
+                     omp_nthreads: int, settings: dict, label: str = "", dicom: bool = False,
+                     output_names: dict[str, str] | None = None, sidecars: dict[str, dict] | None = None,
+                     name: str = "cmb_wf"):
+    """The one workflow of one subject that ``run``, ``demo`` and the BIDS participant level execute: the model
+    and physics settings of ``options`` (``options.physics``) into :func:`~cmbdetect.workflows.cmb.init_cmb_wf`."""
+    from cmbdetect.workflows.cmb import init_cmb_wf
+
+    return init_cmb_wf(output_dir=output_dir, output_names=output_names, sidecars=sidecars, model=options.model,
+                       model_sha256=model_sha256, prevalence=options.prevalence, **options.physics.as_dict(),
+                       dicom=dicom, settings=settings, mem_gb=mem_gb, omp_nthreads=omp_nthreads, label=label,
+                       name=name)
+
+
 def node_memory_gb(acq: Acquisition) -> float:
     """Memory estimate (GB) of the heavy nodes: ~30 float32 volumes of the acquisition grid."""
     n = int(acq.mag[0].size)
@@ -185,7 +204,7 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
     from cmbdetect.pipeline.io.atomic import atomic_directory, write_json
     from cmbdetect.pipeline.outputs.candidates import read_candidates_tsv
     from cmbdetect.pipeline.io.provenance import StageTimer, build_provenance, work_subdir
-    from cmbdetect.workflows.cmb import configure_execution, init_cmb_wf
+    from cmbdetect.workflows.cmb import configure_execution
     from cmbdetect.workflows.interfaces import progress
     from cmbdetect.workflows.plugins import raise_for_failures, run_workflow
 
@@ -203,12 +222,9 @@ def run_acquisition(acq: Acquisition, *, out_dir: Path, options: PipelineOptions
                     "b0_t": float(acq.b0), "voxel_size_mm": [round(float(v), 4) for v in acq.voxel_size],
                     "shape": list(acq.shape)}
         with atomic_directory(out_dir, claim=claim, kind="run") as tmp:
-            wf = init_cmb_wf(output_dir=tmp, model=options.model, model_sha256=model_info["sha256"],
-                             prevalence=options.prevalence,
-                             unwrap=options.unwrap, background=options.background,
-                             inversion=options.inversion, dicom=dicom, settings=settings,
-                             mem_gb=node_memory_gb(acq), omp_nthreads=max(1, options.nprocs),
-                             label=label)
+            wf = subject_workflow(options, output_dir=tmp, model_sha256=model_info["sha256"], dicom=dicom,
+                                  settings=settings, mem_gb=node_memory_gb(acq),
+                                  omp_nthreads=max(1, options.nprocs), label=label)
             wf.base_dir = str(work_subdir(work))
             crash_dir = work / "crash" / uuid.uuid4().hex[:8]
             # not stopped by a failed export step: the maps and tables are still copied (export_failures)
