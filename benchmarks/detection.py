@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     results = {}
     if not a.timing_only:
         from cmbdetect.models.training_data import load_training_subjects
-        from cmbdetect.pipeline.simulate import simulate_dataset
+        from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
         test = Path(a.test_dir)
         if not test.exists():

@@ -79,9 +79,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=101)
     ap.add_argument("--only", default=",".join(CONFIGS), help="comma-separated configurations")
     a = ap.parse_args(argv)
-    from cmbdetect.pipeline.io_bids import find_bids_subjects, load_bids_acquisition
-    from cmbdetect.pipeline.simulate import simulate_dataset
-    from cmbdetect.pipeline.truth import read_truth
+    from cmbdetect.pipeline.io.bids_dataset import find_bids_subjects, load_bids_acquisition
+    from cmbdetect.pipeline.simulate.subject import simulate_dataset
+    from cmbdetect.pipeline.io.truth import read_truth
 
     bids = Path(a.bids_dir)
     if not bids.exists():

@@ -26,8 +26,8 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 
 def _write_subject(folder: Path, *, seed: int, shape) -> tuple[list[str], object]:
     """Simulate one single-echo subject; NIfTI files + the ``run`` input arguments."""
-    from cmbdetect.pipeline.atomic import save_nifti
-    from cmbdetect.pipeline.simulate import simulate_subject
+    from cmbdetect.pipeline.io.atomic import save_nifti
+    from cmbdetect.pipeline.simulate.subject import simulate_subject
 
     acq = simulate_subject(seed=seed, shape=tuple(shape)).acq
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def _cmbdetect(args: list[str]) -> tuple[float, float, int]:
     ``ru_maxrss`` of RUSAGE_CHILDREN is the maximum over all waited-for children (MultiProc workers
     included), in KiB on Linux."""
     exe = shutil.which("cmbdetect")
-    cmd = [exe] if exe else [sys.executable, "-m", "cmbdetect.pipeline.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "cmbdetect.pipeline.cli.main"]
     t0 = time.perf_counter()
     proc = subprocess.run([*cmd, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
@@ -99,7 +99,7 @@ def main() -> int:
         if opts.skip_batch:
             return 0 if code == 0 else 1
 
-        from cmbdetect.pipeline.simulate import simulate_dataset
+        from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
         bids = tmp / "bids"
         labels = simulate_dataset(bids, subjects=4, seed=100, echoes=1, shape=tuple(opts.batch_shape))

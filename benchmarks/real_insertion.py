@@ -3,14 +3,14 @@
 The real data is ``../shared/data/real/gre-3echo-crop`` (51x51x41 at 0.47x0.47x1 mm, 3 T, TE 4/8/12 ms; phase
 stored scaled to +-0.0036744): real noise, veins, cortex and background field, no annotated lesion.  Each
 "subject" is that crop with ``--microbleeds`` microbleeds and ``--calcifications`` calcifications inserted at
-random sites of the physics mask (:func:`cmbdetect.pipeline.simulate_insert.insert_spheres`: closed-form
+random sites of the physics mask (:func:`cmbdetect.pipeline.simulate.insert.insert_spheres`: closed-form
 sphere fields, sub-voxel signal integration; diameters ``--diameter-mm``, |chi| ``--chi-ppm``), one seed per
 subject.  The physics chain and ``models.inference.detect`` then run as on any scan, and the metrics of
 ``benchmarks/detection.py`` are computed over the subjects (5 mm hits, FROC over the microbleed probability).
 The crop without insertions is reported too: every detection there at p >= 0.5 is a false positive on real
 tissue.  ``--acquired-voxel-mm X Y Z``: after the insertion each copy (and the clean crop) is re-acquired on a
 coarser grid of the same field of view by keeping the central part of k-space
-(:func:`cmbdetect.pipeline.simulate_insert.acquire_coarser`).  Peer in the same run: the chi-peak physics
+(:func:`cmbdetect.pipeline.simulate.insert.acquire_coarser`).  Peer in the same run: the chi-peak physics
 baseline.
 
 Usage: ``python benchmarks/real_insertion.py [--model default] [--subjects 20] [--out results.json]``.
@@ -36,7 +36,7 @@ B0 = 3.0
 
 def load_real_crop(folder: Path = REAL):
     """Magnitude and phase (radians) ``[E, X, Y, Z]`` and the affine of the real 3-echo crop (project reader)."""
-    from cmbdetect.pipeline.io_nifti import load_nifti_acquisition
+    from cmbdetect.pipeline.io.nifti import load_nifti_acquisition
 
     acq = load_nifti_acquisition(folder / "Mag.nii.gz", folder / "Phase.nii.gz", te=list(TE), b0=B0,
                                  phase_units="scale:0.0036744")
@@ -50,7 +50,7 @@ def inserted_subjects(*, n: int, n_mb: int, n_calc: int, diameter_mm, chi_ppm, s
     from cmbdetect.models.training_data import TrainingSubject
     from cmbdetect.physics.chain import compute_physics_maps
     from cmbdetect.physics.geometry import voxel_sizes
-    from cmbdetect.pipeline.simulate_insert import acquire_coarser, draw_insertion_sites, insert_spheres
+    from cmbdetect.pipeline.simulate.insert import acquire_coarser, draw_insertion_sites, insert_spheres
 
     mag, phase, aff = load_real_crop()
     old = np.array(mag.shape[1:])

@@ -24,7 +24,7 @@ def main() -> None:
     shape = tuple(int(v) for v in args.shape.split(","))
     te = (0.02,) if args.echoes == 1 else tuple(0.005 + 0.007 * e for e in range(args.echoes))
 
-    from cmbdetect.pipeline.simulate import simulate_subject
+    from cmbdetect.pipeline.simulate.subject import simulate_subject
 
     t0 = time.perf_counter()
     sub = simulate_subject(seed=args.seed, shape=shape, b0=args.b0, te=te, oblique_deg=12.0)
@@ -36,7 +36,7 @@ def main() -> None:
 
     import tempfile
 
-    from cmbdetect.pipeline.simulate import simulate_dataset
+    from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     from cmbdetect.models.registry import load_model
     from cmbdetect.models.training_data import load_training_subjects
     from cmbdetect.physics.geometry import voxel_sizes
-    from cmbdetect.pipeline.truth import read_truth
+    from cmbdetect.pipeline.io.truth import read_truth
 
     model = load_model(a.model)
     roots = {Path(d).resolve().name: Path(d) for d in a.bids_dir}

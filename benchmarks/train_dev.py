@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.pipeline import cli_train
+from cmbdetect.pipeline.cli import train as cli_train
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
 Leave-one-generator-out: the shipped networks were trained on the simulator's default vein family ("trees":
 cortical trees on the convexity, straight radial medullary veins), its vein model (:mod:`cmbdetect.models.vein_model`)
 on "trees" and "radial".  This benchmark simulates cohorts with the other family ("tortuous": random-walk veins of
-every orientation and calibre, :mod:`cmbdetect.pipeline.simulate_veins_tortuous`) and runs
+every orientation and calibre, :mod:`cmbdetect.pipeline.simulate.veins_tortuous`) and runs
 ``models.inference.detect`` once per subject with the vein gate on and no vein model (so the vein features are
 computed for every candidate that can be called); the variants of :data:`VARIANTS` are read off that pass
 (:func:`rescored`, exact): the release without vein features (the peer in the same run), the vein gate alone, the
@@ -63,7 +63,7 @@ def cohort_specs(a) -> dict[str, dict]:
 def load_cohort(root: Path, name: str, spec: dict, log=print):
     """Simulate the cohort (once) and return its subjects with cached physics maps."""
     from cmbdetect.models.training_data import load_training_subjects
-    from cmbdetect.pipeline.simulate import simulate_dataset
+    from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
     bids = root / name
     if not bids.exists():
@@ -79,7 +79,7 @@ def cached_subjects(bids: Path, cache: Path, log=print):
     (both models of this benchmark see the same maps; delete the cache folder to recompute them with the
     current physics code), else computed and cached by ``models.training_data.load_training_subjects``."""
     from cmbdetect.models.training_data import _load_cache, load_training_subjects
-    from cmbdetect.pipeline.io_bids import find_bids_subjects
+    from cmbdetect.pipeline.io.bids_dataset import find_bids_subjects
 
     names = [f"{bids.resolve().name}_{s.label}" for s in find_bids_subjects(bids)]
     if names and all((cache / f"{n}.npz").is_file() for n in names):
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     names = list(specs) if a.cohorts is None else a.cohorts  # "--cohorts" alone: none (e.g. with --seed606)
     cohorts = {n: load_cohort(root, n, specs[n]) for n in names}
     if a.seed606:
-        from cmbdetect.pipeline.simulate import simulate_dataset
+        from cmbdetect.pipeline.simulate.subject import simulate_dataset
 
         test = root / "seed606"
         if not test.exists():

@@ -39,7 +39,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
-from cmbdetect.pipeline.atomic import write_json, write_text
+from cmbdetect.pipeline.io.atomic import write_json, write_text
 
 #: Mean FP-per-subject rates at which sensitivity is reported.
 FP_RATES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)

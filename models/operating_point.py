@@ -28,7 +28,7 @@ BUDGETS = (100, 200, 300, 400, 600, 800, 1000, 1500, 2000)
 
 
 def lesion_field_cnr(lesion, affine: np.ndarray, field_error: np.ndarray, *, radius_mm: float = 12.0) -> float:
-    """Field CNR of one simulated lesion (:class:`cmbdetect.pipeline.truth.Lesion`): the peak |voxel-averaged
+    """Field CNR of one simulated lesion (:class:`cmbdetect.pipeline.io.truth.Lesion`): the peak |voxel-averaged
     closed-form field| (ppm, B0 along scanner z as the simulator has it) within ``radius_mm`` over the std of
     ``field_error`` (measured minus true local field, ppm, NaN outside the mask) there; NaN when fewer than 20
     error voxels lie in that box."""
@@ -60,7 +60,7 @@ def held_out_ranks(model, subjects, roots, *, hit_mm: float = 5.0, cnr_radius_mm
     ``subject_candidates``: how many candidates of its subject reach the model's heatmap threshold."""
     from cmbdetect.models.inference import map_back, model_grid, stage1_candidates
     from cmbdetect.physics.geometry import voxel_sizes
-    from cmbdetect.pipeline.truth import read_truth
+    from cmbdetect.pipeline.io.truth import read_truth
 
     rows = []
     for s in subjects:

@@ -1,6 +1,6 @@
 """Training subjects: images via the one BIDS reader, physics via the one chain, labels, and a cache.
 
-Images are read only with :func:`cmbdetect.pipeline.io_bids.load_bids_acquisition` and turned into
+Images are read only with :func:`cmbdetect.pipeline.io.bids_dataset.load_bids_acquisition` and turned into
 physics maps only with :func:`cmbdetect.physics.chain.compute_physics_maps`; the maps and labels of each
 subject are cached as ``<cache_dir>/<subject label>.npz`` (written atomically, tagged with a fingerprint of the
 physics code and recomputed when that code or the images change) so later epochs and
@@ -77,7 +77,7 @@ def _is_subject_file(name: str, subject: str) -> bool:
 def read_labels(subject: str, affine: np.ndarray, shape, *, bids_dir: Path, labels: Path | None):
     """``(lesion_vox, kinds, diameters_mm, label_map or None)`` of ``subject`` (label without ``sub-``)."""
     if labels is None:
-        from cmbdetect.pipeline.truth import read_truth
+        from cmbdetect.pipeline.io.truth import read_truth
 
         truth = read_truth(Path(bids_dir) / "derivatives" / "groundtruth", subject)
         les = truth.lesions
@@ -100,7 +100,7 @@ def read_labels(subject: str, affine: np.ndarray, shape, *, bids_dir: Path, labe
 
 def _physics_code() -> str:
     """Fingerprint of the physics code that made the cached maps (a cache from other code is recomputed)."""
-    from cmbdetect.pipeline.provenance import code_fingerprint
+    from cmbdetect.pipeline.io.provenance import code_fingerprint
 
     return code_fingerprint(("physics",))[:16]
 
@@ -133,7 +133,7 @@ def load_training_subjects(bids_dirs, *, cache_dir: str | Path, labels: str | Pa
                            log=print) -> list[TrainingSubject]:
     """All subjects of one or more BIDS datasets with their maps (computed once, then cached as
     ``<cache_dir>/<dataset folder name>_<subject label>.npz``) and labels."""
-    from cmbdetect.pipeline.io_bids import find_bids_subjects, load_bids_acquisition
+    from cmbdetect.pipeline.io.bids_dataset import find_bids_subjects, load_bids_acquisition
 
     dirs = [Path(bids_dirs)] if isinstance(bids_dirs, (str, Path)) else [Path(d) for d in bids_dirs]
     found = []

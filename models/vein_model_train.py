@@ -87,7 +87,7 @@ def subject_rows(model, subjects, *, cache: Path | None, cached_only: bool = Fal
             t0 = time.perf_counter()
             rows = candidate_rows(model, s)
             if path is not None:
-                from cmbdetect.pipeline.atomic import write_text
+                from cmbdetect.pipeline.io.atomic import write_text
 
                 write_text(json.dumps(rows) + "\n", path)
             log(f"{s.label}: {len(rows)} candidates with vein features ({time.perf_counter() - t0:.0f} s)")
@@ -167,7 +167,7 @@ GATE_TEXT = {
 
 def write_vein_model(model_dir: Path, section: dict) -> None:
     """Put ``section`` under ``"vein_model"`` in ``model_dir/metadata.json`` (atomic; other keys unchanged)."""
-    from cmbdetect.pipeline.atomic import write_json
+    from cmbdetect.pipeline.io.atomic import write_json
 
     path = Path(model_dir) / "metadata.json"
     meta = json.loads(path.read_text())

@@ -10,7 +10,7 @@ flipped once at reading (:func:`apply_phase_sign`), never later.
 
 Vendor units (values after any DICOM RescaleSlope/Intercept): Siemens -4096..4095 (or 0..4095 unsigned,
 ``uint12``) for -pi..pi; Philips and GE milliradians (+-3142, ``mrad``) or radians; the DICOM reader
-chooses among these from the headers (:mod:`cmbdetect.pipeline.dicom_vendors`).  No unit rule changes
+chooses among these from the headers (:mod:`cmbdetect.pipeline.io.dicom_vendors`).  No unit rule changes
 the sign: whether a vendor's stored phase rises or falls for a paramagnetic source is a matter of
 ``--phase-sign`` (see :func:`apply_phase_sign`).
 """

@@ -26,7 +26,7 @@ def shared_data() -> Path:
 def real_crop(shared_data):
     """The real 3-echo GRE crop of ``../shared`` read by the project's NIfTI reader (TE 4/8/12 ms and 3 T as its
     source project's tests use; phase scaled to +-0.0036744): an :class:`Acquisition`, phase in radians."""
-    from cmbdetect.pipeline.io_nifti import load_nifti_acquisition
+    from cmbdetect.pipeline.io.nifti import load_nifti_acquisition
 
     d = shared_data / "real" / "gre-3echo-crop"
     return load_nifti_acquisition(d / "Mag.nii.gz", d / "Phase.nii.gz", te=[0.004, 0.008, 0.012], b0=3.0,
@@ -61,8 +61,8 @@ def tiny_random_model(tmp_path_factory) -> str:
 def tiny_subject_files(tmp_path_factory) -> dict:
     """A simulated single-echo 40 x 44 x 28 subject as NIfTI magnitude + phase (radians) in its own folder:
     ``{"dir", "mag", "phase", "args"}`` (``args``: the input options of ``cmbdetect run``/``qsm``)."""
-    from cmbdetect.pipeline.atomic import save_nifti
-    from cmbdetect.pipeline.simulate import simulate_subject
+    from cmbdetect.pipeline.io.atomic import save_nifti
+    from cmbdetect.pipeline.simulate.subject import simulate_subject
 
     sim = simulate_subject(seed=5, shape=(40, 44, 28), n_microbleeds=2)
     folder = tmp_path_factory.mktemp("tiny-subject")

@@ -12,6 +12,8 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from cmbdetect.physics.settings import DEFAULT_PHYSICS
+
 from cmbdetect.workflows.detect import DETECT_OUTPUTS, init_detect_wf
 from cmbdetect.workflows.interfaces_report import DerivativesSink
 from cmbdetect.workflows.qsm import QSM_OUTPUTS, init_qsm_wf
@@ -42,8 +44,8 @@ def plain_output_names() -> dict[str, str]:
 def bids_output_names(entities: dict[str, str | None]) -> dict[str, str]:
     """BIDS-derivative names relative to the derivatives root, from the acquisition's entities
     (``sub`` required; ``ses``, ``acq``, ``run`` ... kept): ``sub-01/anat/sub-01_Chimap.nii.gz`` ...
-    (:mod:`cmbdetect.pipeline.bids_derivatives` says why these names)."""
-    from cmbdetect.pipeline.bids_derivatives import derivative_path
+    (:mod:`cmbdetect.pipeline.outputs.bids_derivatives` says why these names)."""
+    from cmbdetect.pipeline.outputs.bids_derivatives import derivative_path
 
     def name(suffix: str, extension: str, **extra) -> str:
         return derivative_path(entities, suffix=suffix, extension=extension, **extra)
@@ -63,8 +65,9 @@ def bids_output_names(entities: dict[str, str | None]) -> dict[str, str]:
 def init_cmb_wf(*, output_dir: str | Path, output_names: dict[str, str] | None = None,
                 sidecars: dict[str, dict] | None = None, model: str = "default",
                 model_sha256: str | None = None, prevalence: float | None = None,
-                unwrap: str = "laplacian", background: str = "vsharp", inversion: str = "default",
-                swi_slab_mm: float = 8.0, dicom: bool = False,
+                unwrap: str = DEFAULT_PHYSICS.unwrap, background: str = DEFAULT_PHYSICS.background,
+                inversion: str = DEFAULT_PHYSICS.inversion,
+                swi_slab_mm: float = DEFAULT_PHYSICS.swi_slab_mm, dicom: bool = False,
                 settings: dict | None = None, mem_gb: float = 2.0, omp_nthreads: int = 1,
                 label: str = "", name: str = "cmb_wf") -> pe.Workflow:
     """Full pipeline of one subject.

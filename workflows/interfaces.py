@@ -20,14 +20,13 @@ import numpy as np  # noqa: E402
 from nipype.interfaces.base import SimpleInterface  # noqa: E402
 
 from cmbdetect.physics.errors import InputError  # noqa: E402
-from cmbdetect.physics.maps import PhysicsMaps  # noqa: E402
-from cmbdetect.pipeline.acquisition import Acquisition  # noqa: E402
+from cmbdetect.pipeline.io.acquisition import Acquisition  # noqa: E402
+from cmbdetect.pipeline.io.atomic import replace_if_changed, save_nifti, write_json  # noqa: E402
+from cmbdetect.pipeline.io.masks import load_user_mask  # noqa: E402
 
 #: Name of the file a failing node leaves in its own folder (read back by the CLI for a one-line error).
 ERROR_FILE = "cmbdetect_error.json"
 
-_MAP_ARRAYS = ("mask", "magnitude", "field_ppm", "local_field_ppm", "chi_ppm", "chi_pos", "chi_neg",
-               "swi", "mip", "r2star", "brain_plain", "brain_guarded", "brain_domain")
 
 
 def progress(label: str, message: str) -> None:
@@ -60,8 +59,6 @@ def save_acquisition(acq: Acquisition, out_dir: Path) -> dict[str, Path]:
     convention) and ``acquisition.json`` (``te`` s, ``b0`` T, JSON-able ``source`` entries) in
     ``out_dir``; returns absolute paths.  A file whose content is unchanged is left untouched (same
     modification time), so Nipype's timestamp hashing reuses the cache when a run is repeated."""
-    from cmbdetect.pipeline.atomic import save_nifti, write_json
-
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"mag_file": out_dir / "mag.nii", "phase_file": out_dir / "phase.nii",
@@ -74,20 +71,8 @@ def save_acquisition(acq: Acquisition, out_dir: Path) -> dict[str, Path]:
                                           "source": source}, p),
     }
     for key, write in writers.items():
-        _write_if_changed(paths[key], write)
+        replace_if_changed(paths[key], write)
     return paths
-
-
-def _write_if_changed(path: Path, write) -> None:
-    """``write(tmp)`` then replace ``path`` only if the bytes differ."""
-    import filecmp
-
-    tmp = path.with_name(f".new-{path.name}")
-    write(tmp)
-    if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
-        tmp.unlink()
-    else:
-        os.replace(tmp, path)
 
 
 def _jsonable(value) -> bool:
@@ -100,9 +85,9 @@ def _jsonable(value) -> bool:
 
 def load_acquisition(mag_file: str, phase_file: str, acq_json: str) -> Acquisition:
     """Read back what :func:`save_acquisition` wrote, through the project's one NIfTI reader
-    (:func:`cmbdetect.pipeline.io_nifti.load_nifti_acquisition`: same shape/affine checks as user
+    (:func:`cmbdetect.pipeline.io.nifti.load_nifti_acquisition`: same shape/affine checks as user
     input); phase is already radians in the project convention, so it is read as ``rad``, sign +1."""
-    from cmbdetect.pipeline.io_nifti import load_nifti_acquisition
+    from cmbdetect.pipeline.io.nifti import load_nifti_acquisition
 
     meta = json.loads(Path(acq_json).read_text())
     acq = load_nifti_acquisition([mag_file], [phase_file], te=meta["te"], b0=meta["b0"], phase_sign=1,
@@ -113,30 +98,5 @@ def load_acquisition(mag_file: str, phase_file: str, acq_json: str) -> Acquisiti
 
 def load_mask(mask_file: str, *, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """A brain mask as bool; its grid must be the acquisition's (shape and affine), else InputError
-    (the same rules as the CLI's ``--mask``: ``pipeline.cli_common.load_user_mask``)."""
-    from cmbdetect.pipeline.cli_common import load_user_mask
-
+    (the same rules as the CLI's ``--mask``: ``pipeline.io.masks.load_user_mask``)."""
     return load_user_mask(mask_file, affine, shape=tuple(shape))
-
-
-def save_maps_bundle(maps: PhysicsMaps, path: Path) -> Path:
-    """All arrays of ``maps`` (+ affine, B0, JSON meta) in one uncompressed ``.npz``."""
-    arrays = {k: getattr(maps, k) for k in _MAP_ARRAYS if getattr(maps, k) is not None}
-    meta = json.dumps(maps.meta, default=str)
-    np.savez(path, affine=np.asarray(maps.affine, float), b0=np.float64(maps.b0),
-             meta=np.array(meta), **arrays)
-    return Path(path)
-
-
-def load_maps_meta(path: str) -> dict:
-    """Only the ``meta`` record of a maps bundle (methods, parameters, timings, warnings)."""
-    with np.load(path, allow_pickle=False) as z:
-        return json.loads(str(z["meta"]))
-
-
-def load_maps_bundle(path: str) -> PhysicsMaps:
-    """Inverse of :func:`save_maps_bundle`."""
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in _MAP_ARRAYS if k in z.files}
-        return PhysicsMaps(affine=z["affine"], b0=float(z["b0"]), meta=json.loads(str(z["meta"])),
-                           **arrays)

@@ -6,7 +6,8 @@ from pathlib import Path
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, isdefined, traits
 
 from cmbdetect.physics.errors import InputError
-from cmbdetect.workflows.interfaces import CmbInterface, load_maps_bundle, progress
+from cmbdetect.pipeline.io.maps import load_maps_bundle
+from cmbdetect.workflows.interfaces import CmbInterface, progress
 
 
 class _DetectInputSpec(BaseInterfaceInputSpec):
@@ -15,8 +16,10 @@ class _DetectInputSpec(BaseInterfaceInputSpec):
     model_sha256 = traits.Str(desc="SHA-256 the model must have (part of the cache key, so a model "
                                    "replaced in place is not served from the cache); checked at run time")
     prevalence = traits.Float(desc="expected microbleed prevalence for probability calibration (0..1)")
-    num_threads = traits.Int(0, usedefault=True, desc="torch CPU threads (0 = library default)")
-    label = traits.Str("", usedefault=True, desc="subject label for progress lines")
+    num_threads = traits.Int(0, usedefault=True, nohash=True,
+                             desc="torch CPU threads (0 = library default; not part of the cache key)")
+    label = traits.Str("", usedefault=True, nohash=True,
+                       desc="subject label for progress lines (not part of the cache key)")
 
 
 class _DetectOutputSpec(TraitedSpec):
@@ -59,8 +62,8 @@ class DetectCandidates(CmbInterface):
         import torch
 
         from cmbdetect.models.inference import detect
-        from cmbdetect.pipeline.atomic import write_json
-        from cmbdetect.pipeline.candidates import candidates_from_detections, write_candidates
+        from cmbdetect.pipeline.io.atomic import write_json
+        from cmbdetect.pipeline.outputs.candidates import candidates_from_detections, write_candidates
 
         inputs = self.inputs
         if inputs.num_threads > 0:
@@ -68,13 +71,13 @@ class DetectCandidates(CmbInterface):
         maps = load_maps_bundle(inputs.maps_bundle)
         prevalence = inputs.prevalence if isdefined(inputs.prevalence) else None
         withheld = calls_withheld(maps)
+        info = model_description(inputs.model)  # checked before detection, not after
+        if isdefined(inputs.model_sha256) and inputs.model_sha256 and info["sha256"] != inputs.model_sha256:
+            raise InputError(f"model {inputs.model} changed while the pipeline ran (sha256 differs)")
         progress(inputs.label, f"detecting candidates (model {inputs.model})")
         detections = detect(maps, model=inputs.model, prevalence=prevalence, calls_withheld=withheld)
         candidates = candidates_from_detections(detections, affine=maps.affine, mask=maps.mask)
         write_candidates(candidates, cwd)
-        info = model_description(inputs.model)
-        if isdefined(inputs.model_sha256) and inputs.model_sha256 and info["sha256"] != inputs.model_sha256:
-            raise InputError(f"model {inputs.model} changed while the pipeline ran (sha256 differs)")
         self._results["model_info"] = str(write_json(info, cwd / "model.json"))
         self._results["candidates_tsv"] = str(cwd / "candidates.tsv")
         self._results["candidates_json"] = str(cwd / "candidates.json")

@@ -5,8 +5,10 @@ from pathlib import Path
 
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, TraitedSpec, isdefined, traits)
 
-from cmbdetect.workflows.interfaces import (CmbInterface, load_acquisition, load_mask, progress,
-                                            save_maps_bundle)
+from cmbdetect.physics.settings import (BACKGROUND_CHOICES, DEFAULT_PHYSICS, INVERSION_CHOICES,
+                                        UNWRAP_CHOICES)
+from cmbdetect.pipeline.io.maps import save_maps_bundle
+from cmbdetect.workflows.interfaces import CmbInterface, load_acquisition, load_mask, progress
 
 #: NIfTI maps written by :func:`write_output_maps` (``<name>.nii.gz``, as ``pipeline.maps_io`` names them).
 MAP_NAMES = ("chimap", "localfield", "brainmask", "swi", "mip", "r2star")
@@ -18,15 +20,21 @@ class _ComputeMapsInputSpec(BaseInterfaceInputSpec):
                       desc="phase NIfTI in radians, project sign convention, same grid as mag_file")
     acq_json = File(exists=True, mandatory=True, desc="JSON with te (s, one per echo) and b0 (T)")
     mask_file = File(exists=True, desc="optional brain mask on the same grid (non-zero = brain)")
-    unwrap = traits.Enum("laplacian", "exact", usedefault=True, desc="phase unwrapping method")
-    background = traits.Str("vsharp", usedefault=True, desc="background field removal method")
-    inversion = traits.Str("default", usedefault=True, desc="dipole inversion method")
-    swi_slab_mm = traits.Float(8.0, usedefault=True, desc="minimum-intensity projection slab (mm)")
-    label = traits.Str("", usedefault=True, desc="subject label for progress lines")
+    unwrap = traits.Enum(DEFAULT_PHYSICS.unwrap, *[m for m in UNWRAP_CHOICES if m != DEFAULT_PHYSICS.unwrap],
+                         usedefault=True, desc="phase unwrapping method")
+    background = traits.Enum(DEFAULT_PHYSICS.background,
+                             *[m for m in BACKGROUND_CHOICES if m != DEFAULT_PHYSICS.background],
+                             usedefault=True, desc="background field removal method")
+    inversion = traits.Enum(DEFAULT_PHYSICS.inversion,
+                            *[m for m in INVERSION_CHOICES if m != DEFAULT_PHYSICS.inversion],
+                            usedefault=True, desc="dipole inversion method")
+    swi_slab_mm = traits.Float(DEFAULT_PHYSICS.swi_slab_mm, usedefault=True, desc="minimum-intensity projection slab (mm)")
+    label = traits.Str("", usedefault=True, nohash=True,
+                       desc="subject label for progress lines (not part of the cache key)")
 
 
 class _ComputeMapsOutputSpec(TraitedSpec):
-    maps_bundle = File(exists=True, desc="all physics maps in one .npz (see interfaces.load_maps_bundle)")
+    maps_bundle = File(exists=True, desc="all physics maps in one .npz (see pipeline.io.maps.load_maps_bundle)")
     chimap = File(exists=True, desc="susceptibility (ppm)")
     localfield = File(exists=True, desc="local field (ppm of B0)")
     brainmask = File(exists=True, desc="brain mask used (uint8)")
@@ -69,7 +77,7 @@ def write_output_maps(maps, out_dir: Path) -> dict[str, Path]:
     """The NIfTI maps handed on (``<name>.nii.gz``, names as :data:`MAP_NAMES`; ``r2star`` only for
     multi-echo).  The other arrays (chi+/chi-, magnitude, total field) travel in the maps bundle only
     (writing all ten compressed maps took longer than the rest of the node's I/O together)."""
-    from cmbdetect.pipeline.atomic import save_nifti
+    from cmbdetect.pipeline.io.atomic import save_nifti
 
     arrays = {"chimap": maps.chi_ppm, "localfield": maps.local_field_ppm, "brainmask": maps.mask,
               "swi": maps.swi, "mip": maps.mip, "r2star": maps.r2star}

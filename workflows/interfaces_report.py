@@ -10,7 +10,9 @@ from pathlib import Path
 from nipype.interfaces.base import (BaseInterfaceInputSpec, Directory, File, InputMultiObject,
                                     TraitedSpec, isdefined, traits)
 
-from cmbdetect.workflows.interfaces import CmbInterface, load_maps_bundle, progress
+from cmbdetect.pipeline.io.atomic import copy_file, write_json
+from cmbdetect.pipeline.io.maps import load_maps_bundle
+from cmbdetect.workflows.interfaces import CmbInterface, progress
 
 
 class _MarkupsInputSpec(BaseInterfaceInputSpec):
@@ -29,8 +31,8 @@ class ExportMarkups(CmbInterface):
     output_spec = _MarkupsOutputSpec
 
     def _run(self, cwd: Path) -> None:
-        from cmbdetect.pipeline.candidates import read_candidates_tsv, reader_candidates
-        from cmbdetect.pipeline.export_slicer import write_slicer_markups
+        from cmbdetect.pipeline.outputs.candidates import read_candidates_tsv, reader_candidates
+        from cmbdetect.pipeline.outputs.slicer import write_slicer_markups
 
         path = cwd / "candidates.mrk.json"
         write_slicer_markups(reader_candidates(read_candidates_tsv(self.inputs.candidates_tsv)), path)
@@ -45,7 +47,8 @@ class _ReportInputSpec(BaseInterfaceInputSpec):
     acq_json = File(exists=True, desc="acquisition.json (its source gives subject / patient identity)")
     reference_files = InputMultiObject(File(exists=True), desc="source DICOM files (patient, study, series)")
     settings = traits.Dict(desc="processing settings shown in the report")
-    label = traits.Str("", usedefault=True, desc="subject label for progress lines")
+    label = traits.Str("", usedefault=True, nohash=True,
+                       desc="subject label for progress lines (not part of the cache key)")
 
 
 class _ReportOutputSpec(TraitedSpec):
@@ -60,9 +63,9 @@ class ExportReport(CmbInterface):
     output_spec = _ReportOutputSpec
 
     def _run(self, cwd: Path) -> None:
-        from cmbdetect.pipeline.candidates import read_candidates_tsv
-        from cmbdetect.pipeline.report import write_report
-        from cmbdetect.pipeline.report_identity import report_identity
+        from cmbdetect.pipeline.outputs.candidates import read_candidates_tsv
+        from cmbdetect.pipeline.outputs.report import write_report
+        from cmbdetect.pipeline.outputs.report_identity import report_identity
 
         inputs = self.inputs
         progress(inputs.label, "writing report")
@@ -107,15 +110,14 @@ class ExportDicom(CmbInterface):
     def _run(self, cwd: Path) -> None:
         import pydicom
 
-        from cmbdetect.pipeline.candidates import read_candidates_tsv, reader_candidates
+        from cmbdetect.pipeline.outputs.candidates import read_candidates_tsv, reader_candidates
 
         candidates = reader_candidates(read_candidates_tsv(self.inputs.candidates_tsv))
         datasets = [pydicom.dcmread(f) for f in self.inputs.reference_files]
         out = cwd / "dicom"
         out.mkdir(exist_ok=True)
-        from cmbdetect.pipeline.atomic import write_json
-        from cmbdetect.pipeline.export_dicom import write_dicom_outputs
-        from cmbdetect.pipeline.provenance import cmbdetect_version
+        from cmbdetect.pipeline.outputs.dicom import write_dicom_outputs
+        from cmbdetect.pipeline.io.provenance import cmbdetect_version
 
         # A DICOM export that fails is recorded, never fatal: the NIfTI/TSV outputs are kept and the CLI
         # decides (--strict-exports) whether an incomplete export is an error.  The SR, key images and
@@ -154,17 +156,14 @@ class DerivativesSink(CmbInterface):
         src = Path(self.inputs.in_file)
         dst = Path(self.inputs.out_dir) / self.inputs.out_name
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
         if src.is_dir():
+            tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
             shutil.copytree(src, tmp)
             if dst.exists():
                 shutil.rmtree(dst)
             os.rename(tmp, dst)
         else:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            copy_file(src, dst)
         if isdefined(self.inputs.sidecar) and self.inputs.sidecar:
-            stem = dst.name.split(".")[0]
-            (dst.parent / f"{stem}.json").write_text(json.dumps(self.inputs.sidecar, indent=2,
-                                                                default=str) + "\n")
+            write_json(self.inputs.sidecar, dst.parent / f"{dst.name.split('.')[0]}.json")
         self._results["out_file"] = str(dst)

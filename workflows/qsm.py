@@ -4,14 +4,17 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from cmbdetect.physics.settings import DEFAULT_PHYSICS
+
 from cmbdetect.workflows.interfaces_physics import ComputeMaps
 
 #: Fields of the QSM workflow's outputnode (files).
 QSM_OUTPUTS = ("maps_bundle", "chimap", "localfield", "brainmask", "swi", "mip", "r2star")
 
 
-def init_qsm_wf(*, unwrap: str = "laplacian", background: str = "vsharp", inversion: str = "default",
-                swi_slab_mm: float = 8.0, mem_gb: float = 2.0, label: str = "",
+def init_qsm_wf(*, unwrap: str = DEFAULT_PHYSICS.unwrap, background: str = DEFAULT_PHYSICS.background,
+                inversion: str = DEFAULT_PHYSICS.inversion,
+                swi_slab_mm: float = DEFAULT_PHYSICS.swi_slab_mm, mem_gb: float = 2.0, label: str = "",
                 name: str = "qsm_wf") -> pe.Workflow:
     """Physics maps of one subject.
 

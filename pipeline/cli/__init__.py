@@ -1,0 +1,1 @@
+"""The ``cmbdetect`` command line (the top layer: may import every other layer); ``main.main`` is the entry point."""
