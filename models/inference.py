@@ -176,7 +176,6 @@ def apply_vein_gate(maps: PhysicsMaps, centres_vox, feats: list[dict], head_p: n
     candidates whose mean microbleed probability is at least ``VEIN_FEATURES_FROM_P``, added to ``feats`` with
     ``vein_gate`` (1 gated, 0 not) and ``microbleed_p_before_vein_gate``.  Metadata ``inference.vein_gate``
     false: unchanged."""
-    from cmbdetect.models.classifier import vein_gate
     from cmbdetect.models.features import add_vein_features
 
     on = spec.inference.vein_gate if isinstance(spec, ModelSpec) else \
@@ -187,12 +186,22 @@ def apply_vein_gate(maps: PhysicsMaps, centres_vox, feats: list[dict], head_p: n
     idx = add_vein_features(maps, centres_vox, feats, p_mb)
     if not idx:
         return head_p
+    for n in idx:
+        feats[n]["microbleed_p_before_vein_gate"] = float(p_mb[n])
+    return gate_vein_rows(head_p, feats, idx)
+
+
+def gate_vein_rows(head_p: np.ndarray, feats: list[dict], idx: list[int]) -> np.ndarray:
+    """Per-head probabilities ``[N, heads, classes]`` with the vein gate
+    (:func:`cmbdetect.models.classifier.vein_gate`) applied to rows ``idx``, whose ``feats`` hold the vein
+    features; each of them gets ``vein_gate`` (1 gated, 0 not)."""
+    from cmbdetect.models.classifier import vein_gate
+
     sub, gated = vein_gate(head_p[idx], [feats[n] for n in idx])
     head_p = np.array(head_p, dtype=float, copy=True)
     head_p[idx] = sub
     for k, n in enumerate(idx):
         feats[n]["vein_gate"] = float(gated[k])
-        feats[n]["microbleed_p_before_vein_gate"] = float(p_mb[n])
     return head_p
 
 

@@ -206,12 +206,9 @@ def apply_vein_model(maps, centres_vox, feats: list[dict], head_p: np.ndarray, m
         feats[n]["microbleed_p_before_vein_model"] = float(p_mb[n])
         feats[n]["vein_model_p"] = float(p_new[k])
     if section.get("gate") == "veto":
-        from cmbdetect.models.classifier import vein_gate
+        from cmbdetect.models.inference import gate_vein_rows
 
-        gated_p, gated = vein_gate(head_p[idx], sub)
-        head_p[idx] = gated_p
-        for k, n in enumerate(idx):
-            feats[n]["vein_gate"] = float(gated[k])
+        head_p = gate_vein_rows(head_p, feats, idx)
     return head_p
 
 
