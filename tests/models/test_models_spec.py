@@ -135,15 +135,23 @@ def test_prevalence_replaces_the_calibration_prior_in_one_step():
 def test_shipped_model_candidate_table_unchanged():
     """The candidate table of the shipped model on the stored maps of a small simulated subject equals the one
     computed before the spec (tests/data/shipped_model_table.json.gz, made on main at 3503d25): same candidates,
-    labels and centres; probabilities to 1e-9 (with a prevalence the two odds steps became one)."""
+    labels and diameters; centres, scores and probabilities to 1e-6 (float32 networks: another CPU moves them
+    by ~2e-7; with a prevalence the two odds steps became one).  The vein model (metadata version 0.3.0) came
+    after that reference and changes the table by design, so it is taken out of the metadata here: what is
+    compared is that the spec and its one odds step left the rest unchanged."""
     from shipped_table import candidate_table, reference_table
 
+    shipped = load_model("default")
+    assert "vein_model" in shipped.metadata
+    before_vein_model = shipped.with_metadata({k: v for k, v in shipped.metadata.items() if k != "vein_model"})
     ref = reference_table()
     for key, prevalence in (("default", None), ("prevalence_0.01", 0.01)):
-        now = candidate_table(prevalence=prevalence)
+        now = candidate_table(before_vein_model, prevalence=prevalence)
         assert len(now) == len(ref[key]) > 100
         for a, b in zip(now, ref[key]):
-            assert a["label"] == b["label"] and a["centre_vox"] == b["centre_vox"] and a["score"] == b["score"]
+            assert a["label"] == b["label"] and a["diameter_mm"] == b["diameter_mm"]
+            assert np.abs(np.subtract(a["centre_vox"], b["centre_vox"])).max() <= 1e-6
+            assert abs(a["score"] - b["score"]) <= 1e-6
             for c in a["probabilities"]:
-                assert abs(a["probabilities"][c] - b["probabilities"][c]) <= 1e-9
-            assert abs(a["uncertainty"] - b["uncertainty"]) <= 1e-9 and a["diameter_mm"] == b["diameter_mm"]
+                assert abs(a["probabilities"][c] - b["probabilities"][c]) <= 1e-6
+            assert abs(a["uncertainty"] - b["uncertainty"]) <= 1e-6
